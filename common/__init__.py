@@ -1,0 +1,1 @@
+"""What producer and worker share: settings, endpoint config, models, errors, Redis state, the Celery app."""

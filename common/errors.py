@@ -1,0 +1,76 @@
+"""The one exception tree of batchscribe.
+
+    BatchscribeError
+    ├── ConfigError              bad endpoint YAML, bad settings (user fixes the file)
+    ├── StateError               Redis unreachable or inconsistent
+    └── ProcessingError          one file's attempt failed; the subclass decides what happens next
+        ├── TransientError       retry with backoff on any endpoint; spends the file's retry budget
+        │   └── StallError       no progress within the watchdog time
+        ├── EndpointError        the endpoint is down / refuses / rejects our key: reroute, budget untouched
+        └── PermanentError       retrying cannot help: fail the file with a reason, the batch goes on
+            └── AudioError       unreadable, corrupt, empty or unsupported media (carries ffmpeg's words)
+
+"crash" (a worker process killed mid-file) is not an exception: it is seen as a redelivered
+message (late ack + reject on worker loss) and counted per job.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorClass(str, Enum):
+    """The error classes of design.md; the value is what Redis, outputs and `status` show."""
+
+    TRANSIENT = "transient"
+    ENDPOINT = "endpoint"
+    PERMANENT = "permanent"
+    CRASH = "crash"
+
+
+class BatchscribeError(Exception):
+    """Root of every error batchscribe raises on purpose."""
+
+
+class ConfigError(BatchscribeError):
+    """A configuration file or setting is wrong; the message names file, endpoint and key."""
+
+
+class StateError(BatchscribeError):
+    """Redis (the system of record) cannot be reached or answered unexpectedly."""
+
+
+class ProcessingError(BatchscribeError):
+    """One attempt at one file failed; `error_class` tells the retry policy what to do."""
+
+    error_class: ErrorClass = ErrorClass.TRANSIENT
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientError(ProcessingError):
+    """Worth retrying later, on any endpoint (timeouts, 429, 5xx, resets mid-stream)."""
+
+    error_class = ErrorClass.TRANSIENT
+
+
+class StallError(TransientError):
+    """The endpoint stopped making progress; the slot is released and the file retried."""
+
+
+class EndpointError(ProcessingError):
+    """The endpoint itself is unusable (refused, auth failure, probe failing)."""
+
+    error_class = ErrorClass.ENDPOINT
+
+
+class PermanentError(ProcessingError):
+    """Retrying cannot help: bad input, missing file, request the service rejects."""
+
+    error_class = ErrorClass.PERMANENT
+
+
+class AudioError(PermanentError):
+    """The media cannot be decoded into audio the engine accepts."""

@@ -1,0 +1,112 @@
+"""Domain records shared by producer and worker: options of a batch, file states, file records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+PROFANITY_MODES = ("masked", "removed", "raw")
+
+
+class FileState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (FileState.DONE, FileState.FAILED)
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """Per-batch options. Everything here changes the transcript, so all of it is in the dedupe key."""
+
+    language: str = "en-US"
+    engine: str | None = None  # restrict to one engine kind; None: any endpoint of the language
+    nbest: int = 1
+    word_timestamps: bool = False
+    profanity: str = "masked"
+    diarization: bool = False
+    candidate_languages: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["candidate_languages"] = list(self.candidate_languages)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TranscriptionOptions:
+        values = dict(data)
+        values["candidate_languages"] = tuple(values.get("candidate_languages") or ())
+        return cls(**values)
+
+    def cache_key(self) -> str:
+        """Short stable digest of the options, combined with the content hash into the job key."""
+        raw = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def job_key(sha256: str, options: TranscriptionOptions) -> str:
+    """The unit of dedupe: same bytes + same result-changing options = one engine call."""
+    return f"{sha256}.{options.cache_key()}"
+
+
+@dataclass
+class FileRecord:
+    """One input of a batch as kept in Redis (`Keys.file`). Strings only, as Redis stores them."""
+
+    batch_id: str
+    index: int
+    path: str  # absolute input path as the producer saw it (shared storage)
+    rel: str  # path relative to the submitted root, for mirrored output folders
+    output: str  # where its JSON goes
+    sha256: str = ""
+    size: int = 0
+    duration: float = 0.0
+    job: str = ""
+    state: FileState = FileState.QUEUED
+    attempts: int = 0
+    endpoint: str = ""
+    error_class: str = ""
+    reason: str = ""
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_redis(self) -> dict[str, str]:
+        data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        data["state"] = self.state.value
+        out = {k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in data.items()}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_redis(cls, data: dict[str, str]) -> FileRecord:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(
+            batch_id=data.get("batch_id", ""),
+            index=int(data.get("index", 0)),
+            path=data.get("path", ""),
+            rel=data.get("rel", ""),
+            output=data.get("output", ""),
+            sha256=data.get("sha256", ""),
+            size=int(data.get("size", 0) or 0),
+            duration=float(data.get("duration", 0) or 0),
+            job=data.get("job", ""),
+            state=FileState(data.get("state", "queued")),
+            attempts=int(data.get("attempts", 0) or 0),
+            endpoint=data.get("endpoint", ""),
+            error_class=data.get("error_class", ""),
+            reason=data.get("reason", ""),
+            queued_at=float(data.get("queued_at", 0) or 0),
+            started_at=float(data.get("started_at", 0) or 0),
+            finished_at=float(data.get("finished_at", 0) or 0),
+            extra={k: v for k, v in data.items() if k not in known},
+        )

@@ -1,0 +1,34 @@
+"""Queue names: one queue per endpoint for pinned work, one pool queue per language for the rest.
+
+Every endpoint consumes its own queue and the pools of its languages, so work is pulled by
+whichever endpoint has a free slot (design.md §Queues and routing).
+"""
+
+from __future__ import annotations
+
+from common.config import Endpoint
+
+TRANSCRIBE_TASK = "batchscribe.transcribe"
+
+
+def endpoint_queue(name: str) -> str:
+    return f"ep.{name}"
+
+
+def pool_queue(language: str, engine: str | None = None) -> str:
+    """The shared queue for a language, optionally restricted to one engine kind."""
+    return f"pool.{engine}.{language}" if engine else f"pool.{language}"
+
+
+def consumer_queues(endpoint: Endpoint) -> list[str]:
+    """The queues one endpoint's consumer listens on, its own first."""
+    queues = [endpoint_queue(endpoint.name)]
+    for lang in endpoint.languages:
+        queues += [pool_queue(lang), pool_queue(lang, endpoint.engine)]
+    return queues
+
+
+def endpoint_from_queues(queues: list[str]) -> str | None:
+    """Which endpoint a plain `celery worker -Q ep.NAME,...` serves, from its queue list."""
+    names = [q[3:] for q in queues if q.startswith("ep.")]
+    return names[0] if len(names) == 1 else None

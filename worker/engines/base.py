@@ -1,0 +1,63 @@
+"""The engine port: every engine turns one prepared WAV into phrases in the Speech service's shape.
+
+Phrases use the Speech service's *detailed* JSON (what the SDK hands to `recognized` callbacks), so
+the azure engine passes them through untouched and the local engine produces the same shape:
+
+    {"RecognitionStatus": "Success", "Offset": 100-ns ticks, "Duration": ticks, "DisplayText": str,
+     "NBest": [{"Confidence": float, "Lexical": str, "ITN": str, "MaskedITN": str, "Display": str,
+                "Words": [{"Word": str, "Offset": ticks, "Duration": ticks, "Confidence": float}]}],
+     "SpeakerId": str (optional, diarization)}
+
+Engines raise only `common.errors.ProcessingError` subclasses; foreign errors are translated where
+they enter (SDK cancellation codes, ffmpeg failures, model load errors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.config import Endpoint
+from common.models import TranscriptionOptions
+
+TICKS_PER_SECOND = 10_000_000
+
+# Called with the number of seconds of audio the engine has finished so far (for watchdogs, progress).
+ProgressCallback = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class PreparedAudio:
+    """A file normalised for engines: 16 kHz, mono, 16-bit PCM WAV."""
+
+    path: Path
+    duration: float
+    sample_rate: int = 16000
+
+
+@dataclass
+class Recognition:
+    """One engine's answer for one file."""
+
+    phrases: list[dict[str, Any]]
+    duration: float
+    language: str | None = None  # the language recognised (language identification)
+    engine: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """Built once per consumer process from its Endpoint; `transcribe` is called from several threads."""
+
+    endpoint: Endpoint
+
+    def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
+                   progress: ProgressCallback | None = None) -> Recognition: ...
+
+    def close(self) -> None: ...
+
+
+def ticks(seconds: float) -> int:
+    return int(round(seconds * TICKS_PER_SECOND))
