@@ -2,6 +2,7 @@
 
     BatchscribeError
     ├── ConfigError              bad endpoint YAML, bad settings (user fixes the file)
+    ├── InputError               what was asked to submit does not exist / cannot be listed
     ├── StateError               Redis unreachable or inconsistent
     └── ProcessingError          one file's attempt failed; the subclass decides what happens next
         ├── TransientError       retry with backoff on any endpoint; spends the file's retry budget
@@ -34,6 +35,10 @@ class BatchscribeError(Exception):
 
 class ConfigError(BatchscribeError):
     """A configuration file or setting is wrong; the message names file, endpoint and key."""
+
+
+class InputError(BatchscribeError):
+    """The paths given to submit/run cannot be used (missing, not a folder or file)."""
 
 
 class StateError(BatchscribeError):

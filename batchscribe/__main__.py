@@ -1,0 +1,3 @@
+from batchscribe.cli import main
+
+main()

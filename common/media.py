@@ -1,0 +1,280 @@
+"""Media files as producer and worker see them: which files count, how long they last, why they fail.
+
+`probe_duration` runs for every file a producer discovers (it orders work longest first), so WAV,
+the common case, is read from its RIFF header in Python with no process start; every other format
+asks `ffprobe`. Problems become `PermanentError` / `AudioError` with a reason a user can act on.
+
+A truncated WAV (the header promises more samples than the file holds: a recorder that died, a
+copy cut short) is not an error here: ffmpeg decodes what is there, so its duration is what the
+file really holds, and `WavInfo.warning` says what the header claimed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import struct
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import AudioError, ConfigError, PermanentError
+
+AUDIO_EXTENSIONS = frozenset({
+    "wav", "wave", "mp3", "m4a", "aac", "ogg", "oga", "opus", "flac", "wma", "amr", "awb",
+    "aif", "aiff", "aifc", "au", "snd", "caf", "mka", "ac3", "spx", "gsm", "mp2", "ra",
+})
+VIDEO_EXTENSIONS = frozenset({
+    "mp4", "m4v", "mkv", "mov", "webm", "avi", "wmv", "asf", "flv", "3gp", "3g2", "mpg", "mpeg",
+    "ts", "mts", "m2ts", "vob", "ogv",
+})
+MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
+
+PROBE_TIMEOUT = 30.0  # seconds; ffprobe reads headers only, so this is generous even on NFS
+_STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes written by recorders that never came back to fix them
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_PCM_TAGS = (1, 3)  # integer PCM, IEEE float
+_MAGICS = (  # what a file that is not RIFF WAV really is, for ffprobe or for the error message
+    (b"RF64", "RF64 WAV"), (b"BW64", "BW64 WAV"), (b"ID3", "MP3"), (b"\xff\xfb", "MP3"),
+    (b"\xff\xf3", "MP3"), (b"\xff\xf2", "MP3"), (b"OggS", "Ogg"), (b"fLaC", "FLAC"),
+    (b"\x1aE\xdf\xa3", "Matroska/WebM"), (b"FORM", "AIFF"), (b"#!AMR", "AMR"),
+    (b"0&\xb2u\x8ef\xcf\x11", "ASF/WMA"),
+)
+
+
+def is_media(path: str | os.PathLike[str]) -> bool:
+    """Whether a discovered file is worth submitting, by extension (case-insensitive)."""
+    return Path(path).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
+
+
+def check_file(path: str | os.PathLike[str]) -> int:
+    """Fail early, with a clear reason, for inputs no decoder can read; returns the size in bytes.
+
+    Non-regular files are refused before opening them: opening a FIFO would block forever.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError as exc:
+        raise PermanentError("file not found (deleted after it was submitted?)") from exc
+    except PermissionError as exc:
+        raise PermanentError("cannot read file: permission denied") from exc
+    except OSError as exc:
+        raise PermanentError(f"cannot read file: {exc.strerror or exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise PermanentError("is a directory, not a media file")
+    if not stat.S_ISREG(st.st_mode):
+        raise PermanentError("not a regular file (a pipe, socket or device)")
+    if st.st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        with p.open("rb") as fh:
+            fh.read(1)
+    except PermissionError as exc:
+        raise PermanentError("cannot read file: permission denied") from exc
+    except OSError as exc:
+        raise PermanentError(f"cannot read file: {exc.strerror or exc}") from exc
+    return st.st_size
+
+
+@dataclass(frozen=True)
+class WavInfo:
+    """What a RIFF WAV header says, and how much audio the file really holds."""
+
+    format_tag: int  # 1 PCM, 3 float, 0xFFFE extensible resolved to its sub-format
+    channels: int
+    sample_rate: int
+    bits: int
+    byte_rate: int
+    data_offset: int
+    data_size: int  # bytes of audio really present
+    declared_size: int  # what the header claims (0 / 0xFFFFFFFF for streaming headers)
+    fact_frames: int | None = None  # samples per channel, from the `fact` chunk of compressed WAVs
+
+    @property
+    def duration(self) -> float:
+        return self._seconds(self.data_size)
+
+    @property
+    def exact(self) -> bool:
+        """PCM sizes give the duration exactly; compressed data needs a `fact` chunk (else ask ffprobe)."""
+        return self.format_tag in _PCM_TAGS or self.fact_frames is not None
+
+    def _seconds(self, nbytes: int) -> float:
+        if self.format_tag in _PCM_TAGS or not self.fact_frames or self.declared_size in _STREAMING_SIZES:
+            return nbytes / self.byte_rate  # compressed without `fact`: avg bytes/s, an estimate
+        return self.fact_frames / self.sample_rate * nbytes / self.declared_size
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_size not in _STREAMING_SIZES and self.declared_size > self.data_size
+
+    @property
+    def warning(self) -> str | None:
+        if not self.truncated:
+            return None
+        declared = self._seconds(self.declared_size)
+        return f"truncated WAV: header says {declared:.1f} s, file holds {self.duration:.1f} s"
+
+    def is_canonical(self, sample_rate: int = 16000) -> bool:
+        """16-bit PCM mono at `sample_rate`, header only fmt + data, nothing after the data."""
+        return (self.format_tag == 1 and self.channels == 1 and self.bits == 16
+                and self.sample_rate == sample_rate and self.data_offset == 44 and not self.truncated
+                and self.declared_size == self.data_size)
+
+
+def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT) -> float:
+    """Seconds of audio in a file: RIFF header for WAV, ffprobe for everything else."""
+    size = check_file(path)
+    with Path(path).open("rb") as fh:
+        head = fh.read(12)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        info = read_wav_header(path, size)
+        if info.exact:
+            return info.duration
+    if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head) is None:
+        raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like(path)}")
+    return ffprobe_duration(path, timeout)
+
+
+def read_wav_header(path: str | os.PathLike[str], size: int | None = None) -> WavInfo:
+    """Walk the RIFF chunks up to `data`; an odd-sized chunk is followed by one pad byte."""
+    size = Path(path).stat().st_size if size is None else size
+    with Path(path).open("rb") as fh:
+        head = fh.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like(path)}")
+        fmt: tuple[int, int, int, int, int] | None = None
+        frames: int | None = None
+        while True:
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                raise AudioError("truncated WAV: the file ends before its audio data starts")
+            chunk_id, chunk_size = struct.unpack("<4sI", chunk)
+            if chunk_id == b"data":
+                break
+            end = fh.tell() + chunk_size + (chunk_size & 1)
+            if end > size:
+                raise AudioError("truncated WAV: the file ends before its audio data starts")
+            if chunk_id == b"fmt ":
+                fmt = _parse_fmt(fh.read(chunk_size))
+            elif chunk_id == b"fact" and chunk_size >= 4:
+                frames = struct.unpack("<I", fh.read(4))[0]
+            fh.seek(end)  # skip anything else unread (LIST, bext, JUNK: possibly megabytes)
+        if fmt is None:
+            raise AudioError("corrupt WAV: no 'fmt ' chunk before the audio data")
+        data_offset = fh.tell()
+    present = size - data_offset
+    held = present if chunk_size in _STREAMING_SIZES else min(chunk_size, present)
+    tag, channels, rate, byte_rate, bits = fmt
+    return WavInfo(tag, channels, rate, bits, byte_rate, data_offset, max(held, 0), chunk_size, frames)
+
+
+def _parse_fmt(body: bytes) -> tuple[int, int, int, int, int]:
+    if len(body) < 16:
+        raise AudioError("corrupt WAV: 'fmt ' chunk shorter than 16 bytes")
+    tag, channels, rate, byte_rate, _align, bits = struct.unpack("<HHIIHH", body[:16])
+    if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+        tag = struct.unpack("<H", body[24:26])[0]  # first two bytes of the sub-format GUID
+    if channels == 0 or rate == 0 or byte_rate == 0:
+        raise AudioError(f"corrupt WAV: header says {channels} channel(s), {rate} Hz, {byte_rate} bytes/s")
+    return tag, channels, rate, byte_rate, bits
+
+
+def ffprobe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT) -> float:
+    """Container duration, else the longest audio stream's; a file without audio is an AudioError."""
+    out = run_tool(["ffprobe", "-v", "error", "-select_streams", "a", "-of", "json",
+                    "-show_entries", "format=duration:stream=duration", media_arg(path)],
+                   timeout, path)
+    info = json.loads(out or "{}")
+    streams = info.get("streams") or []
+    if not streams:
+        raise AudioError("no audio stream")
+    found = [info.get("format", {}).get("duration")] + [s.get("duration") for s in streams]
+    durations = [float(d) for d in found if d not in (None, "", "N/A")]
+    if not durations:
+        raise AudioError("cannot tell the duration (ffprobe reports none)")
+    return durations[0]
+
+
+def media_arg(path: str | os.PathLike[str]) -> str:
+    """How ffmpeg/ffprobe are given a local file: `file:` so names like `-x.wav` or `a:b.mp3` are safe."""
+    return "file:" + os.path.abspath(path)
+
+
+def run_tool(cmd: Sequence[str], timeout: float, source: str | os.PathLike[str] | None = None) -> str:
+    """Run ffmpeg/ffprobe on `source`; failures become AudioError with the tool's own last words."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=True, text=True,
+                              errors="replace", stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{cmd[0]} not found on PATH: install ffmpeg on this machine") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise AudioError(f"cannot decode: {cmd[0]} gave up after {timeout:.0f} s") from exc
+    except subprocess.CalledProcessError as exc:
+        raise AudioError(_failure_reason(exc.stderr or "", source)) from exc
+    return done.stdout
+
+
+def _failure_reason(stderr: str, source: str | os.PathLike[str] | None) -> str:
+    """Say what the file is when that explains it better than ffmpeg ("Invalid argument")."""
+    reason = stderr_reason(stderr, source)
+    if reason == "no audio stream":
+        return reason
+    kind = ""
+    if source is not None:
+        try:
+            kind = _looks_like(source)
+        except OSError:
+            pass
+    if kind in ("text", "HTML/XML"):
+        return f"not a media file: looks like {kind}"
+    return f"cannot decode: {reason}"
+
+
+_TAG_RE = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")  # "[mp3 @ 0x55e2dd07d680] "
+_NOISE = ("Conversion failed", "Error opening", "Error while opening", "Exiting normally")
+
+
+def stderr_reason(stderr: str, source: str | os.PathLike[str] | None = None, limit: int = 200) -> str:
+    """The last meaningful line of ffmpeg's stderr, without the input path, at most `limit` chars."""
+    lines = [_TAG_RE.sub("", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return "the decoder failed without a message"
+    if any("matches no streams" in line for line in lines):
+        return "no audio stream"
+    line = next((ln for ln in reversed(lines) if not ln.startswith(_NOISE)), lines[-1])
+    if source is not None:
+        for prefix in (media_arg(source), os.fspath(source)):
+            line = line.replace(prefix + ": ", "").replace(prefix, Path(source).name)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _sniff(head: bytes) -> str | None:
+    for magic, name in _MAGICS:
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp":
+        return "MP4/M4A"
+    return None
+
+
+def _looks_like(path: str | os.PathLike[str]) -> str:
+    """A short guess at what a misnamed file really is, for the error message."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(512)
+    known = _sniff(head)
+    if known:
+        return known
+    if head[:4] == b"RIFF":
+        return f"RIFF {head[8:12].decode('latin-1')!r}, not WAVE"
+    if head.lstrip().startswith((b"<!DOCTYPE", b"<html", b"<HTML", b"<?xml")):
+        return "HTML/XML"
+    text = head[: len(head) - 3 if len(head) == 512 else None].decode("utf-8", errors="replace")
+    if all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+        return "text"
+    return f"binary data starting {head[:8].hex(' ')}"

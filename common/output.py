@@ -1,0 +1,134 @@
+"""Per-file outputs in batch-processing-kit's schema, written atomically, and the run summary.
+
+Schema (one file per input, ``<name>_<ext>.json`` in the input's mirrored sub-folder):
+
+    {"AudioFileResults": [{
+        "AudioFileName", "AudioFileUrl", "AudioFileHash", "AudioLengthInSeconds",
+        "TranscriptionStatus": "Succeeded" | "Failed",
+        "CombinedResults": [{"ChannelNumber", "Lexical", "ITN", "MaskedITN", "Display"}],
+        "SegmentResults": [{"RecognitionStatus", "Offset", "Duration", "OffsetInSeconds",
+                            "DurationInSeconds", "Language", "ChannelNumber", "NBest": [...]}],
+        "LastProcessedOffsetInSeconds",
+        # ours, on failures: "FailureReason", "ErrorClass"
+    }]}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common.models import FileRecord
+
+TICKS = 10_000_000
+_PUNCT = re.compile(r"[^\w\s']+")
+
+
+def output_path(out_dir: str | Path, rel: str) -> Path:
+    """``sub/dir/call.wav`` → ``OUT/sub/dir/call_wav.json`` (batch-processing-kit's naming)."""
+    rel_path = Path(rel)
+    stem, ext = rel_path.stem, rel_path.suffix.lstrip(".")
+    name = f"{stem}_{ext}.json" if ext else f"{stem}.json"
+    return Path(out_dir) / rel_path.parent / name
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    write_atomic(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _with_seconds(entry: dict[str, Any], shift: int = 0) -> dict[str, Any]:
+    if "Offset" in entry:
+        entry["Offset"] = int(entry["Offset"]) + shift
+        entry["OffsetInSeconds"] = round(entry["Offset"] / TICKS, 3)
+    if "Duration" in entry:
+        entry["DurationInSeconds"] = round(int(entry["Duration"]) / TICKS, 3)
+    return entry
+
+
+def lexical(text: str) -> str:
+    return " ".join(_PUNCT.sub(" ", text).lower().split())
+
+
+def _segment(phrase: dict[str, Any], language: str, nbest: int) -> dict[str, Any]:
+    seg = copy.deepcopy(phrase)
+    if not seg.get("NBest"):
+        display = seg.get("DisplayText", "")
+        seg["NBest"] = [{"Confidence": None, "Lexical": lexical(display), "ITN": display,
+                         "MaskedITN": display, "Display": display}]
+    seg["NBest"] = seg["NBest"][: max(1, nbest)]
+    for alt in seg["NBest"]:
+        for word in alt.get("Words", []) or []:
+            _with_seconds(word)
+    seg.setdefault("RecognitionStatus", "Success")
+    seg["Language"] = seg.get("Language") or language
+    seg["ChannelNumber"] = None
+    return _with_seconds(seg)
+
+
+def _combined(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tops = [s["NBest"][0] for s in segments if s.get("NBest")]
+    field = lambda name: " ".join(t.get(name, "") for t in tops if t.get(name))  # noqa: E731
+    return [{"ChannelNumber": None, "Lexical": field("Lexical"), "ITN": field("ITN"),
+             "MaskedITN": field("MaskedITN"), "Display": field("Display")}]
+
+
+def _header(record: FileRecord, duration: float) -> dict[str, Any]:
+    return {"AudioFileName": Path(record.path).name, "AudioFileUrl": record.path,
+            "AudioFileHash": record.sha256, "AudioLengthInSeconds": round(duration, 3)}
+
+
+def success_document(record: FileRecord, result: dict[str, Any]) -> dict[str, Any]:
+    """The output of a transcribed file, built from a job result (shared by all its inputs)."""
+    options = result.get("options", {})
+    language = result.get("language") or options.get("language", "")
+    segments = [_segment(p, language, int(options.get("nbest", 1))) for p in result.get("phrases", [])
+                if p.get("RecognitionStatus", "Success") == "Success"]
+    last = max((s["OffsetInSeconds"] + s["DurationInSeconds"] for s in segments), default=0.0)
+    entry = _header(record, float(result.get("duration", record.duration)))
+    entry.update(TranscriptionStatus="Succeeded", CombinedResults=_combined(segments),
+                 SegmentResults=segments, LastProcessedOffsetInSeconds=round(last, 3),
+                 Engine=result.get("engine", ""), Endpoint=result.get("endpoint", ""))
+    if result.get("language") and options.get("candidate_languages"):
+        entry["DetectedLanguage"] = result["language"]
+    return {"AudioFileResults": [entry]}
+
+
+def failure_document(record: FileRecord, error_class: str, reason: str) -> dict[str, Any]:
+    entry = _header(record, record.duration)
+    entry.update(TranscriptionStatus="Failed", ErrorClass=error_class, FailureReason=reason,
+                 CombinedResults=[], SegmentResults=[], LastProcessedOffsetInSeconds=0.0)
+    return {"AudioFileResults": [entry]}
+
+
+def plain_text(document: dict[str, Any]) -> str:
+    entry = document["AudioFileResults"][0]
+    combined = entry.get("CombinedResults") or [{}]
+    return (combined[0].get("Display") or "") + "\n"
+
+
+def write_document(record: FileRecord, document: dict[str, Any], formats: list[str]) -> None:
+    """Write the JSON (always) and the requested extra formats next to it."""
+    write_json_atomic(record.output, document)
+    if "txt" in formats and document["AudioFileResults"][0]["TranscriptionStatus"] == "Succeeded":
+        write_atomic(Path(record.output).with_suffix(".txt"), plain_text(document).encode("utf-8"))

@@ -1,0 +1,371 @@
+"""Redis as the system of record: batches, file records, dedupe jobs, cached results, the event log.
+
+All multi-key transitions run as Lua scripts so two producers and any number of workers see one
+consistent order of events:
+
+* a **job** is one unit of engine work (content hash + result-changing options). Its life:
+  ``claimed`` (a producer will publish it; expires after claim_ttl) → ``queued`` → ``running``
+  ⇄ ``retrying`` → ``done`` | ``failed``. Inputs that want its result are its **targets**.
+* a **file** is one input of one batch (`FileRecord`); its state follows its job. Batch counters
+  (n_queued, n_running, …) move only inside the file transition script, so they never drift.
+
+Scripts build keys from the prefix they are given: batchscribe targets a single Redis (or a
+replicated primary), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common.errors import StateError
+from common.keys import Keys
+from common.models import FileRecord, FileState
+from common.settings import Settings, redact
+
+# Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact.
+# Returns 1 when this move completed the batch (every file done or failed), else 0.
+_LUA_PRELUDE = r"""
+local function file_move(prefix, target, new_state, fields, now)
+  local sep = string.find(target, ":[^:]*$")
+  local bid = string.sub(target, 1, sep - 1)
+  local idx = string.sub(target, sep + 1)
+  local fkey = prefix .. ":file:" .. target
+  local bkey = prefix .. ":batch:" .. bid
+  local old = redis.call("HGET", fkey, "state")
+  if not old then return 0 end
+  for i = 1, #fields, 2 do redis.call("HSET", fkey, fields[i], fields[i + 1]) end
+  if old == new_state then return 0 end
+  if old == "done" and new_state ~= "queued" then return 0 end
+  redis.call("HSET", fkey, "state", new_state)
+  redis.call("HINCRBY", bkey, "n_" .. old, -1)
+  redis.call("HINCRBY", bkey, "n_" .. new_state, 1)
+  if new_state == "done" then
+    local dur = redis.call("HGET", fkey, "duration") or "0"
+    redis.call("HINCRBYFLOAT", bkey, "audio_done", dur)
+  end
+  if new_state == "failed" then redis.call("SADD", bkey .. ":failed", idx) end
+  if old == "failed" then redis.call("SREM", bkey .. ":failed", idx) end
+  if new_state == "done" or new_state == "failed" then
+    local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed")
+    if tonumber(b[2] or 0) + tonumber(b[3] or 0) == tonumber(b[1] or -1) then
+      redis.call("HSET", bkey, "finished_at", now)
+      return 1
+    end
+  end
+  return 0
+end
+local function job_files(prefix, jkey, new_state, fields, now)
+  local targets = redis.call("LRANGE", jkey .. ":targets", 0, -1)
+  for _, t in ipairs(targets) do file_move(prefix, t, new_state, fields, now) end
+  return targets
+end
+"""
+
+# KEYS: none. ARGV: prefix, now, owner, claim_ttl, then (job_key, target, duration) triples.
+# Per item: "claimed" (caller must publish), "attached" (someone else will), "done" (cached result).
+_CLAIM = _LUA_PRELUDE + r"""
+local prefix, now, owner, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV, 3 do
+  local jk, target, dur = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local jkey = prefix .. ":job:" .. jk
+  local j = redis.call("HMGET", jkey, "state", "claim_deadline")
+  local st = j[1]
+  local has_result = redis.call("EXISTS", prefix .. ":result:" .. jk) == 1
+  if st == "done" and has_result then
+    out[#out + 1] = "done"
+  else
+    local claimable = (not st) or st == "failed" or (st == "done")
+        or (st == "claimed" and tonumber(j[2] or 0) < now)
+    if claimable then
+      redis.call("HSET", jkey, "state", "claimed", "owner", owner, "claim_deadline", now + ttl,
+                 "duration", dur, "attempts", 0, "crashes", 0, "reroutes", 0,
+                 "error_class", "", "reason", "")
+      out[#out + 1] = "claimed"
+    else
+      out[#out + 1] = "attached"
+    end
+    if redis.call("LPOS", jkey .. ":targets", target) == false then
+      redis.call("RPUSH", jkey .. ":targets", target)
+    end
+  end
+end
+return out
+"""
+
+# ARGV: prefix, owner, job keys... : claimed -> queued once the task is on the broker.
+_PUBLISHED = r"""
+local prefix, owner = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local jkey = prefix .. ":job:" .. ARGV[i]
+  local j = redis.call("HMGET", jkey, "state", "owner")
+  if j[1] == "claimed" and j[2] == owner then redis.call("HSET", jkey, "state", "queued") end
+end
+return 1
+"""
+
+# ARGV: prefix, job_key, endpoint, now, delivery_id. Returns {previous state, attempts, crashes, targets...}
+_START = _LUA_PRELUDE + r"""
+local prefix, jk, endpoint, now, delivery = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local jkey = prefix .. ":job:" .. jk
+local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "delivery")
+local prev = j[1] or "missing"
+if prev == "done" or prev == "missing" then
+  local targets = redis.call("LRANGE", jkey .. ":targets", 0, -1)
+  local r = {prev, j[2] or "0", j[3] or "0"}
+  for _, t in ipairs(targets) do r[#r + 1] = t end
+  return r
+end
+local crashes = tonumber(j[3] or 0)
+if prev == "running" and j[4] and j[4] ~= "" then
+  crashes = crashes + 1   -- a delivery that never reported back: its worker died mid-file
+  redis.call("HSET", jkey, "crashes", crashes)
+end
+local attempts = redis.call("HINCRBY", jkey, "attempts", 1)
+redis.call("HSET", jkey, "state", "running", "endpoint", endpoint, "started_at", now, "delivery", delivery)
+local targets = job_files(prefix, jkey, "running",
+  {"endpoint", endpoint, "started_at", now, "attempts", attempts}, now)
+local r = {prev, tostring(attempts), tostring(crashes)}
+for _, t in ipairs(targets) do r[#r + 1] = t end
+return r
+"""
+
+# ARGV: prefix, job_key, new job state (retrying|queued), error_class, reason, now, spend(0|1)
+_REQUEUE = _LUA_PRELUDE + r"""
+local prefix, jk, st, cls, reason, now, spend = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local jkey = prefix .. ":job:" .. jk
+redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "")
+if spend == "0" then
+  redis.call("HINCRBY", jkey, "attempts", -1)
+  redis.call("HINCRBY", jkey, "reroutes", 1)
+end
+job_files(prefix, jkey, st == "queued" and "queued" or "retrying",
+  {"error_class", cls, "reason", reason}, now)
+return redis.call("HGET", jkey, "reroutes")
+"""
+
+# ARGV: prefix, job_key, final state (done|failed), error_class, reason, now, ttl; result blob in KEYS-less ARGV[8]
+_FINISH = r"""
+local prefix, jk, st, cls, reason, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+local jkey = prefix .. ":job:" .. jk
+redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now, "delivery", "")
+if st == "done" then
+  local rkey = prefix .. ":result:" .. jk
+  if ttl > 0 then redis.call("SET", rkey, ARGV[8], "EX", ttl) else redis.call("SET", rkey, ARGV[8]) end
+end
+return redis.call("LRANGE", jkey .. ":targets", 0, -1)
+"""
+
+# ARGV: prefix, target, new state, job_key ("" to keep targets), then field/value pairs.
+_SETTLE = _LUA_PRELUDE + r"""
+local prefix, target, st, jk = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local complete = file_move(prefix, target, st, fields, ARGV[6])
+if jk ~= "" then redis.call("LREM", prefix .. ":job:" .. jk .. ":targets", 0, target) end
+return complete
+"""
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """What the worker learns when it starts a job's delivery."""
+
+    previous: str
+    attempts: int
+    crashes: int
+    targets: list[str]
+
+
+def target_id(batch_id: str, index: int) -> str:
+    return f"{batch_id}:{index}"
+
+
+def split_target(target: str) -> tuple[str, int]:
+    batch_id, _, index = target.rpartition(":")
+    return batch_id, int(index)
+
+
+def pack_result(result: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(result, separators=(",", ":")).encode(), 6)
+
+
+def unpack_result(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))
+
+
+class StateStore:
+    """Typed access to everything batchscribe keeps in Redis. One instance per process is enough."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._scripts = {name: client.register_script(src) for name, src in (
+            ("claim", _CLAIM), ("published", _PUBLISHED), ("start", _START),
+            ("requeue", _REQUEUE), ("finish", _FINISH), ("settle", _SETTLE))}
+
+    @classmethod
+    def connect(cls, settings: Settings, check: bool = True) -> StateStore:
+        """Connect and (by default) prove Redis answers, with a message a user understands."""
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
+                                      health_check_interval=15, retry_on_timeout=True)
+        store = cls(client, Keys(settings.key_prefix))
+        if check:
+            store.ping(settings.redis_url)
+        return store
+
+    def ping(self, url: str) -> None:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise StateError(
+                f"cannot reach Redis at {redact(url)}: {exc}. Start redis-server or pass --broker / "
+                "BATCHSCRIBE_REDIS_URL pointing at a running Redis."
+            ) from exc
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
+
+    # ---- batches and files -------------------------------------------------------------
+
+    def create_batch(self, batch_id: str, header: dict[str, Any], records: Sequence[FileRecord]) -> None:
+        """Write the batch header, counters and every file record in pipelined round trips."""
+        now = time.time()
+        head = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in header.items()}
+        head.update(id=batch_id, created_at=f"{now:.3f}", total=str(len(records)), audio_done="0",
+                    audio_total=f"{sum(r.duration for r in records):.3f}", finished_at="")
+        for state in FileState:
+            head[f"n_{state.value}"] = "0"
+        head["n_queued"] = str(len(records))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.batch(batch_id), mapping=head)
+        pipe.zadd(self.keys.batches(), {batch_id: now})
+        for i, record in enumerate(records):
+            pipe.hset(self.keys.file(batch_id, record.index), mapping=record.to_redis())
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+
+    def batch(self, batch_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.keys.batch(batch_id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def batch_ids(self, limit: int = 20) -> list[str]:
+        return [b.decode() for b in self.redis.zrevrange(self.keys.batches(), 0, limit - 1)]
+
+    def files(self, batch_id: str, indexes: Iterable[int]) -> list[FileRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in indexes:
+            pipe.hgetall(self.keys.file(batch_id, i))
+        return [FileRecord.from_redis({k.decode(): v.decode() for k, v in raw.items()})
+                for raw in pipe.execute() if raw]
+
+    def file_by_target(self, target: str) -> FileRecord | None:
+        batch_id, index = split_target(target)
+        found = self.files(batch_id, [index])
+        return found[0] if found else None
+
+    def failed_indexes(self, batch_id: str) -> list[int]:
+        return sorted(int(i) for i in self.redis.smembers(self.keys.failed(batch_id)))
+
+    def settle_file(self, target: str, state: FileState, job_key: str = "",
+                    **fields: Any) -> bool:
+        """Move one input to `state` (with its fields); True if that completed its batch."""
+        now = f"{time.time():.3f}"
+        pairs: list[str] = ["finished_at", now]
+        for k, v in fields.items():
+            pairs += [k, f"{v:.3f}" if isinstance(v, float) else str(v)]
+        return bool(self._scripts["settle"](args=[self.prefix, target, state.value, job_key, *pairs]))
+
+    # ---- jobs (dedupe) -----------------------------------------------------------------
+
+    def claim(self, items: Sequence[tuple[str, str, float]], owner: str, ttl: int,
+              chunk: int = 500) -> list[str]:
+        """Claim or attach to each (job_key, target, duration); one round trip per chunk."""
+        out: list[str] = []
+        now = f"{time.time():.3f}"
+        for start in range(0, len(items), chunk):
+            args: list[Any] = [self.prefix, now, owner, ttl]
+            for job_key, target, duration in items[start:start + chunk]:
+                args += [job_key, target, f"{duration:.3f}"]
+            out += [r.decode() for r in self._scripts["claim"](args=args)]
+        return out
+
+    def mark_published(self, job_keys: Sequence[str], owner: str, chunk: int = 2000) -> None:
+        for start in range(0, len(job_keys), chunk):
+            self._scripts["published"](args=[self.prefix, owner, *job_keys[start:start + chunk]])
+
+    def job(self, job_key: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.keys.job(job_key))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def job_states(self, job_keys: Sequence[str]) -> list[tuple[str, float]]:
+        """(state, claim deadline) per job, pipelined."""
+        pipe = self.redis.pipeline(transaction=False)
+        for jk in job_keys:
+            pipe.hmget(self.keys.job(jk), "state", "claim_deadline")
+        return [((s or b"").decode(), float(d or 0)) for s, d in pipe.execute()]
+
+    def start_job(self, job_key: str, endpoint: str, delivery: str) -> JobStart:
+        r = self._scripts["start"](args=[self.prefix, job_key, endpoint, f"{time.time():.3f}", delivery])
+        values = [v.decode() for v in r]
+        return JobStart(values[0], int(values[1]), int(values[2]), values[3:])
+
+    def requeue_job(self, job_key: str, error_class: str, reason: str, spend_attempt: bool) -> int:
+        """Job goes back to waiting (retrying or queued); returns how often it was rerouted."""
+        state = "retrying" if spend_attempt else "queued"
+        r = self._scripts["requeue"](args=[self.prefix, job_key, state, error_class, reason[:2000],
+                                           f"{time.time():.3f}", "1" if spend_attempt else "0"])
+        return int(r or 0)
+
+    def finish_job(self, job_key: str, result: dict[str, Any] | None, ttl: int,
+                   error_class: str = "", reason: str = "") -> list[str]:
+        """Record the job's outcome (and cache its result); returns the targets to write for."""
+        state = "done" if result is not None else "failed"
+        blob = pack_result(result) if result is not None else b""
+        r = self._scripts["finish"](args=[self.prefix, job_key, state, error_class, reason[:2000],
+                                          f"{time.time():.3f}", ttl, blob])
+        return [t.decode() for t in r]
+
+    def results(self, job_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Cached results of done jobs (dedupe hits)."""
+        if not job_keys:
+            return {}
+        blobs = self.redis.mget([self.keys.result(jk) for jk in job_keys])
+        return {jk: unpack_result(b) for jk, b in zip(job_keys, blobs) if b}
+
+    # ---- probe cache (hash + duration of unchanged files) ------------------------------
+
+    def probe_lookup(self, fingerprints: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for start in range(0, len(fingerprints), 5000):
+            chunk = fingerprints[start:start + 5000]
+            out += [v.decode() if v else None for v in self.redis.hmget(self.keys.probe_cache(), chunk)]
+        return out
+
+    def probe_store(self, entries: dict[str, str]) -> None:
+        if entries:
+            self.redis.hset(self.keys.probe_cache(), mapping=entries)
+
+    # ---- the event log -----------------------------------------------------------------
+
+    def log_event(self, **fields: Any) -> None:
+        entry = {k: str(v) for k, v in fields.items()}
+        self.redis.xadd(self.keys.events(), entry, maxlen=200_000, approximate=True)
+
+    def events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None
+               ) -> list[tuple[str, dict[str, str]]]:
+        resp = self.redis.xread({self.keys.events(): last_id}, count=count, block=block_ms)
+        out: list[tuple[str, dict[str, str]]] = []
+        for _stream, entries in resp or []:
+            for eid, data in entries:
+                out.append((eid.decode(), {k.decode(): v.decode() for k, v in data.items()}))
+        return out

@@ -1,0 +1,1 @@
+"""The producer side: find media, fingerprint it, dedupe through Redis, publish tasks, report."""

@@ -1,0 +1,59 @@
+"""A live progress bar for `submit --wait` and `run`: files, audio hours, speed, ETA, failures."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from common.state import StateStore
+from producer.status import BatchView, fmt_duration, fmt_hours, load_view
+
+WIDTH = 28
+
+
+def progress_line(view: BatchView) -> str:
+    frac = view.settled / view.total if view.total else 1.0
+    bar = "#" * int(frac * WIDTH) + "." * (WIDTH - int(frac * WIDTH))
+    speed = view.audio_done / view.elapsed
+    line = (f"[{bar}] {view.settled}/{view.total} files · {fmt_hours(view.audio_done)}/"
+            f"{fmt_hours(view.audio_total)} audio · {speed:.1f}× real time")
+    if not view.complete:
+        line += f" · ETA {fmt_duration(_eta(view))}"
+    failed = view.counts.get("failed", 0)
+    if failed:
+        classes = ", ".join(f"{cls} {len(r)}" for cls, r in sorted(view.failures.items()))
+        line += f" · failed {failed}" + (f" ({classes})" if classes else "")
+    return line
+
+
+def _eta(view: BatchView) -> float:
+    """By audio when durations are known (long files dominate), else by file count."""
+    if view.audio_done > 0 and view.audio_total > 0:
+        return (view.audio_total - view.audio_done) / (view.audio_done / view.elapsed)
+    if view.settled:
+        return (view.total - view.settled) * view.elapsed / view.settled
+    return 0.0
+
+
+def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr,
+                   interval: float = 0.5, timeout: float | None = None) -> BatchView:
+    """Poll until every file is done or failed; redraw in place on a terminal, else a line every 10 s."""
+    tty = stream.isatty()
+    last_print = 0.0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        view = load_view(store, batch_id)
+        now = time.monotonic()
+        if tty:
+            stream.write("\r\x1b[2K" + progress_line(view))
+            stream.flush()
+        elif view.complete or now - last_print >= 10:
+            stream.write(progress_line(view) + "\n")
+            stream.flush()
+            last_print = now
+        if view.complete or (deadline is not None and now > deadline):
+            if tty:
+                stream.write("\n")
+            return view
+        time.sleep(interval)

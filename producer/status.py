@@ -1,0 +1,109 @@
+"""What a batch looks like now: counts, audio, speed, failures grouped by error class."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from common.errors import InputError
+from common.models import FileRecord
+from common.state import StateStore
+
+SHOW_FAILURES = 20
+
+
+@dataclass
+class BatchView:
+    batch_id: str
+    header: dict[str, str]
+    counts: dict[str, int]
+    total: int
+    audio_total: float
+    audio_done: float
+    failures: dict[str, list[FileRecord]] = field(default_factory=dict)
+
+    @property
+    def settled(self) -> int:
+        return self.counts.get("done", 0) + self.counts.get("failed", 0)
+
+    @property
+    def complete(self) -> bool:
+        return self.settled >= self.total
+
+    @property
+    def elapsed(self) -> float:
+        created = float(self.header.get("created_at") or time.time())
+        finished = float(self.header.get("finished_at") or 0)
+        return max(1e-6, (finished if finished and self.complete else time.time()) - created)
+
+
+def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> BatchView:
+    header = store.batch(batch_id)
+    if not header:
+        raise InputError(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
+    counts = {k[2:]: int(v) for k, v in header.items() if k.startswith("n_")}
+    view = BatchView(batch_id, header, counts, int(header.get("total", 0)),
+                     float(header.get("audio_total") or 0), float(header.get("audio_done") or 0))
+    if with_failures and counts.get("failed"):
+        grouped: dict[str, list[FileRecord]] = defaultdict(list)
+        for record in store.files(batch_id, store.failed_indexes(batch_id)):
+            grouped[record.error_class or "unknown"].append(record)
+        view.failures = dict(grouped)
+    return view
+
+
+def fmt_hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def render_status(view: BatchView) -> str:
+    c = view.counts
+    speed = view.audio_done / view.elapsed
+    lines = [
+        f"batch    {view.batch_id}   ({'complete' if view.complete else 'in progress'})",
+        f"input    {view.header.get('input', '')}",
+        f"output   {view.header.get('out', '')}",
+        "",
+        f"{'files':<10}{'total':>8}{'queued':>8}{'running':>9}{'retrying':>10}{'done':>8}{'failed':>8}",
+        f"{'':<10}{view.total:>8}{c.get('queued', 0):>8}{c.get('running', 0):>9}"
+        f"{c.get('retrying', 0):>10}{c.get('done', 0):>8}{c.get('failed', 0):>8}",
+        "",
+        f"audio    {fmt_hours(view.audio_done)} of {fmt_hours(view.audio_total)} transcribed; "
+        f"{speed:.1f}× real time over {fmt_duration(view.elapsed)}",
+    ]
+    skipped = int(view.header.get("skipped", 0) or 0)
+    if skipped:
+        lines.append(f"skipped  {skipped} file(s) that are not audio or video")
+    lines += render_failures(view)
+    return "\n".join(lines)
+
+
+def render_failures(view: BatchView) -> list[str]:
+    if not view.failures:
+        return []
+    lines = ["", f"failed files ({view.counts.get('failed', 0)}), by error class:"]
+    for cls, records in sorted(view.failures.items()):
+        lines.append(f"  {cls} ({len(records)}):")
+        for record in records[:SHOW_FAILURES]:
+            lines.append(f"    {record.path}: {record.reason}")
+        if len(records) > SHOW_FAILURES:
+            lines.append(f"    … and {len(records) - SHOW_FAILURES} more (see run_summary.json)")
+    return lines
+
+
+def render_recent(store: StateStore, limit: int = 10) -> str:
+    ids = store.batch_ids(limit)
+    if not ids:
+        return "no batches yet"
+    rows = [f"{'batch':<26}{'files':>8}{'done':>8}{'failed':>8}  input"]
+    for batch_id in ids:
+        view = load_view(store, batch_id, with_failures=False)
+        rows.append(f"{batch_id:<26}{view.total:>8}{view.counts.get('done', 0):>8}"
+                    f"{view.counts.get('failed', 0):>8}  {view.header.get('input', '')}")
+    return "\n".join(rows)

@@ -1,0 +1,143 @@
+"""Submit a batch: discover → fingerprint → claim jobs in Redis → publish one task per unique file.
+
+Dedupe is correct under concurrency because claiming is one Lua script per chunk: for each job it
+answers *claimed* (we publish), *attached* (another producer or an earlier batch will deliver our
+input too) or *done* (a cached result: we write the output, no engine call). A producer killed
+between claim and publish leaves a claim that expires after `claim_ttl`; every producer that
+attached to it waits that long at most and then claims and publishes it itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.models import FileRecord, TranscriptionOptions, job_key
+from common.outcomes import deliver_failure, deliver_success
+from common.output import output_path
+from common.queues import pool_queue
+from common.state import StateStore, target_id
+from producer.discover import discover
+from producer.fingerprint import fingerprint_files
+from producer.publish import Publisher, TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SubmitReport:
+    batch_id: str
+    files: int = 0
+    published: int = 0  # new engine work (one task per unique content)
+    attached: int = 0  # same content already queued or running elsewhere
+    cached: int = 0  # already transcribed: output written from the cache, no engine call
+    failed_now: int = 0  # unusable inputs, failed at submit with a reason
+    skipped: list[str] = field(default_factory=list)  # not media
+    seconds: float = 0.0
+
+
+def new_batch_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Submitter:
+    def __init__(self, store: StateStore, publisher: Publisher, claim_ttl: int) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.claim_ttl = claim_ttl
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: TranscriptionOptions,
+               formats: Sequence[str] = ("json",), batch_id: str | None = None) -> SubmitReport:
+        began = time.monotonic()
+        out = Path(out_dir).expanduser().resolve()
+        found = discover(inputs, exclude=[out])
+        report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped)
+        prints = fingerprint_files([p for p, _ in found.files], self.store)
+        records = [FileRecord(batch_id=report.batch_id, index=i, path=path, rel=rel,
+                              output=str(output_path(out, rel)), sha256=fp.sha256, size=fp.size,
+                              duration=fp.duration, queued_at=time.time(),
+                              job=job_key(fp.sha256, options) if not fp.error else "")
+                   for i, ((path, rel), fp) in enumerate(zip(found.files, prints))]
+        report.files = len(records)
+        header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
+                  "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner}
+        self.store.create_batch(report.batch_id, header, records)
+
+        bad = [(r, fp.error) for r, fp in zip(records, prints) if fp.error]
+        for record, reason in bad:
+            deliver_failure(self.store, "", [record], "permanent", reason)
+        report.failed_now = len(bad)
+
+        good = [r for r, fp in zip(records, prints) if not fp.error]
+        self._claim_and_publish(good, options, report)
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _claim_and_publish(self, records: list[FileRecord], options: TranscriptionOptions,
+                           report: SubmitReport) -> None:
+        verdicts = self.store.claim([(r.job, target_id(r.batch_id, r.index), r.duration) for r in records],
+                                    self.owner, self.claim_ttl)
+        claimed = [r for r, v in zip(records, verdicts) if v == "claimed"]
+        attached = [r for r, v in zip(records, verdicts) if v == "attached"]
+        cached = [r for r, v in zip(records, verdicts) if v == "done"]
+        self._publish(claimed, options)
+        report.published += len(claimed)
+        self._deliver_cached(cached)
+        report.cached += len(cached)
+        report.attached += len(attached)
+        self._settle_attached(attached, options, report)
+
+    def _publish(self, records: list[FileRecord], options: TranscriptionOptions) -> None:
+        """Longest first: the long tail of a batch is its longest file started last."""
+        if not records:
+            return
+        queue = pool_queue(options.language, options.engine)
+        opts = options.to_dict()
+        ordered = sorted(records, key=lambda r: r.duration, reverse=True)
+        self.publisher.publish([TaskSpec(r.job, opts, r.path, r.duration, queue) for r in ordered])
+        self.store.mark_published([r.job for r in ordered], self.owner)
+
+    def _deliver_cached(self, records: list[FileRecord]) -> None:
+        results = self.store.results(sorted({r.job for r in records}))
+        for record in records:
+            result = results.get(record.job)
+            if result is not None:
+                deliver_success(self.store, "", [record], result)
+
+    def _settle_attached(self, records: list[FileRecord], options: TranscriptionOptions,
+                         report: SubmitReport) -> None:
+        """Make sure every job we attached to gets published even if its claimer died."""
+        pending = {r.job: r for r in records}
+        deadline = time.monotonic() + self.claim_ttl + 10
+        while pending and time.monotonic() < deadline:
+            jobs = list(pending)
+            states = self.store.job_states(jobs)
+            now = time.time()
+            for jk, (state, claim_deadline) in zip(jobs, states):
+                if state != "claimed":
+                    pending.pop(jk)
+                elif claim_deadline < now:
+                    self._take_over(pending.pop(jk), options, report, pending)
+            if pending:
+                time.sleep(0.5)
+
+    def _take_over(self, record: FileRecord, options: TranscriptionOptions, report: SubmitReport,
+                   pending: dict[str, FileRecord]) -> None:
+        log.warning("claim on %s expired (its producer died?); taking it over", record.path)
+        verdict = self.store.claim([(record.job, target_id(record.batch_id, record.index), record.duration)],
+                                   self.owner, self.claim_ttl)[0]
+        if verdict == "claimed":
+            self._publish([record], options)
+            report.published, report.attached = report.published + 1, report.attached - 1
+        elif verdict == "done":
+            self._deliver_cached([record])
+            report.cached, report.attached = report.cached + 1, report.attached - 1
+        else:
+            pending[record.job] = record

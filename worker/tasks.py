@@ -1,0 +1,115 @@
+"""The Celery side of the worker: the transcribe task and how a consumer learns its endpoint.
+
+A consumer is started either by `batchscribe worker` (which passes the endpoint in
+BATCHSCRIBE_ENDPOINT_JSON) or by hand as a plain Celery worker:
+
+    celery -A worker.app worker -Q ep.NAME,pool.en-US -c N -P threads
+
+in which case the endpoint is the one named by its `ep.NAME` queue, looked up in
+BATCHSCRIBE_CONFIG (or the built-in local endpoint when NAME is `local`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import celeryd_after_setup, worker_ready
+
+from common.config import Endpoint, default_local_endpoints, load_endpoints
+from common.errors import ConfigError
+from common.models import TranscriptionOptions
+from common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
+from common.settings import Settings
+from common.state import StateStore
+from worker.jobs import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
+    """Which endpoint this consumer serves (see module docstring)."""
+    if environ.get("BATCHSCRIBE_ENDPOINT_JSON"):
+        return Endpoint.from_dict(json.loads(environ["BATCHSCRIBE_ENDPOINT_JSON"]))
+    name = environ.get("BATCHSCRIBE_ENDPOINT") or endpoint_from_queues(queues)
+    if environ.get("BATCHSCRIBE_CONFIG"):
+        endpoints = load_endpoints(environ["BATCHSCRIBE_CONFIG"], environ)
+        only = endpoints.endpoints[0] if len(endpoints) == 1 else None
+        found = endpoints.get(name) if name else only
+        if found is None:
+            raise ConfigError(f"{environ['BATCHSCRIBE_CONFIG']}: no endpoint named {name!r} "
+                              f"(consume exactly one ep.NAME queue, or set BATCHSCRIBE_ENDPOINT)")
+        return found
+    if name in (None, "local"):
+        return default_local_endpoints().endpoints[0]
+    raise ConfigError(f"endpoint {name!r}: set BATCHSCRIBE_CONFIG to the endpoint YAML that defines it")
+
+
+class ConsumerRuntime:
+    """Lazily built per process: the endpoint is known only once Celery has parsed -Q."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queues: list[str] = []
+        self._runner: JobRunner | None = None
+        self._lock = threading.Lock()
+
+    def runner(self) -> JobRunner:
+        with self._lock:
+            if self._runner is None:
+                endpoint = resolve_endpoint(os.environ, self.queues)
+                store = StateStore.connect(self.settings, check=False)
+                self._runner = JobRunner(self.settings, store, endpoint)
+                log.info("consumer serves endpoint %s (%s, concurrency %d)",
+                         endpoint.name, endpoint.engine, endpoint.concurrency)
+            return self._runner
+
+
+    def warm_up(self) -> None:
+        engine = self.runner().engine
+        load = getattr(engine, "load", None)
+        if callable(load):
+            try:
+                load()
+            except Exception:  # the first file will report it with its class
+                log.exception("engine of %s failed to load", self.runner().endpoint.name)
+
+
+def register(app: Celery, settings: Settings) -> ConsumerRuntime:
+    """Attach the transcribe task and the startup hooks to `app`."""
+    runtime = ConsumerRuntime(settings)
+
+    @app.task(name=TRANSCRIBE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              max_retries=None, ignore_result=True)
+    def transcribe(self: Task, job_key: str, options: dict[str, Any], path: str = "",
+                   duration: float = 0.0) -> None:
+        delivery = f"{self.request.id}:{self.request.retries}"
+        verdict = runtime.runner().run(job_key, options, delivery)
+        if verdict is not None:
+            opts = TranscriptionOptions.from_dict(options)
+            raise self.retry(countdown=verdict.delay, queue=pool_queue(opts.language, opts.engine),
+                             max_retries=None)
+
+    @celeryd_after_setup.connect(weak=False)
+    def _learn_queues(sender: Any, instance: Any, conf: Any, **_: Any) -> None:
+        if instance.app is not app:
+            return
+        runtime.queues = list(instance.app.amqp.queues.consume_from or {})
+        endpoint = runtime.runner().endpoint
+        if instance.concurrency != endpoint.concurrency:
+            log.warning("endpoint %s has concurrency %d in its config but this worker runs -c %d; "
+                        "the worker's -c is what limits simultaneous requests",
+                        endpoint.name, endpoint.concurrency, instance.concurrency)
+
+    @worker_ready.connect(weak=False)
+    def _warm_up(sender: Any, **_: Any) -> None:
+        """Load the engine (e.g. the Whisper model) before the first file, not during it."""
+        if getattr(sender, "app", None) is app:
+            threading.Thread(target=runtime.warm_up, daemon=True).start()
+
+    return runtime
