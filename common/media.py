@@ -126,13 +126,20 @@ class WavInfo:
                 and self.declared_size == self.data_size)
 
 
-def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT) -> float:
-    """Seconds of audio in a file: RIFF header for WAV, ffprobe for everything else."""
+def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT,
+                   strict: bool = False) -> float:
+    """Seconds of audio in a file: RIFF header for WAV, ffprobe for everything else.
+
+    `strict` (the producer's choice) refuses a truncated WAV: a recording cut short is usually
+    one still being copied, and transcribing half of it would hide that.
+    """
     size = check_file(path)
     with Path(path).open("rb") as fh:
         head = fh.read(12)
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         info = read_wav_header(path, size)
+        if strict and info.warning:
+            raise AudioError(f"{info.warning} (still being copied? fix it and use retry-failed)")
         if info.exact:
             return info.duration
     if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head) is None:

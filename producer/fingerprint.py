@@ -54,7 +54,7 @@ def _stat(path: str) -> tuple[os.stat_result | None, str]:
 def _measure(path: str, size: int) -> Fingerprint:
     try:
         sha = sha256_file(path)
-        duration = probe_duration(path)
+        duration = probe_duration(path, strict=True)
     except ProcessingError as exc:
         return Fingerprint(size=size, error=exc.reason)
     except OSError as exc:

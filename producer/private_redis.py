@@ -41,6 +41,7 @@ class PrivateRedis:
         if binary is None:
             raise StateError("redis-server is not installed (apt-get install redis-server), "
                              "or pass --broker redis://HOST:6379/0 to use a running Redis")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",

@@ -1,0 +1,111 @@
+"""The emulator as a container: HTTP probes, control API, faults, capacity, CLI — real SDK where it counts."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from common.errors import TransientError
+from common.models import TranscriptionOptions
+from emulator import FaultMode, duration_text
+from tests.support.emulator import (
+    emulator_process,
+    endpoint_for,
+    http_get,
+    running_emulator,
+    tone_wav,
+)
+from worker.engines.azure import AzureEngine
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_ready_and_status_answer_like_a_container() -> None:
+    with running_emulator() as emu:
+        port = emu.ports[0]
+        assert http_get(port, "/ready") == (200, {"message": "ready"})
+        status, body = http_get(port, "/status")
+        assert status == 200 and body["apiStatus"] == "Valid"
+        emu.set_fault(port, "unready")
+        assert http_get(port, "/ready")[0] == 503
+        emu.reset(port)
+        assert http_get(port, "/ready")[0] == 200
+
+
+def test_control_api_sets_faults_over_http_and_rejects_bad_modes() -> None:
+    with running_emulator(ports=2) as emu:
+        a, b = emu.ports
+        status, body = http_get(a, "/control/fault?mode=http429&rate=0.5&count=3")
+        assert status == 200 and body["fault"] == {"mode": "http429", "rate": 0.5, "count": 3}
+        assert http_get(a, "/control/fault?mode=explode")[0] == 400
+        # A refused port no longer listens: a sibling port lifts the fault.
+        assert http_get(a, "/control/fault?mode=refuse")[0] == 200
+        with pytest.raises(OSError):
+            http_get(a, "/ready")
+        assert http_get(b, f"/control/reset?port={a}")[0] == 200
+        assert http_get(a, "/ready")[0] == 200
+
+
+def test_refuse_for_a_while_lifts_by_itself() -> None:
+    with running_emulator() as emu:
+        port = emu.ports[0]
+        emu.set_fault(port, FaultMode.REFUSE, lift_after=0.3)
+        with pytest.raises(OSError):
+            http_get(port, "/ready")
+        threading.Event().wait(0.6)
+        assert http_get(port, "/ready")[0] == 200
+
+
+def test_capacity_refuses_the_extra_session_with_429(tmp_path: Path) -> None:
+    """Capacity 1, two files at once: one is served, the other sees 429 (TooManyRequests)."""
+    audio = tone_wav(tmp_path / "a.wav", 3.0)
+    with running_emulator(capacity=1, rtf=1.0) as emu:  # each file holds its session ~3 s
+        port = emu.ports[0]
+        engine = AzureEngine(endpoint_for(port, rtf=1000.0))
+        outcomes: list[object] = []
+
+        def one() -> None:
+            try:
+                outcomes.append(engine.transcribe(audio, TranscriptionOptions()))
+            except TransientError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        stats = emu.stats(port)
+        engine.close()
+    errors = [o for o in outcomes if isinstance(o, TransientError)]
+    assert len(outcomes) == 2 and len(errors) == 1, outcomes
+    assert "TooManyRequests" in errors[0].reason
+    assert stats["max_active"] == 1 and stats["refused"]["capacity"] >= 1
+
+
+def test_count_limits_a_fault_to_the_next_sessions(tmp_path: Path) -> None:
+    """`count=1`: the first session is refused with 429, the SDK's own reconnect then succeeds."""
+    audio = tone_wav(tmp_path / "a.wav", 1.0)
+    with running_emulator() as emu:
+        port = emu.ports[0]
+        emu.set_fault(port, "http429", count=1)
+        engine = AzureEngine(endpoint_for(port))
+        result = engine.transcribe(audio, TranscriptionOptions())
+        engine.close()
+        assert result.phrases[0]["DisplayText"] == duration_text(1.0)
+        assert emu.stats(port)["refused"] == {"http429": 1}
+
+
+def test_cli_serves_several_independent_ports(tmp_path: Path) -> None:
+    audio = tone_wav(tmp_path / "a.wav", 2.0)
+    with emulator_process("--rtf", "0", "--transcribe", "fixed", "--text", "hello there", ports=2) as ports:
+        for port in ports:
+            assert http_get(port, "/ready")[0] == 200
+        engine = AzureEngine(endpoint_for(ports[0]))
+        result = engine.transcribe(audio, TranscriptionOptions())
+        engine.close()
+        assert result.phrases[0]["DisplayText"] == "hello there"
+        assert http_get(ports[0], "/control/stats")[1]["sessions_total"] == 1
+        assert http_get(ports[1], "/control/stats")[1]["sessions_total"] == 0

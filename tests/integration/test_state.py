@@ -1,0 +1,94 @@
+"""Redis state scripts against a real redis-server: dedupe claims, counters, takeover of dead claims."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from common.models import FileRecord, FileState
+from common.state import StateStore, target_id
+
+
+def make_batch(store: StateStore, batch_id: str, n: int, jobs: list[str]) -> list[FileRecord]:
+    records = [FileRecord(batch_id=batch_id, index=i, path=f"/in/{i}.wav", rel=f"{i}.wav",
+                          output=f"/out/{i}_wav.json", duration=1.5, job=jobs[i]) for i in range(n)]
+    store.create_batch(batch_id, {"out": "/out"}, records)
+    return records
+
+
+def test_claim_attach_and_cached_verdicts(store: StateStore) -> None:
+    make_batch(store, "b1", 3, ["j1", "j1", "j2"])
+    verdicts = store.claim([("j1", "b1:0", 1.5), ("j1", "b1:1", 1.5), ("j2", "b1:2", 1.5)], "p1", ttl=30)
+    assert verdicts == ["claimed", "attached", "claimed"]
+    assert store.redis.lrange(store.keys.targets("j1"), 0, -1) == [b"b1:0", b"b1:1"]
+    store.finish_job("j2", {"phrases": []}, ttl=60)
+    make_batch(store, "b2", 1, ["j2"])
+    assert store.claim([("j2", "b2:0", 1.5)], "p2", ttl=30) == ["done"]
+
+
+def test_two_producers_racing_claim_each_job_exactly_once(store: StateStore) -> None:
+    jobs = [f"job{i}" for i in range(400)]
+    make_batch(store, "a", 400, jobs)
+    make_batch(store, "b", 400, jobs)
+    results: dict[str, list[str]] = {}
+
+    def producer(batch_id: str) -> None:
+        items = [(jk, target_id(batch_id, i), 1.0) for i, jk in enumerate(jobs)]
+        results[batch_id] = store.claim(items, batch_id, ttl=30, chunk=7)
+
+    threads = [threading.Thread(target=producer, args=(b,)) for b in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(400):
+        assert sorted([results["a"][i], results["b"][i]]) == ["attached", "claimed"]
+        assert store.redis.llen(store.keys.targets(jobs[i])) == 2
+
+
+def test_expired_claim_is_taken_over_and_keeps_its_targets(store: StateStore) -> None:
+    make_batch(store, "b1", 1, ["j"])
+    make_batch(store, "b2", 1, ["j"])
+    assert store.claim([("j", "b1:0", 1.0)], "dead-producer", ttl=1) == ["claimed"]
+    assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=1) == ["attached"]
+    time.sleep(1.1)
+    assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=30) == ["claimed"]
+    assert store.redis.lrange(store.keys.targets("j"), 0, -1) == [b"b1:0", b"b2:0"]
+
+
+def test_file_counters_follow_job_transitions_and_completion_fires_once(store: StateStore) -> None:
+    make_batch(store, "b", 2, ["j", "k"])
+    store.claim([("j", "b:0", 1.5), ("k", "b:1", 1.5)], "p", ttl=30)
+    start = store.start_job("j", "ep1", "d1")
+    assert (start.previous, start.attempts, start.targets) == ("claimed", 1, ["b:0"])
+    assert store.batch("b")["n_running"] == "1"
+    store.requeue_job("j", "transient", "429", spend_attempt=True)
+    assert store.batch("b")["n_retrying"] == "1"
+    assert store.start_job("j", "ep1", "d2").attempts == 2
+    store.finish_job("j", {"phrases": []}, ttl=60)
+    assert store.settle_file("b:0", FileState.DONE, "j") is False
+    assert store.settle_file("b:0", FileState.DONE, "j") is False  # idempotent
+    assert store.settle_file("b:1", FileState.FAILED, "", error_class="permanent", reason="x") is True
+    head = store.batch("b")
+    assert (head["n_done"], head["n_failed"], head["n_queued"], head["n_running"]) == ("1", "1", "0", "0")
+    assert float(head["audio_done"]) == 1.5
+    assert store.failed_indexes("b") == [1]
+    assert store.redis.llen(store.keys.targets("j")) == 0
+
+
+def test_endpoint_errors_do_not_spend_attempts(store: StateStore) -> None:
+    make_batch(store, "b", 1, ["j"])
+    store.claim([("j", "b:0", 1.0)], "p", ttl=30)
+    for _ in range(3):
+        store.start_job("j", "ep", "d")
+        store.requeue_job("j", "endpoint", "refused", spend_attempt=False)
+    job = store.job("j")
+    assert job["attempts"] == "0" and job["reroutes"] == "3"
+
+
+def test_a_delivery_that_never_reported_back_counts_as_a_crash(store: StateStore) -> None:
+    make_batch(store, "b", 1, ["j"])
+    store.claim([("j", "b:0", 1.0)], "p", ttl=30)
+    store.start_job("j", "ep", "d1")
+    again = store.start_job("j", "ep", "d1-redelivered")
+    assert again.crashes == 1 and again.attempts == 2

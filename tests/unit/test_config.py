@@ -1,0 +1,80 @@
+"""Endpoint YAML: batch-processing-kit files load unchanged; every error names file, endpoint, key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import default_local_endpoints, load_endpoints, parse_endpoints
+from common.errors import ConfigError
+
+BPK_FILE = """
+MyContainer1:
+  host: 192.168.0.100
+  port: 5000
+  concurrency: 5
+  rtf: 3
+  language: en-US
+  isSecure: false
+MyCloud:
+  host: westeurope.stt.speech.microsoft.com
+  concurrency: 10
+  subscriptionKey: $SPEECH_KEY
+  region: westeurope
+MinimalOne:
+"""
+
+
+def test_batch_processing_kit_file_loads_unchanged_with_its_defaults() -> None:
+    endpoints = parse_endpoints(BPK_FILE, "endpoints.yaml", {"SPEECH_KEY": "secret"})
+    container, cloud, minimal = endpoints.endpoints
+    assert (container.host, container.port, container.concurrency, container.rtf) == ("192.168.0.100", 5000, 5, 3.0)
+    assert container.engine == "azure" and container.url == "ws://192.168.0.100:5000"
+    assert cloud.is_cloud_service and cloud.is_secure and cloud.port == 443
+    assert cloud.subscription_key == "secret" and cloud.region == "westeurope"
+    assert (minimal.host, minimal.port, minimal.concurrency, minimal.rtf, minimal.languages) == (
+        "localhost", 5000, 8, 3.0, ("en-US",))
+    assert "secret" not in repr(cloud)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("gpu2:\n  concurrency: ten\n", "endpoints.yaml: endpoint 'gpu2': concurrency must be an integer"),
+    ("gpu2:\n  concurrency: 0\n", "endpoint 'gpu2': concurrency must be an integer between 1 and 1000, got 0"),
+    ("a:\n  port: 70000\n", "endpoint 'a': port must be an integer between 1 and 65535"),
+    ("a:\n  rtf: fast\n", "endpoint 'a': rtf must be a number"),
+    ("a:\n  isSecure: maybe\n", "endpoint 'a': isSecure must be true or false"),
+    ("a:\n  concurency: 3\n", "endpoint 'a': unknown key(s) 'concurency'"),
+    ("a:\n  engine: gpu\n", "endpoint 'a': engine must be one of azure, local"),
+    ("a:\n  language: english\n", "endpoint 'a': language must look like 'en-US'"),
+    ("a:\n  subscriptionKey: $NOPE_NOT_SET\n", "subscriptionKey refers to $NOPE_NOT_SET, which is not set"),
+    ("a:\n  isCloudService: true\n", "a cloud endpoint (isCloudService) needs subscriptionKey and region"),
+    ("a: [1, 2]\n", "endpoint 'a': must be a mapping"),
+    ("- a\n- b\n", "must map endpoint names to their settings"),
+    ("a: {\n", "not valid YAML"),
+    ("", "no endpoints defined"),
+])
+def test_errors_name_the_file_the_endpoint_and_the_key(body: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_endpoints(body, "endpoints.yaml", {})
+    assert message in str(err.value)
+    assert str(err.value).startswith("endpoints.yaml")
+
+
+def test_missing_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: endpoint file not found"):
+        load_endpoints(tmp_path / "nope.yaml")
+
+
+def test_ours_keys_and_env_values(tmp_path: Path) -> None:
+    path = tmp_path / "eps.yaml"
+    path.write_text("loc:\n  engine: local\n  concurrency: $SLOTS\n  languages: [en-US, en-GB]\n")
+    (endpoint,) = load_endpoints(path, {"SLOTS": "3"}).endpoints
+    assert endpoint.engine == "local" and endpoint.concurrency == 3
+    assert endpoint.languages == ("en-US", "en-GB")
+
+
+def test_default_local_endpoint_is_sized_to_the_machine() -> None:
+    assert default_local_endpoints(2).endpoints[0].concurrency == 1
+    big = default_local_endpoints(16).endpoints[0]
+    assert big.engine == "local" and big.concurrency == 8 and big.cpu_threads == 2

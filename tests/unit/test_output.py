@@ -1,0 +1,59 @@
+"""Outputs follow batch-processing-kit's schema and naming; written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.models import FileRecord
+from common.output import failure_document, output_path, success_document, write_json_atomic
+
+PHRASE = {"RecognitionStatus": "Success", "Offset": 5_000_000, "Duration": 20_000_000,
+          "DisplayText": "Hello there.",
+          "NBest": [{"Confidence": 0.9, "Lexical": "hello there", "ITN": "hello there",
+                     "MaskedITN": "hello there", "Display": "Hello there.",
+                     "Words": [{"Word": "hello", "Offset": 5_000_000, "Duration": 8_000_000}]},
+                    {"Confidence": 0.5, "Lexical": "hollow there", "ITN": "", "MaskedITN": "",
+                     "Display": "Hollow there."}]}
+
+
+def record(tmp_path: Path) -> FileRecord:
+    return FileRecord(batch_id="b", index=0, path="/in/sub/call.wav", rel="sub/call.wav",
+                      output=str(output_path(tmp_path, "sub/call.wav")), sha256="ab" * 32, duration=3.0)
+
+
+def test_output_names_mirror_the_input_tree(tmp_path: Path) -> None:
+    assert output_path("/out", "sub/dir/call.wav") == Path("/out/sub/dir/call_wav.json")
+    assert output_path("/out", "x.tar.mp3") == Path("/out/x.tar_mp3.json")
+
+
+def test_success_document_schema(tmp_path: Path) -> None:
+    result = {"phrases": [PHRASE], "duration": 3.0, "engine": "local", "endpoint": "e1",
+              "options": {"language": "en-US", "nbest": 1}}
+    doc = success_document(record(tmp_path), result)
+    entry = doc["AudioFileResults"][0]
+    assert entry["TranscriptionStatus"] == "Succeeded"
+    assert entry["AudioFileName"] == "call.wav" and entry["AudioFileHash"] == "ab" * 32
+    assert entry["AudioLengthInSeconds"] == 3.0
+    assert entry["CombinedResults"][0]["Display"] == "Hello there."
+    seg = entry["SegmentResults"][0]
+    assert seg["OffsetInSeconds"] == 0.5 and seg["DurationInSeconds"] == 2.0
+    assert len(seg["NBest"]) == 1 and seg["Language"] == "en-US"
+    assert seg["NBest"][0]["Words"][0]["OffsetInSeconds"] == 0.5
+    assert entry["LastProcessedOffsetInSeconds"] == 2.5
+    assert PHRASE["Offset"] == 5_000_000  # the cached result is never modified in place
+
+
+def test_failure_document_carries_class_and_reason(tmp_path: Path) -> None:
+    doc = failure_document(record(tmp_path), "permanent", "empty file (0 bytes)")
+    entry = doc["AudioFileResults"][0]
+    assert entry["TranscriptionStatus"] == "Failed"
+    assert entry["ErrorClass"] == "permanent" and entry["FailureReason"] == "empty file (0 bytes)"
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "x.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
