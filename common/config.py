@@ -44,6 +44,7 @@ class Endpoint:
     region: str | None = None
     model: str | None = None  # local engine: a model folder or a name
     cpu_threads: int = 0  # local engine: threads per model (0: let the engine decide)
+    stall_timeout: float = 30.0  # azure engine: floor of the no-progress watchdog, seconds
 
     @property
     def language(self) -> str:
@@ -145,13 +146,14 @@ def _parse_endpoint(source: str, name: str, raw: Any, environ: Mapping[str, str]
         region=region,
         model=get("model", "str", None),
         cpu_threads=get("cpuThreads", "int", 0, lo=0, hi=256),
+        stall_timeout=get("stallTimeout", "float", 30.0, lo=1.0, hi=86400.0),
     )
 
 
 _KEYS = (
     "host", "port", "concurrency", "rtf", "language", "isSecure", "isCloudService",
     "subscriptionKey", "subscription", "region", "startConcurrency",
-    "engine", "languages", "model", "cpuThreads",
+    "engine", "languages", "model", "cpuThreads", "stallTimeout",
 )
 
 

@@ -15,5 +15,5 @@ def build_engine(endpoint: Endpoint) -> Engine:
     if endpoint.engine == "azure":
         from worker.engines.azure import AzureEngine
 
-        return AzureEngine(endpoint)
+        return AzureEngine(endpoint, stall_floor=endpoint.stall_timeout)
     raise ConfigError(f"endpoint '{endpoint.name}': unknown engine {endpoint.engine!r}")

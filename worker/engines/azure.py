@@ -333,17 +333,21 @@ class AzureEngine:
             raise _construction_error(audio, exc) from exc
         tracker = _Tracker()
         signals = self._connect(recognizer, driver, tracker)
+        connection = sdk.Connection.from_recognizer(recognizer)
         try:
             getattr(recognizer, driver.start)().get()
             source.start(self.endpoint.rtf)
             self._wait(audio, tracker, progress)
         finally:
             self._stop(getattr(recognizer, driver.stop))
+            # Close the websocket before the slot is handed back: the endpoint must never see more
+            # open sessions than `concurrency` (destroying the recognizer can happen later).
+            _close(connection)
             for signal in signals:
                 signal.disconnect_all()
             source.release()
-            self._release([recognizer, source])
-            del recognizer, signals
+            self._release([recognizer, source, connection])
+            del recognizer, signals, connection
         if tracker.cancel_code is not None:
             raise _cancellation_error(tracker.cancel_code, tracker.cancel_details, len(tracker.phrases))
         return tracker
@@ -391,6 +395,14 @@ class AzureEngine:
         return Recognition(phrases=phrases, duration=audio.duration,
                            language=language or options.language, engine="azure",
                            extra={"endpoint": self.endpoint.name, "input": self.input_mode})
+
+
+def _close(connection: sdk.Connection) -> None:
+    """Close the websocket now; the SDK refuses when it is already closing (after a stall)."""
+    try:
+        connection.close()
+    except RuntimeError as exc:
+        log.debug("azure: connection close refused: %s", exc)
 
 
 def _trim(phrase: dict[str, Any], options: TranscriptionOptions) -> dict[str, Any]:
