@@ -123,7 +123,8 @@ def _submit(settings: Settings, inputs: tuple[str, ...], out: str, opts: Transcr
 
 @root.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (shared storage).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (shared storage).")
 @click.option("--wait", is_flag=True, help="Show progress until the batch is finished.")
 @click.option("--batch-id", default=None, help="Name the batch (default: time-based id).")
 @broker_option
@@ -141,11 +142,13 @@ def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, 
 @guarded
 def status(batch_id: str | None, broker: str | None) -> None:
     """Show a batch (or the recent batches); exits 1 if any of its files failed."""
-    from producer.status import load_view, render_recent, render_status
+    from producer.status import load_view, render_endpoints, render_recent, render_status
 
     store = StateStore.connect(_settings(broker))
     if batch_id is None:
         click.echo(render_recent(store))
+        click.echo("")
+        click.echo(render_endpoints(store))
         return
     view = load_view(store, batch_id)
     click.echo(render_status(view))
@@ -200,10 +203,12 @@ def worker(config_path: str | None, hostname: str | None, broker: str | None) ->
     logging.getLogger().setLevel(logging.INFO)
     supervisor = Supervisor(settings, endpoints, config_path=config_path, hostname=hostname)
     _stop_on_signals(supervisor)
-    click.echo(f"worker {supervisor.hostname}: {len(endpoints)} endpoint(s) "
-               f"({', '.join(f'{e.name}×{e.concurrency}' for e in endpoints)}) on {redact(settings.redis_url)}",
+    source = config_path or "the cluster's published endpoint set (or the built-in local endpoint)"
+    click.echo(f"worker {supervisor.hostname}: endpoints from {source}; broker {redact(settings.redis_url)}",
                err=True)
     supervisor.run()
+    if supervisor.stopped_by_failure:
+        _fail("a background loop of this worker died (see the log above)", 1)
 
 
 def _stop_on_signals(supervisor: Any) -> None:
@@ -218,6 +223,72 @@ def _stop_on_signals(supervisor: Any) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+# ---- endpoints: the cluster's endpoint set ------------------------------------------------------
+
+@root.group()
+def endpoints() -> None:
+    """Show or change the endpoint set every worker VM follows (hot-swap)."""
+
+
+@endpoints.command("apply")
+@click.argument("path", type=click.Path(dir_okay=False))
+@broker_option
+@guarded
+def endpoints_apply(path: str, broker: str | None) -> None:
+    """Validate PATH and publish it; every worker VM reconciles within seconds."""
+    from common.registry import EndpointRegistry, validate
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read endpoint file: {exc}") from exc
+    parsed, missing = validate(text, Path(path).name)
+    registry = EndpointRegistry(StateStore.connect(_settings(broker)))
+    version = registry.publish(text, Path(path).name)
+    click.echo(f"published {Path(path).name} as endpoint set v{version}: "
+               + ", ".join(f"{e.name} ({e.engine}, {e.concurrency} at once)" for e in parsed))
+    if missing:
+        click.echo(f"note: ${', $'.join(sorted(missing))} not set here; each worker VM reads it from its "
+                   "own environment", err=True)
+
+
+@endpoints.command("show")
+@broker_option
+@guarded
+def endpoints_show(broker: str | None) -> None:
+    """The published endpoint set, each endpoint's owner VM and health."""
+    from producer.status import render_endpoints
+
+    click.echo(render_endpoints(StateStore.connect(_settings(broker))))
+
+
+@root.command("retry-failed")
+@click.argument("batch_id")
+@click.option("--class", "error_class", type=click.Choice(["transient", "endpoint", "permanent", "crash"]),
+              default=None, help="Only files that failed with this error class.")
+@click.option("--wait", is_flag=True, help="Show progress until the batch is finished again.")
+@broker_option
+@guarded
+def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str | None) -> None:
+    """Queue a batch's failed files again (all, or one error class)."""
+    from producer.progress import wait_for_batch
+    from producer.publish import Publisher
+    from producer.status import render_failures
+    from producer.submit import Submitter
+
+    settings = _settings(broker)
+    store = StateStore.connect(settings)
+    submitter = Submitter(store, Publisher(make_app(settings, "batchscribe-producer")), settings.claim_ttl)
+    report = submitter.retry_failed(batch_id, error_class)
+    click.echo(f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
+               f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable", err=True)
+    if wait:
+        view = wait_for_batch(store, batch_id)
+        for line in render_failures(view):
+            click.echo(line, err=True)
+        sys.exit(EXIT_FAILED_FILES if view.counts.get("failed") else 0)
 
 
 # ---- run: everything on one machine -------------------------------------------------------------
@@ -244,7 +315,8 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     log_path = Path(tempfile.gettempdir()) / f"batchscribe-run-{os.getpid()}.log"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop workers, stop Redis
     with open(log_path, "wb") as log_file:
-        supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file, grace=10)
+        supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file, grace=10,
+                                follow_registry=False)
         thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
         thread.start()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from common.keys import KOMBU_UNACKED_INDEX
 from common.settings import Settings
 
 
@@ -16,7 +17,16 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
     """
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
     transport = {
+        # Recovery of a dead consumer's deliveries (docs/design.md §Deliveries, leases and retries):
+        # live consumers refresh their deliveries' scores in the unacked index (worker.leases), so
+        # the timeout can be short; kombu sweeps every restore_interval seconds (throttle 1: the
+        # default throttle of 10 would make that 100 s); a consumer killed while holding the sweep
+        # mutex blocks sweeps only for unacked_mutex_expire seconds.
         "visibility_timeout": settings.visibility_timeout,
+        "unacked_index_key": KOMBU_UNACKED_INDEX,
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 15,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": True,

@@ -52,3 +52,36 @@ class Keys:
     def endpoint_stats(self, endpoint: str) -> str:
         """Hash: per-endpoint counters (done, failed by class, audio seconds)."""
         return f"{self.prefix}:epstats:{endpoint}"
+
+    def endpoint_set(self) -> str:
+        """Hash: the cluster's published endpoint set (version, yaml, source, applied_at)."""
+        return f"{self.prefix}:endpoints"
+
+    def owner(self, endpoint: str) -> str:
+        """String with TTL: which worker VM runs this endpoint's consumer (cluster-wide limit)."""
+        return f"{self.prefix}:owner:{endpoint}"
+
+    def vms(self) -> str:
+        """Sorted set: worker VMs by last heartbeat time."""
+        return f"{self.prefix}:vms"
+
+    def health(self) -> str:
+        """Hash: endpoint name -> JSON health as its owner last saw it."""
+        return f"{self.prefix}:health"
+
+    def delayed(self) -> str:
+        """Sorted set: jobs waiting to be published again (member job key, score due time)."""
+        return f"{self.prefix}:delayed"
+
+    def delayed_claims(self) -> str:
+        """Sorted set: delayed jobs a promoter is publishing now (score: when its claim expires)."""
+        return f"{self.prefix}:delayed:claims"
+
+    def delayed_specs(self) -> str:
+        """Hash: job key -> JSON of the task to publish for a delayed job (queue, options, …)."""
+        return f"{self.prefix}:delayed:specs"
+
+
+# Kombu's Redis transport keeps unacked deliveries here (not under our prefix). `make_app` passes
+# this name to kombu explicitly, so the lease keeper and kombu cannot disagree about it.
+KOMBU_UNACKED_INDEX = "unacked_index"

@@ -147,6 +147,66 @@ def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT,
     return ffprobe_duration(path, timeout)
 
 
+def probe_duration_from_head(path: str | os.PathLike[str], head: bytes, size: int,
+                             timeout: float = PROBE_TIMEOUT, strict: bool = False) -> float:
+    """`probe_duration` for a file whose first bytes the caller has already read (e.g. to hash it).
+
+    `head` is the start of the file (the whole file if it is that short), `size` its size from
+    `stat`. The caller has checked what `check_file` checks (a regular, non-empty file it could
+    open). A WAV whose chunks before `data` do not fit in `head` is read again from the file.
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        info = parse_wav_header(head, size) or read_wav_header(path, size)
+        if strict and info.warning:
+            raise AudioError(f"{info.warning} (still being copied? fix it and use retry-failed)")
+        if info.exact:
+            return info.duration
+    if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head[:12]) is None:
+        kind = _looks_like_head(head[:512]) if len(head) >= min(512, size) else _looks_like(path)
+        raise AudioError(f"not a WAV file (no RIFF header): looks like {kind}")
+    return ffprobe_duration(path, timeout)
+
+
+def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
+    """`read_wav_header` on bytes already read: None if the chunks before `data` go beyond `head`.
+
+    Same checks and errors as `read_wav_header`; `size` is the file's size (from `stat`).
+    """
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like_head(head[:512])}")
+    whole = len(head) >= size
+    pos = 12
+    fmt: tuple[int, int, int, int, int] | None = None
+    frames: int | None = None
+    while True:
+        if pos + 8 > len(head):
+            if whole:
+                raise AudioError("truncated WAV: the file ends before its audio data starts")
+            return None
+        chunk_id, chunk_size = struct.unpack_from("<4sI", head, pos)
+        pos += 8
+        if chunk_id == b"data":
+            break
+        end = pos + chunk_size + (chunk_size & 1)
+        if end > size:
+            raise AudioError("truncated WAV: the file ends before its audio data starts")
+        if chunk_id == b"fmt ":
+            if pos + chunk_size > len(head):
+                return None
+            fmt = _parse_fmt(head[pos:pos + chunk_size])
+        elif chunk_id == b"fact" and chunk_size >= 4:
+            if pos + 4 > len(head):
+                return None
+            frames = struct.unpack_from("<I", head, pos)[0]
+        pos = end
+    if fmt is None:
+        raise AudioError("corrupt WAV: no 'fmt ' chunk before the audio data")
+    present = size - pos
+    held = present if chunk_size in _STREAMING_SIZES else min(chunk_size, present)
+    tag, channels, rate, byte_rate, bits = fmt
+    return WavInfo(tag, channels, rate, bits, byte_rate, pos, max(held, 0), chunk_size, frames)
+
+
 def read_wav_header(path: str | os.PathLike[str], size: int | None = None) -> WavInfo:
     """Walk the RIFF chunks up to `data`; an odd-sized chunk is followed by one pad byte."""
     size = Path(path).stat().st_size if size is None else size
@@ -274,6 +334,11 @@ def _looks_like(path: str | os.PathLike[str]) -> str:
     """A short guess at what a misnamed file really is, for the error message."""
     with Path(path).open("rb") as fh:
         head = fh.read(512)
+    return _looks_like_head(head)
+
+
+def _looks_like_head(head: bytes) -> str:
+    """`_looks_like` on the file's first 512 bytes (fewer if the file is shorter)."""
     known = _sniff(head)
     if known:
         return known

@@ -47,14 +47,26 @@ class TranscriptionOptions:
         return cls(**values)
 
     def cache_key(self) -> str:
-        """Short stable digest of the options, combined with the content hash into the job key."""
-        raw = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        """Short stable digest of the options, combined with the content hash into the job key.
+
+        Computed once per instance (the options are frozen): `job_key` runs for every file.
+        """
+        cached: str | None = self.__dict__.get("_cache_key")
+        if cached is None:
+            raw = json.dumps(self.to_dict(), sort_keys=True).encode()
+            cached = hashlib.sha256(raw).hexdigest()[:16]
+            object.__setattr__(self, "_cache_key", cached)  # not a field: no effect on eq/hash/asdict
+        return cached
 
 
 def job_key(sha256: str, options: TranscriptionOptions) -> str:
     """The unit of dedupe: same bytes + same result-changing options = one engine call."""
     return f"{sha256}.{options.cache_key()}"
+
+
+def job_key_for(sha256: str, options_key: str) -> str:
+    """`job_key` with `options.cache_key()` already computed (once per batch)."""
+    return f"{sha256}.{options_key}"
 
 
 @dataclass
@@ -81,10 +93,19 @@ class FileRecord:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_redis(self) -> dict[str, str]:
-        data = {k: v for k, v in asdict(self).items() if k != "extra"}
-        data["state"] = self.state.value
-        out = {k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in data.items()}
-        out.update(self.extra)
+        """Every field as a string (floats with 3 decimals), then `extra`. Built field by field:
+        `dataclasses.asdict` deep-copies, which cost more than the rest of a record's submit."""
+        s = _redis_str
+        out = {
+            "batch_id": s(self.batch_id), "index": s(self.index), "path": s(self.path), "rel": s(self.rel),
+            "output": s(self.output), "sha256": s(self.sha256), "size": s(self.size),
+            "duration": s(self.duration), "job": s(self.job), "state": self.state.value,
+            "attempts": s(self.attempts), "endpoint": s(self.endpoint), "error_class": s(self.error_class),
+            "reason": s(self.reason), "queued_at": s(self.queued_at), "started_at": s(self.started_at),
+            "finished_at": s(self.finished_at),
+        }
+        if self.extra:
+            out.update(self.extra)
         return out
 
     @classmethod
@@ -110,3 +131,7 @@ class FileRecord:
             finished_at=float(data.get("finished_at", 0) or 0),
             extra={k: v for k, v in data.items() if k not in known},
         )
+
+
+def _redis_str(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -7,8 +7,8 @@ requeue on worker loss, JSON only) is hard-coded in `common.celery_app`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,13 +19,18 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how late a file is tried again, per error class."""
+    """How often and how late a file is tried again, per error class.
+
+    Delays live in Redis (the delayed set), not in a worker's memory, so they may be as long as
+    needed: nothing ties them to the broker's visibility timeout any more.
+    """
 
     transient_attempts: int = 4  # total attempts a file may spend on transient errors
     backoff_base: float = 2.0  # seconds; doubled per attempt
-    backoff_cap: float = 300.0  # never longer than this (and never near the visibility timeout)
+    backoff_cap: float = 300.0  # never longer than this
     jitter: float = 0.25  # ± fraction of the delay
-    endpoint_reroutes: int = 50  # endpoint errors do not spend attempts, but loops are capped
+    endpoint_reroutes: int = 50  # endpoint errors do not spend attempts, but loops are capped…
+    endpoint_max_wait: float = 3600.0  # …and so is the time since the job's first start
     max_crashes: int = 3  # a file that kills its worker this often is poison
 
 
@@ -33,9 +38,13 @@ class RetryPolicy:
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     key_prefix: str = "bs"
-    # Redis transport: an unacked delivery comes back after this many seconds. Files can take
-    # longer than this; see docs/design.md (issue 4 makes recovery independent of it).
-    visibility_timeout: int = 3600
+    # Redis transport: an unacked delivery comes back after this many seconds of silence. The
+    # lease keeper refreshes running deliveries every `heartbeat`, so a file may run for hours;
+    # a SIGKILLed consumer's deliveries come back within visibility + restore interval (≈45 s).
+    # See docs/design.md §Deliveries, leases and retries.
+    visibility_timeout: int = 40
+    lease_ttl: int = 30  # a running job whose lease is older than this lost its worker (crash)
+    heartbeat: float = 5.0  # how often leases and kombu's unacked index are refreshed
     result_ttl: int = 30 * 24 * 3600  # cached transcripts for dedupe hits; 0 keeps them forever
     claim_ttl: int = 30  # a producer that dies between claim and publish blocks a job this long
     retry: RetryPolicy = RetryPolicy()
@@ -46,20 +55,14 @@ class Settings:
         values: dict[str, Any] = {}
         if env.get("BATCHSCRIBE_REDIS_URL"):
             values["redis_url"] = env["BATCHSCRIBE_REDIS_URL"]
-        for name, var in (("visibility_timeout", "BATCHSCRIBE_VISIBILITY_TIMEOUT"),
-                          ("result_ttl", "BATCHSCRIBE_RESULT_TTL"),
-                          ("claim_ttl", "BATCHSCRIBE_CLAIM_TTL")):
+        for name, var in _INT_VARS:
             if env.get(var):
                 values[name] = _int(var, env[var])
+        if env.get("BATCHSCRIBE_HEARTBEAT"):
+            values["heartbeat"] = _float("BATCHSCRIBE_HEARTBEAT", env["BATCHSCRIBE_HEARTBEAT"])
         if env.get("BATCHSCRIBE_KEY_PREFIX"):
             values["key_prefix"] = env["BATCHSCRIBE_KEY_PREFIX"]
-        retry = RetryPolicy()
-        if env.get("BATCHSCRIBE_TRANSIENT_ATTEMPTS"):
-            retry = replace(retry, transient_attempts=_int("BATCHSCRIBE_TRANSIENT_ATTEMPTS",
-                                                           env["BATCHSCRIBE_TRANSIENT_ATTEMPTS"]))
-        if env.get("BATCHSCRIBE_BACKOFF_BASE"):
-            retry = replace(retry, backoff_base=float(env["BATCHSCRIBE_BACKOFF_BASE"]))
-        values["retry"] = retry
+        values["retry"] = _retry_policy(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.validate()
@@ -71,18 +74,30 @@ class Settings:
             raise ConfigError(
                 f"broker URL must start with redis://, rediss:// or unix:// (got {redact(self.redis_url)!r})"
             )
+        # A live worker must refresh its deliveries and leases well before anyone gives up on them.
+        if self.heartbeat <= 0 or self.heartbeat * 2 > self.visibility_timeout:
+            raise ConfigError(f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat}) must be positive and at most half "
+                              f"of BATCHSCRIBE_VISIBILITY_TIMEOUT ({self.visibility_timeout})")
+        if self.lease_ttl < self.heartbeat * 2:
+            raise ConfigError(f"BATCHSCRIBE_LEASE_TTL ({self.lease_ttl}) must be at least twice "
+                              f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat})")
+
+    @property
+    def restore_interval(self) -> int:
+        """Seconds between kombu's sweeps for deliveries older than the visibility timeout.
+
+        Worst case from a consumer's SIGKILL to its files being back on their queues is
+        visibility_timeout + restore_interval (≈45 s by default).
+        """
+        return max(1, min(5, self.visibility_timeout // 8))
 
     def to_env(self) -> dict[str, str]:
         """The environment that gives a child process (a consumer) the same settings."""
-        return {
-            "BATCHSCRIBE_REDIS_URL": self.redis_url,
-            "BATCHSCRIBE_KEY_PREFIX": self.key_prefix,
-            "BATCHSCRIBE_VISIBILITY_TIMEOUT": str(self.visibility_timeout),
-            "BATCHSCRIBE_RESULT_TTL": str(self.result_ttl),
-            "BATCHSCRIBE_CLAIM_TTL": str(self.claim_ttl),
-            "BATCHSCRIBE_TRANSIENT_ATTEMPTS": str(self.retry.transient_attempts),
-            "BATCHSCRIBE_BACKOFF_BASE": str(self.retry.backoff_base),
-        }
+        env = {"BATCHSCRIBE_REDIS_URL": self.redis_url, "BATCHSCRIBE_KEY_PREFIX": self.key_prefix,
+               "BATCHSCRIBE_HEARTBEAT": str(self.heartbeat)}
+        env.update({var: str(getattr(self, name)) for name, var in _INT_VARS})
+        env.update({var: str(getattr(self.retry, name)) for name, var, _ in _RETRY_VARS})
+        return env
 
 
 def _int(var: str, raw: str) -> int:
@@ -90,6 +105,39 @@ def _int(var: str, raw: str) -> int:
         return int(raw)
     except ValueError as exc:
         raise ConfigError(f"{var} must be an integer, got {raw!r}") from exc
+
+
+def _float(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var} must be a number, got {raw!r}") from exc
+
+
+# (field, environment variable) of the integer settings, shared by from_env and to_env.
+_INT_VARS = (("visibility_timeout", "BATCHSCRIBE_VISIBILITY_TIMEOUT"),
+             ("result_ttl", "BATCHSCRIBE_RESULT_TTL"),
+             ("claim_ttl", "BATCHSCRIBE_CLAIM_TTL"),
+             ("lease_ttl", "BATCHSCRIBE_LEASE_TTL"))
+
+# (RetryPolicy field, environment variable, parser), shared by from_env and to_env.
+_RETRY_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("transient_attempts", "BATCHSCRIBE_TRANSIENT_ATTEMPTS", _int),
+    ("backoff_base", "BATCHSCRIBE_BACKOFF_BASE", _float),
+    ("backoff_cap", "BATCHSCRIBE_BACKOFF_CAP", _float),
+    ("jitter", "BATCHSCRIBE_JITTER", _float),
+    ("endpoint_reroutes", "BATCHSCRIBE_ENDPOINT_REROUTES", _int),
+    ("endpoint_max_wait", "BATCHSCRIBE_ENDPOINT_MAX_WAIT", _float),
+    ("max_crashes", "BATCHSCRIBE_MAX_CRASHES", _int),
+)
+
+
+def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
+    values = {name: parse(var, env[var]) for name, var, parse in _RETRY_VARS if env.get(var)}
+    policy = RetryPolicy(**values)
+    if not 0 <= policy.jitter < 1:
+        raise ConfigError(f"BATCHSCRIBE_JITTER must be in [0, 1), got {policy.jitter}")
+    return policy
 
 
 def redact(url: str) -> str:

@@ -8,6 +8,11 @@ consistent order of events:
   ⇄ ``retrying`` → ``done`` | ``failed``. Inputs that want its result are its **targets**.
 * a **file** is one input of one batch (`FileRecord`); its state follows its job. Batch counters
   (n_queued, n_running, …) move only inside the file transition script, so they never drift.
+* a running job holds a **lease** (`delivery`, `lease_until` in its hash) that its consumer's
+  lease keeper extends; a delivery that finds a live lease is deferred, one that finds an expired
+  lease counts a crash and takes over (docs/design.md §Deliveries, leases and retries).
+* a job that must run later sits in the **delayed** set (score: when) with the task to publish in
+  the delayed specs hash; promoters claim due entries for a short time while they publish them.
 
 Scripts build keys from the prefix they are given: batchscribe targets a single Redis (or a
 replicated primary), not Redis Cluster.
@@ -20,7 +25,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -111,51 +116,99 @@ end
 return 1
 """
 
-# ARGV: prefix, job_key, endpoint, now, delivery_id. Returns {previous state, attempts, crashes, targets...}
-_START = _LUA_PRELUDE + r"""
-local prefix, jk, endpoint, now, delivery = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+# Shared Lua: put a job in the delayed set. "force" overwrites the due time and the task spec; else
+# an existing entry wins (it will arrive anyway and look again).
+_LUA_DELAY = r"""
+local function delay_job(prefix, jk, due, spec, force)
+  local added
+  if force then added = redis.call("ZADD", prefix .. ":delayed", due, jk)
+  else added = redis.call("ZADD", prefix .. ":delayed", "NX", due, jk) end
+  if force or added == 1 then redis.call("HSET", prefix .. ":delayed:specs", jk, spec) end
+end
+local function undelay_job(prefix, jk)
+  redis.call("ZREM", prefix .. ":delayed", jk)
+  redis.call("HDEL", prefix .. ":delayed:specs", jk)
+end
+"""
+
+# ARGV: prefix, job_key, endpoint, now, delivery_id, lease_ttl, spec (published again if not run),
+# max_bounces, bounce_due.
+# Returns {verdict, attempts, crashes, reroutes, first_started_at, crashed_endpoint, lease_until,
+# targets...}; verdict is the previous state, or "deferred" when a live lease is held by another
+# delivery, or "bounced" when the job's last attempt failed on this very endpoint and it goes back
+# to the pool (at most max_bounces times per failure) so that another endpoint can take it.
+_START = _LUA_PRELUDE + _LUA_DELAY + r"""
+local prefix, jk, endpoint, now, delivery = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local ttl, spec, max_bounces, bounce_due = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local jkey = prefix .. ":job:" .. jk
-local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "delivery")
+local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "delivery", "lease_until",
+                     "reroutes", "first_started_at", "endpoint", "avoid", "bounces")
 local prev = j[1] or "missing"
-if prev == "done" or prev == "missing" then
-  local targets = redis.call("LRANGE", jkey .. ":targets", 0, -1)
-  local r = {prev, j[2] or "0", j[3] or "0"}
+local function reply(verdict, attempts, crashes, crashed, lease, targets)
+  local r = {verdict, tostring(attempts), tostring(crashes), j[6] or "0", j[7] or "", crashed,
+             tostring(lease)}
   for _, t in ipairs(targets) do r[#r + 1] = t end
   return r
 end
-local crashes = tonumber(j[3] or 0)
-if prev == "running" and j[4] and j[4] ~= "" then
-  crashes = crashes + 1   -- a delivery that never reported back: its worker died mid-file
-  redis.call("HSET", jkey, "crashes", crashes)
+if prev == "done" or prev == "missing" or prev == "failed" then
+  return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", jkey .. ":targets", 0, -1))
 end
+if (prev == "retrying" or prev == "queued") and j[9] == endpoint
+    and tonumber(j[10] or 0) < max_bounces then
+  redis.call("HINCRBY", jkey, "bounces", 1)
+  delay_job(prefix, jk, bounce_due, spec, true)
+  return reply("bounced", j[2] or "0", j[3] or "0", "", 0, {})
+end
+local crashes, crashed = tonumber(j[3] or 0), ""
+if prev == "running" and j[4] and j[4] ~= "" and j[4] ~= delivery then
+  local lease = tonumber(j[5] or 0) or 0
+  if lease > now then   -- alive elsewhere: come back when its lease would have run out
+    delay_job(prefix, jk, lease + 1, spec, false)
+    return reply("deferred", j[2] or "0", crashes, "", lease, {})
+  end
+  crashes = crashes + 1   -- its lease ran out: the worker died mid-file
+  crashed = j[8] or ""
+  redis.call("HSET", jkey, "crashes", crashes)
+  if crashed ~= "" then redis.call("HINCRBY", prefix .. ":epstats:" .. crashed, "failed_crash", 1) end
+end
+undelay_job(prefix, jk)   -- this delivery is the one that runs; an older delayed copy is moot
 local attempts = redis.call("HINCRBY", jkey, "attempts", 1)
-redis.call("HSET", jkey, "state", "running", "endpoint", endpoint, "started_at", now, "delivery", delivery)
+redis.call("HSET", jkey, "state", "running", "endpoint", endpoint, "started_at", now,
+           "delivery", delivery, "lease_until", now + ttl)
+redis.call("HSETNX", jkey, "first_started_at", now)
 local targets = job_files(prefix, jkey, "running",
   {"endpoint", endpoint, "started_at", now, "attempts", attempts}, now)
-local r = {prev, tostring(attempts), tostring(crashes)}
-for _, t in ipairs(targets) do r[#r + 1] = t end
-return r
+return reply(prev, attempts, crashes, crashed, now + ttl, targets)
 """
 
-# ARGV: prefix, job_key, new job state (retrying|queued), error_class, reason, now, spend(0|1)
-_REQUEUE = _LUA_PRELUDE + r"""
-local prefix, jk, st, cls, reason, now, spend = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+# ARGV: prefix, job_key, delivery_id, new job state (retrying|queued), error_class, reason, now,
+# spend(0|1), due, spec. Back to waiting and into the delayed set in one step, only if the job is
+# still held by this delivery. Returns the reroute count, or -1 when another delivery holds it.
+_REQUEUE = _LUA_PRELUDE + _LUA_DELAY + r"""
+local prefix, jk, delivery, st = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local cls, reason, now, spend, due, spec = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 local jkey = prefix .. ":job:" .. jk
-redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "")
+if redis.call("HGET", jkey, "delivery") ~= delivery then return -1 end
+redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "",
+           "lease_until", "", "avoid", redis.call("HGET", jkey, "endpoint") or "", "bounces", 0)
 if spend == "0" then
   redis.call("HINCRBY", jkey, "attempts", -1)
   redis.call("HINCRBY", jkey, "reroutes", 1)
 end
+delay_job(prefix, jk, due, spec, true)
 job_files(prefix, jkey, st == "queued" and "queued" or "retrying",
   {"error_class", cls, "reason", reason}, now)
-return redis.call("HGET", jkey, "reroutes")
+return tonumber(redis.call("HGET", jkey, "reroutes") or 0)
 """
 
-# ARGV: prefix, job_key, final state (done|failed), error_class, reason, now, ttl; result blob in KEYS-less ARGV[8]
-_FINISH = r"""
-local prefix, jk, st, cls, reason, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+# ARGV: prefix, job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
+_FINISH = _LUA_DELAY + r"""
+local prefix, jk, st, cls, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, ttl = ARGV[6], tonumber(ARGV[7])
 local jkey = prefix .. ":job:" .. jk
-redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now, "delivery", "")
+redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now,
+           "delivery", "", "lease_until", "")
+undelay_job(prefix, jk)
 if st == "done" then
   local rkey = prefix .. ":result:" .. jk
   if ttl > 0 then redis.call("SET", rkey, ARGV[8], "EX", ttl) else redis.call("SET", rkey, ARGV[8]) end
@@ -174,14 +227,90 @@ return complete
 """
 
 
+# ARGV: prefix, now, lease_until, kombu unacked index key, then (job_key, delivery, tag) triples.
+# Extends each lease still held by its delivery and marks each delivery tag as seen now, so kombu
+# does not restore it. Returns per item {lease extended 0|1, tag refreshed 0|1}.
+_EXTEND = r"""
+local prefix, now, lease, index = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+for i = 5, #ARGV, 3 do
+  local jkey = prefix .. ":job:" .. ARGV[i]
+  local ours = redis.call("HGET", jkey, "delivery") == ARGV[i + 1]
+  if ours then redis.call("HSET", jkey, "lease_until", lease) end
+  local seen = 0
+  if ARGV[i + 2] ~= "" then seen = redis.call("ZADD", index, "XX", "CH", now, ARGV[i + 2]) end
+  out[#out + 1] = ours and 1 or 0
+  out[#out + 1] = seen
+end
+return out
+"""
+
+# ARGV: prefix, now, claim deadline, limit. Expired claims (a promoter died mid-way) go back to
+# the delayed set first; then up to `limit` due entries move to the claims set until the deadline.
+# Returns {job_key, spec, ...} of the claimed entries.
+_CLAIM_DUE = r"""
+local prefix, now, deadline, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local delayed, claims = prefix .. ":delayed", prefix .. ":delayed:claims"
+for _, jk in ipairs(redis.call("ZRANGEBYSCORE", claims, "-inf", now)) do
+  redis.call("ZREM", claims, jk)
+  redis.call("ZADD", delayed, "NX", now, jk)
+end
+local out = {}
+for _, jk in ipairs(redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0, limit)) do
+  redis.call("ZREM", delayed, jk)
+  redis.call("ZADD", claims, deadline, jk)
+  out[#out + 1] = jk
+  out[#out + 1] = redis.call("HGET", prefix .. ":delayed:specs", jk) or ""
+end
+return out
+"""
+
+# ARGV: prefix, claim deadline, job keys... : drop this promoter's claims once published. A claim
+# re-taken by another promoter (other deadline) is left alone, and so is the spec of a job that
+# was delayed again meanwhile.
+_RELEASE = r"""
+local prefix, deadline = ARGV[1], tonumber(ARGV[2])
+local delayed, claims = prefix .. ":delayed", prefix .. ":delayed:claims"
+for i = 3, #ARGV do
+  local jk = ARGV[i]
+  if tonumber(redis.call("ZSCORE", claims, jk) or -1) == deadline then redis.call("ZREM", claims, jk) end
+  if not redis.call("ZSCORE", delayed, jk) and not redis.call("ZSCORE", claims, jk) then
+    redis.call("HDEL", prefix .. ":delayed:specs", jk)
+  end
+end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class JobStart:
-    """What the worker learns when it starts a job's delivery."""
+    """What the worker learns when it starts a job's delivery.
+
+    `previous` is the job's state before (done/missing/failed: nothing to run), or "deferred"
+    when another delivery holds a live lease (the job is in the delayed set until `lease_until`).
+    """
 
     previous: str
     attempts: int
     crashes: int
+    reroutes: int
+    first_started_at: float
+    crashed_endpoint: str  # the endpoint of a dead delivery this one took over, else ""
+    lease_until: float
     targets: list[str]
+
+    @property
+    def runs(self) -> bool:
+        return self.previous not in ("done", "missing", "failed", "deferred", "bounced")
+
+
+@dataclass(frozen=True)
+class LeaseItem:
+    """One running delivery whose lease (and kombu delivery tag) a lease keeper keeps fresh."""
+
+    job_key: str
+    delivery: str
+    tag: str
 
 
 def target_id(batch_id: str, index: int) -> str:
@@ -209,7 +338,8 @@ class StateStore:
         self.keys = keys
         self._scripts = {name: client.register_script(src) for name, src in (
             ("claim", _CLAIM), ("published", _PUBLISHED), ("start", _START),
-            ("requeue", _REQUEUE), ("finish", _FINISH), ("settle", _SETTLE))}
+            ("requeue", _REQUEUE), ("finish", _FINISH), ("settle", _SETTLE), ("extend", _EXTEND),
+            ("claim_due", _CLAIM_DUE), ("release", _RELEASE))}
 
     @classmethod
     def connect(cls, settings: Settings, check: bool = True) -> StateStore:
@@ -314,17 +444,34 @@ class StateStore:
             pipe.hmget(self.keys.job(jk), "state", "claim_deadline")
         return [((s or b"").decode(), float(d or 0)) for s, d in pipe.execute()]
 
-    def start_job(self, job_key: str, endpoint: str, delivery: str) -> JobStart:
-        r = self._scripts["start"](args=[self.prefix, job_key, endpoint, f"{time.time():.3f}", delivery])
-        values = [v.decode() for v in r]
-        return JobStart(values[0], int(values[1]), int(values[2]), values[3:])
+    def start_job(self, job_key: str, endpoint: str, delivery: str, lease_ttl: float = 30,
+                  defer_spec: str = "", max_bounces: int = 0, bounce_delay: float = 0.3) -> JobStart:
+        """Take the job for this delivery, unless another delivery holds a live lease on it, or
+        the job's last attempt failed on this endpoint (then, up to `max_bounces` times, it goes
+        back to the pool after `bounce_delay` so that another endpoint can take it).
 
-    def requeue_job(self, job_key: str, error_class: str, reason: str, spend_attempt: bool) -> int:
-        """Job goes back to waiting (retrying or queued); returns how often it was rerouted."""
+        `defer_spec` is the task to publish again (via the delayed set) when it is not run.
+        """
+        now = time.time()
+        r = self._scripts["start"](args=[self.prefix, job_key, endpoint, f"{now:.3f}", delivery,
+                                         lease_ttl, defer_spec, max_bounces, f"{now + bounce_delay:.3f}"])
+        v = [x.decode() for x in r]
+        return JobStart(previous=v[0], attempts=int(v[1]), crashes=int(v[2]), reroutes=int(v[3]),
+                        first_started_at=float(v[4] or 0), crashed_endpoint=v[5],
+                        lease_until=float(v[6]), targets=v[7:])
+
+    def requeue_job(self, job_key: str, delivery: str, error_class: str, reason: str,
+                    spend_attempt: bool, due: float, spec: str) -> int:
+        """Job goes back to waiting (retrying or queued) and into the delayed set, atomically.
+
+        Returns how often it was rerouted, or -1 when `delivery` no longer holds the job (another
+        delivery took it over: leave its state alone).
+        """
         state = "retrying" if spend_attempt else "queued"
-        r = self._scripts["requeue"](args=[self.prefix, job_key, state, error_class, reason[:2000],
-                                           f"{time.time():.3f}", "1" if spend_attempt else "0"])
-        return int(r or 0)
+        r = self._scripts["requeue"](args=[self.prefix, job_key, delivery, state, error_class, reason[:2000],
+                                           f"{time.time():.3f}", "1" if spend_attempt else "0",
+                                           f"{due:.3f}", spec])
+        return int(r)
 
     def finish_job(self, job_key: str, result: dict[str, Any] | None, ttl: int,
                    error_class: str = "", reason: str = "") -> list[str]:
@@ -334,6 +481,74 @@ class StateStore:
         r = self._scripts["finish"](args=[self.prefix, job_key, state, error_class, reason[:2000],
                                           f"{time.time():.3f}", ttl, blob])
         return [t.decode() for t in r]
+
+    # ---- leases and the delayed set ----------------------------------------------------
+
+    def extend_leases(self, items: Sequence[LeaseItem], lease_ttl: float,
+                      unacked_index: str) -> list[tuple[bool, bool]]:
+        """Extend each lease still held by its delivery; mark its kombu delivery tag seen now.
+
+        Returns (lease extended, tag found in kombu's unacked index) per item.
+        """
+        if not items:
+            return []
+        now = time.time()
+        args: list[Any] = [self.prefix, f"{now:.3f}", f"{now + lease_ttl:.3f}", unacked_index]
+        for item in items:
+            args += [item.job_key, item.delivery, item.tag]
+        r = [int(x) for x in self._scripts["extend"](args=args)]
+        return [(bool(r[i]), bool(r[i + 1])) for i in range(0, len(r), 2)]
+
+    def claim_due(self, claim_ttl: float, limit: int) -> tuple[str, list[tuple[str, str]]]:
+        """Claim up to `limit` due delayed jobs until now + claim_ttl.
+
+        Returns the claim deadline (to release with) and (job_key, spec) pairs.
+        """
+        now = time.time()
+        deadline = f"{now + claim_ttl:.3f}"
+        raw = self._scripts["claim_due"](args=[self.prefix, f"{now:.3f}", deadline, limit])
+        r = [x.decode() for x in raw]
+        return deadline, list(zip(r[0::2], r[1::2]))
+
+    def release_claims(self, deadline: str, job_keys: Sequence[str]) -> None:
+        if job_keys:
+            self._scripts["release"](args=[self.prefix, deadline, *job_keys])
+
+    def delayed(self) -> list[tuple[str, float]]:
+        """(job_key, due time) of every delayed job, soonest first (status and tests)."""
+        entries = cast("list[tuple[bytes, float]]",
+                       self.redis.zrange(self.keys.delayed(), 0, -1, withscores=True))
+        return [(m.decode(), float(t)) for m, t in entries]
+
+    # ---- per-endpoint outcome counters (circuit breaker, status, metrics) -------------
+
+    def record_attempt(self, endpoint: str, error_class: str = "", audio_seconds: float = 0.0) -> None:
+        """Count one attempt's outcome on an endpoint ("" = success).
+
+        `consecutive_failures` counts endpoint and transient errors since the last success, which
+        is what a circuit breaker needs; `failed_<class>` counts attempts, not files.
+        """
+        key = self.keys.endpoint_stats(endpoint)
+        pipe = self.redis.pipeline(transaction=True)
+        if not error_class:
+            pipe.hincrby(key, "done", 1)
+            pipe.hincrbyfloat(key, "audio_seconds", audio_seconds)
+            pipe.hset(key, "consecutive_failures", 0)
+        else:
+            pipe.hincrby(key, f"failed_{error_class}", 1)
+            if error_class in ("endpoint", "transient"):
+                pipe.hincrby(key, "consecutive_failures", 1)
+        pipe.execute()
+
+    def endpoint_stats(self, name: str) -> dict[str, str]:
+        """The endpoint's counters plus `in_flight` (deliveries running on it now)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.endpoint_stats(name))
+        pipe.zcard(self.keys.inflight(name))
+        raw, in_flight = pipe.execute()
+        stats = {k.decode(): v.decode() for k, v in raw.items()}
+        stats["in_flight"] = str(in_flight)
+        return stats
 
     def results(self, job_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Cached results of done jobs (dedupe hits)."""

@@ -1,18 +1,28 @@
-"""Content hash and duration of each input: streamed sha256, cached in Redis by path+size+mtime."""
+"""Content hash and duration of each input: streamed sha256, cached in Redis by path+size+mtime.
+
+Each file not in the cache is stat'ed once and opened once: its first block feeds both the hash
+and the WAV header parser (`common.media.probe_duration_from_head`); only non-WAV files (ffprobe)
+and WAVs with more than `HEAD` bytes of chunks before their audio are opened again.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import stat
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common.errors import ProcessingError
-from common.media import probe_duration
+from common.media import probe_duration_from_head
 from common.state import StateStore
 
 CHUNK = 1 << 20
+HEAD = 1 << 16  # bytes of the first block kept for the header parser
+_local = threading.local()
 
 
 @dataclass
@@ -23,18 +33,32 @@ class Fingerprint:
     error: str = ""  # why this file cannot be transcribed (permanent), "" if fine
 
 
-def sha256_file(path: str, chunk: int = CHUNK) -> str:
-    """Stream the file through sha256 with one reusable buffer (hashlib releases the GIL)."""
+def _buffer(chunk: int) -> bytearray:
+    """One read buffer per thread, reused across files (allocating 1 MiB per small file costs more
+    than hashing it)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None or len(buf) != chunk:
+        buf = _local.buf = bytearray(chunk)
+    return buf
+
+
+def hash_and_head(path: str, chunk: int = CHUNK, head: int = HEAD) -> tuple[str, bytes]:
+    """sha256 of the file, streamed, and a copy of its first `min(head, chunk)` bytes."""
     digest = hashlib.sha256()
-    buf = bytearray(chunk)
+    buf = _buffer(chunk)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
-        while True:
+        n = fh.readinto(buf)
+        first = bytes(view[: min(n, head)])
+        while n:
+            digest.update(view[:n])  # hashlib releases the GIL for large updates
             n = fh.readinto(buf)
-            if not n:
-                break
-            digest.update(view[:n])
-    return digest.hexdigest()
+    return digest.hexdigest(), first
+
+
+def sha256_file(path: str, chunk: int = CHUNK) -> str:
+    """Stream the file through sha256 with one reusable per-thread buffer."""
+    return hash_and_head(path, chunk, head=0)[0]
 
 
 def _stat(path: str) -> tuple[os.stat_result | None, str]:
@@ -44,7 +68,7 @@ def _stat(path: str) -> tuple[os.stat_result | None, str]:
         return None, "file not found (deleted after it was listed?)"
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}"
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(st.st_mode):
         return None, "not a regular file"
     if st.st_size == 0:
         return None, "empty file (0 bytes)"
@@ -53,8 +77,8 @@ def _stat(path: str) -> tuple[os.stat_result | None, str]:
 
 def _measure(path: str, size: int) -> Fingerprint:
     try:
-        sha = sha256_file(path)
-        duration = probe_duration(path, strict=True)
+        sha, head = hash_and_head(path)
+        duration = probe_duration_from_head(path, head, size, strict=True)
     except ProcessingError as exc:
         return Fingerprint(size=size, error=exc.reason)
     except OSError as exc:
@@ -78,10 +102,19 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
             out[i] = Fingerprint(sha256=sha, size=st.st_size, duration=float(dur))
         else:
             todo.append(i)
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        measured = pool.map(lambda i: _measure(paths[i], stats[i][0].st_size), todo)  # type: ignore[union-attr]
-        for i, fp in zip(todo, measured):
-            out[i] = fp
+
+    def measure(chunk: list[int]) -> list[Fingerprint]:
+        return [_measure(paths[i], stats[i][0].st_size) for i in chunk]  # type: ignore[union-attr]
+
+    # Hand the threads slices of files, not single files: a future per tiny file costs as much as
+    # hashing it. Four slices per thread at least, so slow (large, remote) files still spread out.
+    workers = max(1, threads)
+    step = max(1, min(64, math.ceil(len(todo) / (workers * 4))))
+    slices = [todo[k:k + step] for k in range(0, len(todo), step)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for chunk, measured in zip(slices, pool.map(measure, slices)):
+            for i, fp in zip(chunk, measured):
+                out[i] = fp
     if store:
         store.probe_store({keys[i]: f"{out[i].sha256}|{out[i].duration:.3f}"  # type: ignore[union-attr]
                            for i in todo if not out[i].error})  # type: ignore[union-attr]

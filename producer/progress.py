@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+import redis
+
 from common.state import StateStore
 from producer.status import BatchView, fmt_duration, fmt_hours, load_view
 
@@ -43,7 +45,12 @@ def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr
     last_print = 0.0
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        view = load_view(store, batch_id)
+        try:
+            view = load_view(store, batch_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis restart: wait it out
+            stream.write(f"\nRedis unavailable ({exc}); retrying…\n")
+            time.sleep(max(interval, 1.0))
+            continue
         now = time.monotonic()
         if tty:
             stream.write("\r\x1b[2K" + progress_line(view))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -107,3 +108,42 @@ def render_recent(store: StateStore, limit: int = 10) -> str:
         rows.append(f"{batch_id:<26}{view.total:>8}{view.counts.get('done', 0):>8}"
                     f"{view.counts.get('failed', 0):>8}  {view.header.get('input', '')}")
     return "\n".join(rows)
+
+
+def render_endpoints(store: StateStore) -> str:
+    """The published endpoint set with each endpoint's owner, health and counters."""
+    from common.config import parse_endpoints
+    from common.errors import ConfigError
+    from common.registry import EndpointRegistry
+
+    current = EndpointRegistry(store).current()
+    if current is None:
+        return "endpoints: none published (workers use their --config file or the built-in local endpoint)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.applied_at))
+    lines = [f"endpoint set v{current.version} from {current.source}, applied {when}"]
+    try:
+        names = [e.name for e in parse_endpoints(current.yaml, current.source, _AnyEnv())]
+    except ConfigError as exc:
+        return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
+    health = {k.decode(): json.loads(v) for k, v in store.redis.hgetall(store.keys.health()).items()}
+    lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
+    for name in names:
+        raw_owner = store.redis.get(store.keys.owner(name))
+        owner = raw_owner.decode() if raw_owner else "-"
+        h = health.get(name, {})
+        state = "up" if h.get("usable") else ("tripped" if h.get("up") else "down") if h else "?"
+        raw_stats = store.redis.hgetall(store.keys.endpoint_stats(name))
+        done = raw_stats.get(b"done", b"0").decode()
+        inflight = store.redis.zcard(store.keys.inflight(name))
+        lines.append(f"  {name:<16}{owner:<16}{state:<10}{inflight:>10}{done:>8}  {h.get('reason', '')}")
+    return "\n".join(lines)
+
+
+class _AnyEnv(dict):  # type: ignore[type-arg]
+    """Status only needs names: any $VAR reads as a placeholder."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> str:
+        return "x"

@@ -9,6 +9,7 @@ attached to it waits that long at most and then claims and publishes it itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -18,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.models import FileRecord, TranscriptionOptions, job_key
+from common.errors import InputError
+from common.models import FileRecord, FileState, TranscriptionOptions, job_key
 from common.outcomes import deliver_failure, deliver_success
 from common.output import output_path
 from common.queues import pool_queue
@@ -78,6 +80,31 @@ class Submitter:
         good = [r for r, fp in zip(records, prints) if not fp.error]
         self._claim_and_publish(good, options, report)
         report.seconds = time.monotonic() - began
+        return report
+
+    def retry_failed(self, batch_id: str, error_class: str | None = None) -> SubmitReport:
+        """Queue a batch's failed inputs again, re-checking them first (they may have been fixed)."""
+        header = self.store.batch(batch_id)
+        if not header:
+            raise InputError(f"no batch {batch_id!r} in this Redis")
+        options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
+        records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
+                   if error_class is None or r.error_class == error_class]
+        report = SubmitReport(batch_id=batch_id, files=len(records))
+        prints = fingerprint_files([r.path for r in records], self.store)
+        good: list[FileRecord] = []
+        for record, fp in zip(records, prints):
+            record.sha256, record.size, record.duration = fp.sha256, fp.size, fp.duration
+            record.job = job_key(fp.sha256, options) if not fp.error else ""
+            self.store.settle_file(target_id(batch_id, record.index), FileState.QUEUED, "",
+                                   sha256=record.sha256, duration=record.duration, job=record.job,
+                                   attempts=0, error_class="", reason="", finished_at="")
+            if fp.error:
+                deliver_failure(self.store, "", [record], "permanent", fp.error)
+                report.failed_now += 1
+            else:
+                good.append(record)
+        self._claim_and_publish(good, options, report)
         return report
 
     def _claim_and_publish(self, records: list[FileRecord], options: TranscriptionOptions,

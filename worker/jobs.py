@@ -3,9 +3,14 @@
 The retry decision lives here, by error class (design.md §Error classes):
 
 * transient → back to the pool after an exponential backoff with jitter; spends an attempt;
-* endpoint  → back to the pool at once; does not spend an attempt (reroutes are capped);
+* endpoint  → back to the pool at once (≤ 1 s); does not spend an attempt; capped by a reroute
+  count and by the time since the job first started, so nothing loops forever;
 * permanent → failed now, with the reason;
-* crash     → seen at start as a delivery that never reported back; poison after N.
+* crash     → seen at start as a running job whose lease ran out; poison after N.
+
+"Back to the pool" means the delayed set (`worker.scheduler`), written by the same script that
+moves the job's state; the Celery task then just returns and its message is acked. A delivery that
+finds the job running under a live lease is deferred the same way, without running anything.
 """
 
 from __future__ import annotations
@@ -16,18 +21,25 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import redis
 
 from common.config import Endpoint
 from common.errors import ErrorClass, PermanentError, ProcessingError, TransientError
 from common.models import FileRecord, TranscriptionOptions
 from common.outcomes import deliver_failure, deliver_success, records_for
+from common.queues import pool_queue
 from common.settings import RetryPolicy, Settings
-from common.state import StateStore
+from common.state import JobStart, StateStore
+from producer.publish import TaskSpec
 from worker.engines import build_engine
 from worker.engines.base import Engine
+from worker.health import CIRCUIT_THRESHOLD
+from worker.scheduler import spec_to_json
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +52,56 @@ return n
 """
 
 
+REDIS_OUTAGE_PATIENCE = 60.0  # seconds a finished transcript waits for Redis to come back
+ENDPOINT_REQUEUE_DELAY = 0.5  # seconds: another endpoint gets the file, not a tight loop on this one
+# A retry that comes back to the endpoint it just failed on goes back to the pool this many times
+# (after BOUNCE_DELAY each), so another endpoint of the pool gets it if there is one; then it runs.
+MAX_BOUNCES = 3
+BOUNCE_DELAY = 0.3
+
+# What became of one delivery (for logs and tests).
+Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded"]
+
+
 @dataclass(frozen=True)
-class Retry:
-    """The runner's verdict that the job must be delivered again after `delay` seconds."""
+class Delivery:
+    """One receipt of a transcribe task message: what to run, and how to find it again."""
 
-    delay: float
-    error_class: ErrorClass
-    reason: str
+    job_key: str
+    options: dict[str, Any]
+    path: str
+    duration: float
+    queue: str  # the queue it came from (a deferred duplicate goes back there)
+    id: str  # unique per receipt: the job's lease holder
+    tag: str = ""  # kombu's delivery tag (its key in the unacked index); "" when unknown
+
+    def spec(self, queue: str | None = None) -> TaskSpec:
+        """The task to publish to run this job again (on `queue`, default: where it came from)."""
+        return TaskSpec(self.job_key, self.options, self.path, self.duration, queue or self.queue)
 
 
-def backoff_delay(policy: RetryPolicy, attempt: int, visibility_timeout: int,
-                  rng: random.Random | None = None) -> float:
-    """Exponential with jitter, capped well below the visibility timeout (no duplicate delivery)."""
+def durably(call: Callable[[], None], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> None:
+    """Retry Redis writes across a short outage (a restart takes seconds): a finished transcript
+    must be recorded, not thrown away and transcribed again. Gives up after `patience` seconds."""
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            call()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis unavailable while %s (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
+    """Exponential with jitter, capped. Delays wait in Redis, so any length is safe."""
     rng = rng or random.Random()
     raw = min(policy.backoff_cap, policy.backoff_base * (2 ** max(0, attempt - 1)))
-    jittered = raw * (1 + rng.uniform(-policy.jitter, policy.jitter))
-    return max(0.0, min(jittered, visibility_timeout * 0.5))
+    return max(0.0, raw * (1 + rng.uniform(-policy.jitter, policy.jitter)))
 
 
 class JobRunner:
@@ -77,30 +123,70 @@ class JobRunner:
                 self._engine = build_engine(self.endpoint)
             return self._engine
 
-    def run(self, job_key: str, options: dict[str, Any], delivery: str) -> Retry | None:
-        """Process one delivery; returns a Retry when the job must come back later."""
-        start = self.store.start_job(job_key, self.endpoint.name, delivery)
+    def run(self, delivery: Delivery) -> Verdict:
+        """Process one delivery. Whatever happens, the task's message can be acked afterwards."""
+        job_key = delivery.job_key
+        start = self.store.start_job(job_key, self.endpoint.name, delivery.id, self.settings.lease_ttl,
+                                     spec_to_json(delivery.spec()), MAX_BOUNCES, BOUNCE_DELAY)
+        if not start.runs:
+            return self._not_run(delivery, start)
         records = records_for(self.store, start.targets)
-        if start.previous in ("done", "missing"):
-            self._deliver_cached(job_key, records)
-            return None
+        if start.crashed_endpoint:  # (the script counted it in the endpoint's stats)
+            self._log(job_key, records, "crash", attempt=start.attempts, error_class=ErrorClass.CRASH.value,
+                      reason=f"lease of the previous delivery on {start.crashed_endpoint} ran out")
         if start.crashes >= self.settings.retry.max_crashes:
             reason = f"worker died {start.crashes} times while processing this file (poison)"
             return self._fail(job_key, records, ErrorClass.CRASH, reason, start.attempts)
-        opts = TranscriptionOptions.from_dict(options)
+        tripped = self._tripped()
+        if tripped:
+            self._log(job_key, records, "deferred", attempt=start.attempts,
+                      error_class=ErrorClass.ENDPOINT.value, reason=tripped)
+            return self._requeue(delivery, ErrorClass.ENDPOINT, tripped, spend=False,
+                                 delay=ENDPOINT_REQUEUE_DELAY)
+        opts = TranscriptionOptions.from_dict(delivery.options)
         began = time.time()
         try:
             result = self._transcribe(job_key, records, opts)
         except ProcessingError as exc:
-            return self._on_error(job_key, records, exc, start.attempts, time.time() - began)
+            return self._on_error(delivery, start, records, exc, time.time() - began)
         except Exception as exc:  # a bug or an untranslated library error: never leave it "running"
             log.exception("unexpected error on %s", job_key)
             internal = TransientError(f"internal error: {type(exc).__name__}: {exc}")
-            return self._on_error(job_key, records, internal, start.attempts, time.time() - began)
-        self._log(job_key, records, "done", attempt=start.attempts, seconds=time.time() - began)
-        targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
-        deliver_success(self.store, job_key, records_for(self.store, targets), result)
-        return None
+            return self._on_error(delivery, start, records, internal, time.time() - began)
+        seconds = time.time() - began
+
+        def record() -> None:
+            self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
+            self.store.record_attempt(self.endpoint.name, audio_seconds=float(result.get("duration") or 0))
+            targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
+            deliver_success(self.store, job_key, records_for(self.store, targets), result)
+
+        durably(record, f"recording the transcript of {job_key}")
+        return "done"
+
+    def _tripped(self) -> str:
+        """The endpoint failed this many files in a row: hand work back without calling it, until
+        the supervisor's circuit breaker stops this consumer (it polls once a second)."""
+        failures = int(self.store.endpoint_stats(self.endpoint.name).get("consecutive_failures", 0) or 0)
+        if failures >= CIRCUIT_THRESHOLD:
+            return f"circuit open: {failures} files in a row failed on endpoint '{self.endpoint.name}'"
+        return ""
+
+    def _not_run(self, delivery: Delivery, start: JobStart) -> Verdict:
+        """A delivery that must not call the engine: deferred duplicate, finished or stale job."""
+        if start.previous == "deferred":
+            log.info("job %s runs elsewhere (lease until %.0f); deferred this delivery", delivery.job_key,
+                     start.lease_until)
+            return "deferred"
+        if start.previous == "bounced":
+            log.info("job %s last failed on %s; back to the pool for another endpoint", delivery.job_key,
+                     self.endpoint.name)
+            return "bounced"
+        if start.previous == "failed":  # a stale copy: a failed job runs again only if re-submitted
+            log.info("job %s already failed; dropping a stale delivery", delivery.job_key)
+            return "stale"
+        self._deliver_cached(delivery.job_key, records_for(self.store, start.targets))
+        return "cached"
 
     def _deliver_cached(self, job_key: str, records: list[FileRecord]) -> None:
         """A redelivery of a finished job (e.g. crash after finishing): outputs only, no engine."""
@@ -136,29 +222,53 @@ class JobRunner:
                 return record.path
         return records[0].path
 
-    def _on_error(self, job_key: str, records: list[FileRecord], exc: ProcessingError,
-                  attempt: int, seconds: float) -> Retry | None:
-        cls, policy = exc.error_class, self.settings.retry
+    def _on_error(self, delivery: Delivery, start: JobStart, records: list[FileRecord],
+                  exc: ProcessingError, seconds: float) -> Verdict:
+        job_key, cls, attempt = delivery.job_key, exc.error_class, start.attempts
         self._log(job_key, records, "error", attempt=attempt, seconds=seconds,
                   error_class=cls.value, reason=exc.reason)
+        self.store.record_attempt(self.endpoint.name, cls.value)
         if cls is ErrorClass.PERMANENT:
             return self._fail(job_key, records, cls, exc.reason, attempt)
         if cls is ErrorClass.ENDPOINT:
-            reroutes = self.store.requeue_job(job_key, cls.value, exc.reason, spend_attempt=False)
-            if reroutes > policy.endpoint_reroutes:
-                return self._fail(job_key, records, cls, f"{exc.reason} (rerouted {reroutes} times)", attempt)
-            return Retry(min(1.0 * reroutes, 10.0), cls, exc.reason)
-        if attempt >= policy.transient_attempts:
+            give_up = self._endpoint_give_up(start)
+            if give_up:
+                return self._fail(job_key, records, cls, f"{exc.reason} ({give_up})", attempt)
+            return self._requeue(delivery, cls, exc.reason, spend=False, delay=ENDPOINT_REQUEUE_DELAY)
+        if attempt >= self.settings.retry.transient_attempts:
             return self._fail(job_key, records, cls, f"{exc.reason} (after {attempt} attempts)", attempt)
-        self.store.requeue_job(job_key, cls.value, exc.reason, spend_attempt=True)
-        return Retry(backoff_delay(policy, attempt, self.settings.visibility_timeout), cls, exc.reason)
+        return self._requeue(delivery, cls, exc.reason, spend=True,
+                             delay=backoff_delay(self.settings.retry, attempt))
+
+    def _endpoint_give_up(self, start: JobStart) -> str:
+        """Why endpoint errors must stop moving this job around ("" = keep trying)."""
+        policy = self.settings.retry
+        if start.reroutes + 1 > policy.endpoint_reroutes:
+            return f"rerouted {start.reroutes + 1} times"
+        waited = time.time() - start.first_started_at
+        if start.first_started_at and waited > policy.endpoint_max_wait:
+            return f"no endpoint could take it for {waited:.0f} s"
+        return ""
+
+    def _requeue(self, delivery: Delivery, cls: ErrorClass, reason: str, spend: bool,
+                 delay: float) -> Verdict:
+        """Back to the language pool after `delay`, in the delayed set, atomically with the state."""
+        opts = TranscriptionOptions.from_dict(delivery.options)
+        spec = delivery.spec(pool_queue(opts.language, opts.engine))
+        held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
+                                      time.time() + delay, spec_to_json(spec))
+        if held < 0:
+            log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
+                        delivery.job_key, delivery.id)
+            return "superseded"
+        return "requeued"
 
     def _fail(self, job_key: str, records: list[FileRecord], cls: ErrorClass, reason: str,
-              attempt: int) -> None:
+              attempt: int) -> Verdict:
         self._log(job_key, records, "failed", attempt=attempt, error_class=cls.value, reason=reason)
         targets = self.store.finish_job(job_key, None, 0, cls.value, reason)
         deliver_failure(self.store, job_key, records_for(self.store, targets), cls.value, reason)
-        return None
+        return "failed"
 
     def _log(self, job_key: str, records: list[FileRecord], outcome: str, **fields: Any) -> None:
         path = records[0].path if records else ""

@@ -1,14 +1,20 @@
-"""The per-VM worker: one Celery consumer process per endpoint, kept alive and kept in line with
-the endpoint file.
+"""The per-VM worker: one Celery consumer process per endpoint this VM owns, kept alive, kept
+healthy and kept in line with the cluster's endpoint set.
 
-* each endpoint gets `celery -A worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`,
-  so its simultaneous requests never exceed the YAML's `concurrency`;
-* a consumer that dies is restarted with exponential backoff (reap-and-restart loop);
-* the endpoint file is polled by content every `poll_interval` (inotify misses NFS and
-  rename-replace): added endpoints start, removed ones stop gracefully, changed ones restart;
-  an invalid file is reported and the running set stays;
-* shutdown is two-stage: stop() asks consumers for a warm shutdown (finish in-flight files),
-  and kills what is still running after the grace period.
+Every `poll_interval` the supervisor
+* reads the endpoint set: its own `--config` file (polled by content: inotify misses NFS and
+  rename-replace; a changed file is validated and published cluster-wide) and the published set
+  in Redis (`batchscribe endpoints apply`); an invalid set is reported and the running one stays;
+* renews or takes endpoint ownership (one VM per endpoint cluster-wide, see `ownership`);
+* reads health (probes run on their own thread) and each endpoint's circuit breaker;
+* runs a consumer for exactly the endpoints that are in the set, owned, up and not tripped:
+  `celery -A worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
+
+A consumer that exits unexpectedly is restarted with exponential backoff (reap-and-restart). A
+consumer that must go (endpoint removed, changed, down, tripped, lost) gets SIGTERM — Celery's
+warm shutdown finishes its in-flight files — and SIGKILL after the grace period; its replacement
+starts only after it has exited, so an endpoint never sees more than its concurrency.
+Background threads (prober, retry promoter) are watched: if one dies the supervisor stops.
 """
 
 from __future__ import annotations
@@ -24,18 +30,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from common.config import Endpoint, EndpointSet, load_endpoints
+from common.config import Endpoint, EndpointSet, parse_endpoints
 from common.errors import ConfigError
 from common.queues import consumer_queues
+from common.registry import EndpointRegistry
 from common.settings import Settings
+from common.state import StateStore
+from worker.health import CircuitBreaker, HealthState, probe
+from worker.ownership import Ownership
 
 log = logging.getLogger(__name__)
-
-Spawn = Callable[[Endpoint], "subprocess.Popen[bytes]"]
 
 
 def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
@@ -47,11 +56,12 @@ def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """Linux: a consumer gets SIGTERM (warm shutdown) when its supervisor dies, even by SIGKILL."""
+    """Linux: a consumer is killed when its supervisor dies, even by SIGKILL, so an endpoint's new
+    owner never runs beside an orphan (its in-flight files come back through their leases)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -63,31 +73,147 @@ class Consumer:
     failures: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
+    stop_deadline: float = 0.0  # > 0 while a planned stop is under way
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_deadline > 0
+
+
+@dataclass
+class EndpointView:
+    """What this VM knows about one endpoint of the set."""
+
+    health: HealthState = field(default_factory=HealthState)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
 
 
 class Supervisor:
     def __init__(self, settings: Settings, endpoints: EndpointSet, config_path: str | None = None,
                  hostname: str | None = None, log_file: IO[bytes] | None = None,
-                 poll_interval: float = 2.0, grace: float = 30.0) -> None:
+                 poll_interval: float = 1.0, grace: float = 30.0, store: StateStore | None = None,
+                 follow_registry: bool = True, owner_ttl: float = 15.0) -> None:
         self.settings = settings
         self.config_path = config_path
         self.hostname = hostname or socket.gethostname()
         self.log_file = log_file
         self.poll_interval = poll_interval
         self.grace = grace
+        self.store = store or StateStore.connect(settings)
+        self.follow_registry = follow_registry
+        self.registry = EndpointRegistry(self.store)
+        self.ownership = Ownership(self.store, self.hostname, owner_ttl)
         self.consumers: dict[str, Consumer] = {}
-        self._desired = endpoints
-        self._config_digest = self._digest()
+        self.views: dict[str, EndpointView] = {}
+        self.desired = endpoints
+        self._registry_version = -1
+        self._config_digest = ""
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._failed = False
+        self._probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
 
-    # ---- processes ---------------------------------------------------------------------
+    # ---- the endpoint set ----------------------------------------------------------------
+
+    def refresh_desired(self) -> None:
+        """Publish our edited file (if any), then adopt the newest published set."""
+        if self.config_path is not None:
+            text = self._read_config()
+            digest = hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
+            if text is not None and digest != self._config_digest:
+                self._config_digest = digest
+                self._publish_file(text)
+        if not self.follow_registry:
+            return
+        version = self.registry.version()
+        if version == self._registry_version:
+            return
+        current = self.registry.current()
+        if current is None:
+            return
+        self._registry_version = current.version
+        try:
+            self.desired = parse_endpoints(current.yaml, current.source or "published set")
+        except ConfigError as exc:
+            log.error("endpoint set v%d cannot be used on this VM; keeping the running set: %s",
+                      current.version, exc)
+            return
+        log.info("endpoint set v%d from %s: %s", current.version, current.source,
+                 ", ".join(f"{e.name}×{e.concurrency}" for e in self.desired))
+
+    def _read_config(self) -> str | None:
+        try:
+            return Path(self.config_path).read_text(encoding="utf-8")  # type: ignore[arg-type]
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("cannot read %s (%s); keeping the running set", self.config_path, exc)
+            return None
+
+    def _publish_file(self, text: str) -> None:
+        source = Path(self.config_path).name  # type: ignore[arg-type]
+        try:
+            if self.follow_registry:
+                version = self.registry.publish(text, source)
+                log.info("%s published as endpoint set v%d", self.config_path, version)
+            else:
+                self.desired = parse_endpoints(text, source)
+        except ConfigError as exc:
+            log.error("endpoint file changed but is invalid; keeping the running set: %s", exc)
+
+    # ---- health, breakers, ownership ------------------------------------------------------
+
+    def _probe_all(self) -> None:
+        """Probe every endpoint of the set in parallel; runs on the prober thread."""
+        endpoints = list(self.desired)
+        results = list(self._probe_pool.map(probe, endpoints))
+        for endpoint, result in zip(endpoints, results):
+            view = self.views.setdefault(endpoint.name, EndpointView())
+            if view.health.observe(result):
+                state = "up" if view.health.up else f"DOWN ({view.health.reason})"
+                log.warning("endpoint %s is %s", endpoint.name, state)
+
+    def _prober(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            self._probe_all()
+
+    def _usable(self, name: str, stats: dict[str, str]) -> bool:
+        view = self.views.setdefault(name, EndpointView())
+        failures = int(stats.get("consecutive_failures", 0) or 0)
+        if view.breaker.observe(failures):
+            log.warning("endpoint %s: %d files failed in a row; circuit open for %.0f s",
+                        name, failures, view.breaker.open_until - time.time())
+            self.store.redis.hset(self.store.keys.endpoint_stats(name), "consecutive_failures", 0)
+        return view.health.up and not view.breaker.is_open()
+
+    def wanted(self) -> dict[str, Endpoint]:
+        names = [e.name for e in self.desired]
+        owned = self.ownership.sync(names)
+        wanted: dict[str, Endpoint] = {}
+        for endpoint in self.desired:
+            if endpoint.name not in owned:
+                continue
+            usable = self._usable(endpoint.name, self.store.endpoint_stats(endpoint.name))
+            self._publish_health(endpoint.name, usable)
+            if usable:
+                wanted[endpoint.name] = endpoint
+        for name in set(self.consumers) - {e.name for e in self.desired}:
+            self.views.pop(name, None)
+        return wanted
+
+    def _publish_health(self, name: str, usable: bool) -> None:
+        view = self.views[name]
+        doc = {"up": view.health.up, "usable": usable, "reason": view.health.reason,
+               "since": round(view.health.since, 3), "owner": self.hostname,
+               "circuit_open_until": round(view.breaker.open_until, 3), "checked_at": round(time.time(), 3)}
+        self.store.redis.hset(self.store.keys.health(), name, json.dumps(doc))
+
+    # ---- processes -----------------------------------------------------------------------
 
     def _spawn(self, endpoint: Endpoint) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
         env.update(self.settings.to_env())
         env["BATCHSCRIBE_ENDPOINT_JSON"] = json.dumps(endpoint.to_dict())
         env["PYTHONUNBUFFERED"] = "1"
-        out = self.log_file if self.log_file is not None else None
+        out = self.log_file
         return subprocess.Popen(consumer_command(endpoint, self.hostname), env=env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
                                 start_new_session=True, preexec_fn=_die_with_parent)
@@ -99,94 +225,129 @@ class Supervisor:
                  consumer.endpoint.name, consumer.proc.pid, consumer.endpoint.concurrency)
 
     @staticmethod
-    def _terminate(consumer: Consumer, sig: int = signal.SIGTERM) -> None:
+    def _signal(consumer: Consumer, sig: int) -> None:
         if consumer.proc is not None and consumer.proc.poll() is None:
             try:
                 os.killpg(consumer.proc.pid, sig)
             except ProcessLookupError:
                 pass
 
-    # ---- the loop ----------------------------------------------------------------------
+    def _begin_stop(self, consumer: Consumer, why: str) -> None:
+        log.info("stopping consumer of %s: %s", consumer.endpoint.name, why)
+        consumer.stop_deadline = time.monotonic() + self.grace
+        self._signal(consumer, signal.SIGTERM)
 
-    def reconcile(self) -> None:
-        """Make the running consumers match the desired endpoint set."""
-        desired = {e.name: e for e in self._desired}
-        for name in list(self.consumers):
-            current = self.consumers[name]
-            if name not in desired or desired[name].fingerprint() != current.endpoint.fingerprint():
-                log.info("endpoint %s %s: stopping its consumer", name,
-                         "removed" if name not in desired else "changed")
-                self._stop_consumers([current])
-                del self.consumers[name]
-        for name, endpoint in desired.items():
+    def reconcile(self, wanted: dict[str, Endpoint]) -> None:
+        """Start what is wanted and not running; stop what runs and is not wanted (or changed)."""
+        for name, consumer in self.consumers.items():
+            if consumer.stopping:
+                continue
+            want = wanted.get(name)
+            if want is None:
+                self._begin_stop(consumer, "no longer wanted here (removed, down, tripped or not owned)")
+            elif want.fingerprint() != consumer.endpoint.fingerprint():
+                self._begin_stop(consumer, "its settings changed")
+        for name, endpoint in wanted.items():
             if name not in self.consumers:
                 consumer = Consumer(endpoint)
                 self.consumers[name] = consumer
                 self._start(consumer)
 
     def check(self) -> None:
-        """Reap dead consumers and restart them with backoff (1 s, 2 s, 4 s … 60 s)."""
+        """Reap exits: planned ones free the slot, unplanned ones restart with backoff (1 s … 60 s)."""
         now = time.monotonic()
-        for consumer in self.consumers.values():
+        for name, consumer in list(self.consumers.items()):
             if consumer.proc is not None and consumer.proc.poll() is not None:
-                code = consumer.proc.returncode
+                if consumer.stopping:
+                    del self.consumers[name]
+                    continue
                 healthy_run = now - consumer.started_at > 60
                 consumer.failures = 0 if healthy_run else consumer.failures + 1
-                consumer.next_start = now + min(60.0, 2.0 ** consumer.failures) if consumer.failures else now
+                consumer.next_start = now + (min(60.0, 2.0 ** consumer.failures) if consumer.failures else 0)
                 log.warning("consumer of %s exited with %s; restarting in %.0f s",
-                            consumer.endpoint.name, code, consumer.next_start - now)
+                            name, consumer.proc.returncode, consumer.next_start - now)
                 consumer.proc = None
-            if consumer.proc is None and now >= consumer.next_start:
+            elif consumer.stopping and now > consumer.stop_deadline:
+                log.warning("consumer of %s did not stop within %.0f s; killing it", name, self.grace)
+                self._signal(consumer, signal.SIGKILL)
+                consumer.stop_deadline = now + 5
+            if consumer.proc is None and not consumer.stopping and now >= consumer.next_start:
                 self._start(consumer)
 
-    def poll_config(self) -> None:
-        digest = self._digest()
-        if digest == self._config_digest or self.config_path is None:
-            return
-        self._config_digest = digest
-        try:
-            self._desired = load_endpoints(self.config_path)
-        except ConfigError as exc:
-            log.error("endpoint file changed but is invalid; keeping the running set: %s", exc)
-            return
-        log.info("endpoint file changed: %s", ", ".join(e.name for e in self._desired))
-        self.reconcile()
+    # ---- the loop ------------------------------------------------------------------------
 
-    def _digest(self) -> str:
-        if self.config_path is None:
-            return ""
+    def _watched(self, name: str, target: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                target()
+            except Exception:
+                log.exception("background loop %s died; stopping this worker", name)
+                self._failed = True
+                self._stop.set()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _start_background(self) -> None:
+        self._watched("prober", self._prober)
         try:
-            return hashlib.sha256(Path(self.config_path).read_bytes()).hexdigest()
-        except OSError:
-            return ""
+            from worker.scheduler import run_promoter
+        except ImportError:
+            return
+        from common.celery_app import make_app
+        from producer.publish import Publisher
+
+        publisher = Publisher(make_app(self.settings, "batchscribe-promoter"))
+        self._watched("promoter", lambda: run_promoter(self._stop, self.store, publisher, 0.5))
+
+    def tick(self) -> None:
+        self.refresh_desired()
+        self.reconcile(self.wanted())
 
     def run(self) -> None:
-        """Supervise until stop() is called (from a signal handler or another thread)."""
-        self.reconcile()
-        next_poll = time.monotonic() + self.poll_interval
-        while not self._stop.wait(0.5):
-            self.check()
-            if time.monotonic() >= next_poll:
-                self.poll_config()
-                next_poll = time.monotonic() + self.poll_interval
-        self._stop_consumers(list(self.consumers.values()))
+        """Supervise until request_stop() (signal handler or another thread)."""
+        self.refresh_desired()
+        self._probe_all()
+        self._start_background()
+        next_sync = 0.0
+        try:
+            while not self._stop.wait(0.25):
+                self.check()
+                if time.monotonic() >= next_sync:
+                    self._tick_safely()
+                    next_sync = time.monotonic() + self.poll_interval
+        finally:
+            self._shutdown()
+
+    def _tick_safely(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:  # Redis away for a moment: keep consumers as they are, try again
+            log.warning("supervisor tick failed (%s: %s); retrying", type(exc).__name__, exc)
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def _stop_consumers(self, consumers: list[Consumer]) -> None:
-        """Warm shutdown (finish in-flight files), then kill what outlives the grace period."""
-        for consumer in consumers:
-            self._terminate(consumer, signal.SIGTERM)
+    @property
+    def stopped_by_failure(self) -> bool:
+        return self._failed
+
+    def _shutdown(self) -> None:
+        """Warm shutdown of every consumer, kill after the grace period, give endpoints back."""
+        for consumer in self.consumers.values():
+            self._signal(consumer, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
-        for consumer in consumers:
+        for consumer in self.consumers.values():
             if consumer.proc is None:
                 continue
             try:
                 consumer.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("consumer of %s did not stop within %.0f s; killing it",
-                            consumer.endpoint.name, self.grace)
-                self._terminate(consumer, signal.SIGKILL)
+                self._signal(consumer, signal.SIGKILL)
                 consumer.proc.wait()
-            consumer.proc = None
+        self._probe_pool.shutdown(wait=False)
+        try:
+            self.ownership.leave([e.name for e in self.desired])
+        except Exception as exc:  # Redis gone: the keys expire by themselves
+            log.warning("could not release endpoint ownership: %s", exc)
+

@@ -15,10 +15,13 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import redis
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_ready
 
 from common.config import Endpoint, default_local_endpoints, load_endpoints
@@ -26,8 +29,9 @@ from common.errors import ConfigError
 from common.models import TranscriptionOptions
 from common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
 from common.settings import Settings
-from common.state import StateStore
-from worker.jobs import JobRunner
+from common.state import LeaseItem, StateStore
+from worker.jobs import Delivery, JobRunner
+from worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,24 @@ def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
     raise ConfigError(f"endpoint {name!r}: set BATCHSCRIBE_CONFIG to the endpoint YAML that defines it")
 
 
+def delivery_of(request: Any, job_key: str, options: dict[str, Any], path: str,
+                duration: float) -> Delivery:
+    """The Delivery of the task being executed, from Celery's request context.
+
+    Celery 5 does not put the delivery tag on the request; kombu's virtual transports carry it in
+    the message properties (set at publish, kept when kombu restores the message).
+    """
+    properties = getattr(request, "properties", None) or {}
+    info = getattr(request, "delivery_info", None) or {}
+    opts = TranscriptionOptions.from_dict(options)
+    return Delivery(
+        job_key=job_key, options=options, path=path, duration=duration,
+        queue=info.get("routing_key") or pool_queue(opts.language, opts.engine),
+        id=f"{request.hostname}/{request.id}/{uuid.uuid4().hex[:8]}",
+        tag=str(properties.get("delivery_tag") or ""),
+    )
+
+
 class ConsumerRuntime:
     """Lazily built per process: the endpoint is known only once Celery has parsed -Q."""
 
@@ -57,18 +79,30 @@ class ConsumerRuntime:
         self.settings = settings
         self.queues: list[str] = []
         self._runner: JobRunner | None = None
+        self._leases: LeaseKeeper | None = None
         self._lock = threading.Lock()
 
     def runner(self) -> JobRunner:
+        return self._parts()[0]
+
+    def _parts(self) -> tuple[JobRunner, LeaseKeeper]:
+        """The runner and its lease keeper, built together on first use (the keeper starts then)."""
         with self._lock:
-            if self._runner is None:
+            if self._runner is None or self._leases is None:
                 endpoint = resolve_endpoint(os.environ, self.queues)
                 store = StateStore.connect(self.settings, check=False)
                 self._runner = JobRunner(self.settings, store, endpoint)
+                self._leases = LeaseKeeper(store, self.settings.lease_ttl, self.settings.heartbeat).start()
                 log.info("consumer serves endpoint %s (%s, concurrency %d)",
                          endpoint.name, endpoint.engine, endpoint.concurrency)
-            return self._runner
+            return self._runner, self._leases
 
+    def run(self, delivery: Delivery) -> None:
+        """Run one delivery while the lease keeper keeps its lease and its delivery tag fresh."""
+        runner, leases = self._parts()
+        with leases.hold(LeaseItem(delivery.job_key, delivery.id, delivery.tag)):
+            verdict = runner.run(delivery)
+        log.info("delivery %s of %s: %s", delivery.id, delivery.job_key, verdict)
 
     def warm_up(self) -> None:
         engine = self.runner().engine
@@ -88,12 +122,16 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
               max_retries=None, ignore_result=True)
     def transcribe(self: Task, job_key: str, options: dict[str, Any], path: str = "",
                    duration: float = 0.0) -> None:
-        delivery = f"{self.request.id}:{self.request.retries}"
-        verdict = runtime.runner().run(job_key, options, delivery)
-        if verdict is not None:
-            opts = TranscriptionOptions.from_dict(options)
-            raise self.retry(countdown=verdict.delay, queue=pool_queue(opts.language, opts.engine),
-                             max_retries=None)
+        """Never raises for a file's errors and never uses Celery's retry/ETA: a job that must run
+        again is in the delayed set by the time this returns, so the message is acked.
+
+        Only when Redis itself fails is the message handed back (acking it would lose the file).
+        """
+        try:
+            runtime.run(delivery_of(self.request, job_key, options, path, duration))
+        except redis.RedisError as exc:
+            log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)
+            raise Reject(exc, requeue=True) from exc
 
     @celeryd_after_setup.connect(weak=False)
     def _learn_queues(sender: Any, instance: Any, conf: Any, **_: Any) -> None:

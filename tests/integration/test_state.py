@@ -62,7 +62,7 @@ def test_file_counters_follow_job_transitions_and_completion_fires_once(store: S
     start = store.start_job("j", "ep1", "d1")
     assert (start.previous, start.attempts, start.targets) == ("claimed", 1, ["b:0"])
     assert store.batch("b")["n_running"] == "1"
-    store.requeue_job("j", "transient", "429", spend_attempt=True)
+    store.requeue_job("j", "d1", "transient", "429", True, time.time() + 5, "{}")
     assert store.batch("b")["n_retrying"] == "1"
     assert store.start_job("j", "ep1", "d2").attempts == 2
     store.finish_job("j", {"phrases": []}, ttl=60)
@@ -79,16 +79,8 @@ def test_file_counters_follow_job_transitions_and_completion_fires_once(store: S
 def test_endpoint_errors_do_not_spend_attempts(store: StateStore) -> None:
     make_batch(store, "b", 1, ["j"])
     store.claim([("j", "b:0", 1.0)], "p", ttl=30)
-    for _ in range(3):
-        store.start_job("j", "ep", "d")
-        store.requeue_job("j", "endpoint", "refused", spend_attempt=False)
+    for n in range(3):
+        store.start_job("j", "ep", f"d{n}")
+        store.requeue_job("j", f"d{n}", "endpoint", "refused", False, time.time(), "{}")
     job = store.job("j")
     assert job["attempts"] == "0" and job["reroutes"] == "3"
-
-
-def test_a_delivery_that_never_reported_back_counts_as_a_crash(store: StateStore) -> None:
-    make_batch(store, "b", 1, ["j"])
-    store.claim([("j", "b:0", 1.0)], "p", ttl=30)
-    store.start_job("j", "ep", "d1")
-    again = store.start_job("j", "ep", "d1-redelivered")
-    assert again.crashes == 1 and again.attempts == 2

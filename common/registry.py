@@ -1,0 +1,85 @@
+"""The cluster's endpoint set, published through Redis and versioned (hot-swap).
+
+`batchscribe endpoints apply FILE` (or a worker whose `--config` file changed) validates the YAML
+and publishes its *text*; every worker VM polls the version and parses the text itself, so `$VAR`
+secrets are read from each VM's own environment and never stored in Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from common.config import EndpointSet, parse_endpoints
+from common.state import StateStore
+
+_PUBLISH = """
+local cur = redis.call("HGET", KEYS[1], "yaml")
+if cur == ARGV[1] then return tonumber(redis.call("HGET", KEYS[1], "version") or 0) end
+local v = redis.call("HINCRBY", KEYS[1], "version", 1)
+redis.call("HSET", KEYS[1], "yaml", ARGV[1], "source", ARGV[2], "applied_at", ARGV[3])
+return v
+"""
+
+
+class _LenientEnv(Mapping[str, str]):
+    """For validation where the secrets are not set: a missing $VAR reads as a placeholder."""
+
+    def __init__(self, base: Mapping[str, str]) -> None:
+        self.base = base
+        self.missing: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self.base:
+            self.missing.add(key)
+            return "unset-here"
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+@dataclass(frozen=True)
+class PublishedSet:
+    version: int
+    yaml: str
+    source: str
+    applied_at: float
+
+
+def validate(text: str, source: str) -> tuple[EndpointSet, set[str]]:
+    """Parse as the workers will; returns the set and the $VARs this machine does not have."""
+    env = _LenientEnv(os.environ)
+    return parse_endpoints(text, source, env), env.missing
+
+
+class EndpointRegistry:
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self._publish = store.redis.register_script(_PUBLISH)
+
+    def publish(self, text: str, source: str) -> int:
+        """Validate and publish; the same text again keeps its version. Raises ConfigError."""
+        validate(text, source)
+        key = self.store.keys.endpoint_set()
+        return int(self._publish(keys=[key], args=[text, source, f"{time.time():.3f}"]))
+
+    def version(self) -> int:
+        raw = self.store.redis.hget(self.store.keys.endpoint_set(), "version")
+        return int(raw or 0)
+
+    def current(self) -> PublishedSet | None:
+        raw = self.store.redis.hgetall(self.store.keys.endpoint_set())
+        if not raw or b"yaml" not in raw:
+            return None
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        return PublishedSet(int(data.get("version", 0)), data["yaml"], data.get("source", ""),
+                            float(data.get("applied_at", 0) or 0))

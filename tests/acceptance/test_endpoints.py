@@ -1,0 +1,141 @@
+"""Endpoint health, the circuit breaker, hot-swap and several worker VMs, as an operator sees them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from common.state import StateStore
+from tests.conftest import run_cli, wait_until
+from tests.support.emulator import running_emulator, tone_wav
+
+
+def consumers(broker: str) -> dict[str, list[str]]:
+    """This test's running consumer processes (those on `broker`) by Celery node name, from /proc."""
+    found: dict[str, list[str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if "worker.app" not in args or "-n" not in args:
+                continue
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"BATCHSCRIBE_REDIS_URL={broker}".encode() in env:
+            found[args[args.index("-n") + 1]] = args
+    return found
+
+
+def concurrency_of(args: list[str] | None) -> str | None:
+    return args[args.index("-c") + 1] if args and "-c" in args else None
+
+
+def yaml_for(ports: dict[str, int], concurrency: int = 1) -> str:
+    return "".join(f"{name}:\n  host: 127.0.0.1\n  port: {port}\n  concurrency: {concurrency}\n  rtf: 1000\n"
+                   f"  stallTimeout: 3\n" for name, port in ports.items())
+
+
+def health(store: StateStore, name: str) -> dict:
+    raw = store.redis.hget(store.keys.health(), name)
+    return json.loads(raw) if raw else {}
+
+
+def test_a_failing_endpoint_stops_taking_work_and_comes_back(tmp_path: Path, redis_server,
+                                                             store: StateStore, start_worker) -> None:
+    with running_emulator(ports=2, rtf=0) as emu:
+        a, b = emu.ports
+        config = tmp_path / "eps.yaml"
+        config.write_text(yaml_for({"a": a, "b": b}))
+        start_worker(config, hostname="vm1")
+        wait_until(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="both consumers")
+        emu.set_fault(a, "unready")
+        failed_at = time.monotonic()
+        wait_until(lambda: "a@vm1" not in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to stop")
+        assert time.monotonic() - failed_at <= 5.0
+        assert health(store, "a")["up"] is False and "503" in health(store, "a")["reason"]
+        assert "b@vm1" in consumers(redis_server.url)
+        emu.reset(a)
+        back_at = time.monotonic()
+        wait_until(lambda: "a@vm1" in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to return")
+        assert time.monotonic() - back_at <= 5.0
+        status = run_cli("endpoints", "show", broker=redis_server.url)
+        assert status.returncode == 0 and "vm1" in status.stdout
+
+
+def test_circuit_opens_on_consecutive_failures_while_probe_says_ready(tmp_path: Path, redis_server,
+                                                                       store: StateStore, start_worker) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(8):
+        tone_wav(tmp_path / "in" / f"f{i}.wav", 0.5 + 0.1 * i, freq=400 + 10 * i)
+    with running_emulator(ports=2, rtf=0) as emu:
+        bad, good = emu.ports
+        emu.set_fault(bad, "http401")  # /ready is fine, every recognition is refused: bad key
+        config = tmp_path / "eps.yaml"
+        config.write_text(yaml_for({"bad": bad, "good": good}))
+        start_worker(config, hostname="vm1", BATCHSCRIBE_BACKOFF_BASE="0.2")
+        result = run_cli("submit", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--wait",
+                         broker=redis_server.url)
+        assert result.returncode == 0, result.stderr
+        errors = [e for _, e in store.events() if e.get("outcome") == "error"]
+        assert errors and all(e["endpoint"] == "bad" and e["error_class"] == "endpoint" for e in errors)
+        assert len(errors) <= 6  # the breaker stopped the bad endpoint after 5 failures in a row
+        assert all(r.attempts <= 1 for r in store.files(store.batch_ids(1)[0], range(8)))
+
+
+def test_hot_swap_apply_file_edit_and_invalid_sets(tmp_path: Path, redis_server, store: StateStore,
+                                                   start_worker) -> None:
+    with running_emulator(ports=3, rtf=0) as emu:
+        a, b, c = emu.ports
+        config = tmp_path / "eps.yaml"
+        config.write_text(yaml_for({"a": a}))
+        start_worker(config, hostname="vm1")
+        wait_until(lambda: "a@vm1" in consumers(redis_server.url), 30, what="a's consumer")
+
+        new = tmp_path / "new.yaml"
+        new.write_text(yaml_for({"a": a, "b": b}, concurrency=3))
+        applied = run_cli("endpoints", "apply", str(new), broker=redis_server.url)
+        assert applied.returncode == 0 and "endpoint set v2" in applied.stdout, applied.stderr
+        t0 = time.monotonic()
+        def swapped() -> bool:
+            now = consumers(redis_server.url)
+            return "b@vm1" in now and concurrency_of(now.get("a@vm1")) == "3"
+
+        wait_until(swapped, 15, interval=0.2, what="b added and a resized")
+        assert time.monotonic() - t0 <= 8.0  # a's old consumer finishes, then the resized one starts
+
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("a:\n  concurrency: lots\n")
+        rejected = run_cli("endpoints", "apply", str(bad), broker=redis_server.url)
+        assert rejected.returncode == 2 and "bad.yaml: endpoint 'a': concurrency must be an integer" in \
+            rejected.stderr
+        config.write_text("a:\n  port: [\n")  # an invalid edit of the worker's own file is refused too
+        time.sleep(2.5)
+        assert {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url))
+
+        config.write_text(yaml_for({"c": c}))  # a valid edit of the file: published and applied
+        wait_until(lambda: set(consumers(redis_server.url)) & {"a@vm1", "b@vm1", "c@vm1"} == {"c@vm1"}, 15, interval=0.2,
+                   what="the file's set to replace the applied one")
+
+
+def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, redis_server,
+                                                            store: StateStore, start_worker) -> None:
+    with running_emulator(ports=2, rtf=0) as emu:
+        config = tmp_path / "eps.yaml"
+        config.write_text(yaml_for(dict(zip(("a", "b"), emu.ports))))
+        vm1 = start_worker(config, hostname="vm1")
+        start_worker(config, hostname="vm2")
+
+        def owners() -> dict[str, str]:
+            return {name: node.split("@")[1] for node in consumers(redis_server.url) for name in ("a", "b")
+                    if node.startswith(name + "@")}
+
+        wait_until(lambda: len(owners()) == 2 and len(consumers(redis_server.url)) == 2, 40, what="one consumer per endpoint")
+        time.sleep(3)
+        assert len(consumers(redis_server.url)) == 2  # never two consumers of one endpoint, cluster-wide
+        os.killpg(vm1.proc.pid, signal.SIGKILL)  # the whole VM dies
+        died = time.monotonic()
+        wait_until(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
+        assert time.monotonic() - died <= 30

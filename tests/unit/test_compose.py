@@ -1,0 +1,393 @@
+"""deploy/compose.yml, checked without Docker: it parses, its commands are real commands of the
+code, its settings are ones the code reads, and Redis and Flower are locked down.
+
+If a `docker compose` (or `docker-compose`) client is installed, `config` is run too: it needs no
+Docker engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+
+from batchscribe.cli import root
+from common.config import load_endpoints, parse_endpoints
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yml"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+ENDPOINTS_EXAMPLE = DEPLOY / "endpoints.example.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+
+EXPECTED_SERVICES = {"redis", "worker", "flower", "emulator"}
+REQUIRED_SECRETS = ("REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD")
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+# ---- helpers: .env, compose interpolation, ports ------------------------------------------------
+
+_VAR_RE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}"
+    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: not KEY=VALUE: {line!r}"
+        env[key.strip()] = value.strip()
+    return env
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable substitution: ${VAR:?msg} / ${VAR?msg} raise KeyError when unset."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group("escaped"):
+            return "$"
+        name = m.group("braced") or m.group("named")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        if op in (":-", "-"):
+            missing = current is None or (op == ":-" and current == "")
+            return arg if missing else str(current)
+        if op in (":?", "?"):
+            if current is None or (op == ":?" and current == ""):
+                raise KeyError(f"{name}: {arg}")
+            return current
+        return current or ""  # compose warns and substitutes nothing
+
+    return _VAR_RE.sub(sub, value)
+
+
+def variables_used(text: str) -> set[str]:
+    return {m.group("braced") or m.group("named") for m in _VAR_RE.finditer(text)
+            if not m.group("escaped")}
+
+
+def published_ports(service: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(host ip, published port) of each published port; '' is every interface."""
+    for entry in service.get("ports") or []:
+        if isinstance(entry, Mapping):
+            if entry.get("published") is not None:
+                yield str(entry.get("host_ip") or ""), str(entry["published"])
+            continue
+        spec = str(entry).split("/")[0]
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]:")
+            yield host, rest.split(":")[0]
+            continue
+        parts = spec.split(":")
+        if len(parts) == 3:
+            yield parts[0], parts[1]
+        elif len(parts) == 2:
+            yield "", parts[0]
+        else:  # only the container port: published on a random port of every interface
+            yield "", "random"
+
+
+def command_of(service: Mapping[str, Any]) -> list[str]:
+    command = service.get("command")
+    assert isinstance(command, list), "write commands in exec form (a list): no shell, exact tokens"
+    return [str(token) for token in command]
+
+
+def option_value(tokens: list[str], name: str) -> str | None:
+    for i, token in enumerate(tokens):
+        if token == name and i + 1 < len(tokens):
+            return tokens[i + 1]
+        if token.startswith(name + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+@pytest.fixture(scope="module")
+def dotenv() -> dict[str, str]:
+    return read_dotenv(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def compose(raw: dict[str, Any], dotenv: dict[str, str]) -> dict[str, Any]:
+    """The compose file with the variables of .env.example substituted."""
+    return interpolate(raw, dotenv)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+# ---- shape ---------------------------------------------------------------------------------------
+
+def test_services_and_profiles(services: dict[str, Any]) -> None:
+    assert set(services) == EXPECTED_SERVICES  # no `api` until `batchscribe serve` exists
+    assert services["emulator"].get("profiles") == ["demo"], "the emulator is an optional demo"
+    for name in EXPECTED_SERVICES - {"emulator"}:
+        assert not services[name].get("profiles"), f"{name} must start without a profile"
+
+
+def test_every_variable_comes_from_env_example_or_has_a_default(raw: dict[str, Any],
+                                                                 dotenv: dict[str, str]) -> None:
+    interpolate(raw, dotenv)
+    text = COMPOSE.read_text(encoding="utf-8")
+    undocumented = variables_used(text) - set(dotenv)
+    assert not undocumented, f"document these in deploy/.env.example: {sorted(undocumented)}"
+    for secret in REQUIRED_SECRETS:  # a missing secret stops compose instead of running open
+        env = {k: v for k, v in dotenv.items() if k != secret}
+        with pytest.raises(KeyError, match=secret):
+            interpolate(raw, env)
+
+
+def test_build_context_and_dockerfile_exist(services: dict[str, Any]) -> None:
+    for name in ("worker", "flower", "emulator"):
+        build = services[name]["build"]
+        context = (DEPLOY / build["context"]).resolve()
+        assert context == ROOT, f"{name}: build from the repository root"
+        assert (context / build["dockerfile"]).resolve() == DOCKERFILE
+        assert services[name]["image"] == services["worker"]["image"]
+
+
+# ---- commands are real commands ------------------------------------------------------------------
+
+def _check_batchscribe_command(service: str, tokens: list[str]) -> click.Context:
+    assert tokens[0] == "batchscribe"
+    args = tokens[1:]
+    root_flags = {opt for p in root.params for opt in (*p.opts, *p.secondary_opts)}
+    while args and args[0] in root_flags:
+        args = args[1:]
+    assert args, f"{service}: no subcommand in {tokens}"
+    name, rest = args[0], args[1:]
+    assert name in root.commands, f"{service}: `batchscribe {name}` is not one of {sorted(root.commands)}"
+    command = root.commands[name]
+    try:  # parses and type-checks every option and value, runs nothing
+        return command.make_context(f"batchscribe {name}", list(rest))
+    except click.ClickException as exc:
+        pytest.fail(f"{service}: `{' '.join(tokens)}` is rejected by the CLI: {exc.format_message()}")
+
+
+def test_batchscribe_commands_parse(services: dict[str, Any]) -> None:
+    checked = set()
+    for name, service in services.items():
+        tokens = command_of(service)
+        if tokens[0] == "batchscribe":
+            _check_batchscribe_command(name, tokens)
+            checked.add(name)
+    assert checked == {"worker", "emulator"}
+
+
+def test_worker_command_reads_the_mounted_config(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    ctx = _check_batchscribe_command("worker", command_of(worker))
+    config = ctx.params["config_path"]
+    assert config and config.startswith("/")
+    mounts = [str(v).split(":") for v in worker["volumes"]]
+    covering = [m for m in mounts if config.startswith(m[1].rstrip("/") + "/") or config == m[1]]
+    assert covering, f"{config} is not inside a mounted volume"
+    assert covering[0][2:] == ["ro"], "the endpoint file is mounted read-only"
+    assert any(m[1] == "/data" for m in mounts), "inputs/outputs are shared under /data"
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker.get("init") is True, "tini as PID 1 forwards SIGTERM for the graceful stop"
+
+
+def test_emulator_is_reachable_where_the_example_endpoint_points(services: dict[str, Any]) -> None:
+    ctx = _check_batchscribe_command("emulator", command_of(services["emulator"]))
+    assert ctx.params["host"] == "0.0.0.0", "inside its container it must listen beyond loopback"
+    assert ctx.params["transcribe"] == "duration"
+    endpoints = load_endpoints(ENDPOINTS_EXAMPLE, {})
+    demo = [e for e in endpoints if e.host == "emulator"]
+    assert len(demo) == 1, "the example names the emulator by its compose service name"
+    assert demo[0].port in ctx.params["ports"]
+    assert demo[0].rtf == ctx.params["rtf"]
+    assert not list(published_ports(services["emulator"])), "its /control API has no auth"
+
+
+def test_flower_command_is_real_and_authenticated(services: dict[str, Any], dotenv: dict[str, str]) -> None:
+    tokens = command_of(services["flower"])
+    assert tokens[0] == "celery"
+    app_module = option_value(tokens, "-A") or option_value(tokens, "--app")
+    assert app_module, "flower loads the workers' Celery app"
+    assert hasattr(importlib.import_module(app_module), "app")
+    assert "flower" in tokens
+    import flower.options  # noqa: F401  (defines flower's options)
+    from tornado.options import options
+
+    known = {name.replace("_", "-") for name in options}
+    for token in tokens[tokens.index("flower") + 1:]:
+        assert token.startswith("--"), f"flower takes --name=value options, got {token!r}"
+        name = token[2:].split("=", 1)[0].replace("_", "-")
+        assert name in known, f"flower has no option --{name}"
+    auth = option_value(tokens, "--basic-auth") or option_value(tokens, "--basic_auth")
+    assert auth == f"{dotenv['FLOWER_USER']}:{dotenv['FLOWER_PASSWORD']}"
+
+
+# ---- settings agree with the code ----------------------------------------------------------------
+
+class _Recording(dict):  # type: ignore[type-arg]
+    """An environment that remembers every variable looked up in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.seen.add(str(key))
+        return super().__contains__(key)
+
+
+def settings_env_vars() -> set[str]:
+    env = _Recording()
+    Settings.from_env(env)
+    assert "BATCHSCRIBE_REDIS_URL" in env.seen
+    return {k for k in env.seen if k.startswith("BATCHSCRIBE_")}
+
+
+def test_batchscribe_variables_are_ones_settings_reads(raw: dict[str, Any],
+                                                       services: dict[str, Any]) -> None:
+    known = settings_env_vars()
+    used = {v for v in variables_used(COMPOSE.read_text(encoding="utf-8")) if v.startswith("BATCHSCRIBE_")}
+    for service in services.values():
+        used |= {k for k in service.get("environment") or {} if k.startswith("BATCHSCRIBE_")}
+    assert used, "the services get their broker from BATCHSCRIBE_REDIS_URL"
+    assert used <= known, f"not read by Settings.from_env: {sorted(used - known)}"
+
+
+def test_redis_url_points_at_the_redis_service(services: dict[str, Any], dotenv: dict[str, str]) -> None:
+    for name in ("worker", "flower"):
+        env = services[name]["environment"]
+        settings = Settings.from_env(env)  # validates the URL
+        url = urlsplit(settings.redis_url)
+        assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379, name
+        assert url.password == dotenv["REDIS_PASSWORD"], f"{name} authenticates to Redis"
+
+
+# ---- Redis and Flower are locked down ------------------------------------------------------------
+
+def test_redis_is_durable_and_password_protected(services: dict[str, Any], dotenv: dict[str, str]) -> None:
+    redis = services["redis"]
+    assert str(redis["image"]).startswith("redis:7")
+    tokens = command_of(redis)
+    assert tokens[0] == "redis-server"
+    assert option_value(tokens, "--appendonly") == "yes"
+    assert option_value(tokens, "--maxmemory-policy") == "noeviction"
+    assert option_value(tokens, "--requirepass") == dotenv["REDIS_PASSWORD"]
+    assert any(str(v).split(":")[1] == "/data" for v in redis["volumes"]), "AOF on a volume"
+    assert redis.get("healthcheck", {}).get("test"), "workers wait for a healthy Redis"
+
+
+def test_no_port_is_published_beyond_loopback(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for host_ip, port in published_ports(service):
+            assert host_ip in LOOPBACK, f"{name}: port {port} is published on every interface"
+    assert not list(published_ports(services["redis"])), "Redis stays on the compose network"
+    assert [p for _, p in published_ports(services["flower"])] == ["5555"]
+
+
+# ---- the endpoint example and the Dockerfile -----------------------------------------------------
+
+def test_endpoints_example_loads() -> None:
+    text = ENDPOINTS_EXAMPLE.read_text(encoding="utf-8")
+    environ = {var: "dummy-value" for var in variables_used(text)}
+    endpoints = load_endpoints(ENDPOINTS_EXAMPLE, environ)
+    assert len(endpoints) == 3
+    containers = [e for e in endpoints if e.host != "emulator"]
+    assert len(containers) == 2 and all(e.engine == "azure" and not e.is_cloud_service for e in containers)
+
+
+def test_commented_endpoint_examples_load_when_uncommented() -> None:
+    header = re.compile(r"^[A-Za-z0-9_.-]+:\s*$")
+    lines = ENDPOINTS_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    block = "\n".join(line[2:] for line in lines
+                      if line.startswith("# ") and (header.match(line[2:]) or line[2:].startswith("  ")))
+    endpoints = parse_endpoints(block, "commented examples", {"SPEECH_KEY": "k"})
+    assert {e.engine for e in endpoints} == {"azure", "local"}
+    assert any(e.is_cloud_service for e in endpoints)
+
+
+def _dockerfile_instructions() -> list[str]:
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_dockerfile_installs_system_packages_and_the_package() -> None:
+    instructions = _dockerfile_instructions()
+    assert instructions[0].startswith("FROM python:3.11-slim")
+    apt = [i for i in instructions if i.startswith("RUN") and "apt-get install" in i]
+    assert apt, "system packages come from apt"
+    packages = set(apt[0].split("apt-get install", 1)[1].split("&&")[0].split())
+    assert {"ffmpeg", "libssl3", "ca-certificates"} <= packages
+    assert any(re.match(r'RUN pip install "?\.\[all\]"?$', i) for i in instructions)
+
+
+def test_dockerfile_copies_every_package() -> None:
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib needs Python 3.11")
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {i.split()[1] for i in _dockerfile_instructions() if i.startswith("COPY ")}
+    assert "pyproject.toml" in copied
+    assert wanted <= copied, f"not copied into the image: {sorted(wanted - copied)}"
+
+
+# ---- the real compose client, where there is one -------------------------------------------------
+
+def _compose_client() -> list[str] | None:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
+def test_docker_compose_config(dotenv: dict[str, str]) -> None:
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no docker compose client installed")
+    env = {**os.environ, **dotenv}
+    result = subprocess.run([*client, "-f", str(COMPOSE), "--profile", "demo", "config"],
+                            capture_output=True, text=True, timeout=60, env=env, cwd=DEPLOY)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load(result.stdout)
+    assert set(rendered["services"]) == EXPECTED_SERVICES

@@ -1,0 +1,52 @@
+"""Settings from the environment, and the health hysteresis and circuit breaker."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.errors import ConfigError
+from common.settings import Settings, redact
+from worker.health import CircuitBreaker, HealthState, ProbeResult
+
+
+def test_settings_round_trip_through_the_environment() -> None:
+    env = {"BATCHSCRIBE_REDIS_URL": "redis://:pw@h:6380/2", "BATCHSCRIBE_VISIBILITY_TIMEOUT": "90",
+           "BATCHSCRIBE_TRANSIENT_ATTEMPTS": "7", "BATCHSCRIBE_BACKOFF_BASE": "0.5",
+           "BATCHSCRIBE_MAX_CRASHES": "2"}
+    settings = Settings.from_env(env)
+    assert settings.redis_url == "redis://:pw@h:6380/2" and settings.visibility_timeout == 90
+    assert settings.retry.transient_attempts == 7 and settings.retry.backoff_base == 0.5
+    assert settings.retry.max_crashes == 2
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BATCHSCRIBE_REDIS_URL": "http://x"}, "broker URL must start with redis://"),
+    ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "soon"}, "BATCHSCRIBE_VISIBILITY_TIMEOUT must be"),
+    ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "6"}, "at most half of BATCHSCRIBE_VISIBILITY_TIMEOUT"),
+])
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_passwords_are_redacted() -> None:
+    assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_health_goes_down_after_two_failures_and_up_after_one_success() -> None:
+    state = HealthState()
+    assert state.observe(ProbeResult(False, "503")) is False and state.up
+    assert state.observe(ProbeResult(False, "503")) is True and not state.up and state.reason == "503"
+    assert state.observe(ProbeResult(True)) is True and state.up
+
+
+def test_breaker_opens_at_the_threshold_and_backs_off() -> None:
+    breaker = CircuitBreaker(threshold=5, cooldown=10, max_cooldown=25)
+    assert not breaker.observe(4, now=100.0)
+    assert breaker.observe(5, now=100.0) and breaker.is_open(105.0) and not breaker.is_open(110.1)
+    assert breaker.observe(5, now=111.0) and breaker.open_until == 131.0  # doubled
+    assert breaker.observe(9, now=132.0) and breaker.open_until == 157.0  # capped at 25 s
+    breaker.observe(0, now=160.0)
+    assert breaker.opens == 0
