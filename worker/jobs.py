@@ -80,7 +80,7 @@ class Delivery:
         return TaskSpec(self.job_key, self.options, self.path, self.duration, queue or self.queue)
 
 
-def durably(call: Callable[[], None], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> None:
+def durably(call: Callable[[], Any], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> None:
     """Retry Redis writes across a short outage (a restart takes seconds): a finished transcript
     must be recorded, not thrown away and transcribed again. Gives up after `patience` seconds."""
     deadline = time.monotonic() + patience
@@ -207,7 +207,7 @@ class JobRunner:
                 audio = prepare(source, Path(workdir))
                 recognition = self.engine.transcribe(audio, opts)
         finally:
-            self.store.redis.zrem(inflight, job_key)
+            durably(lambda: self.store.redis.zrem(inflight, job_key), f"releasing {job_key}'s slot")
         return {"phrases": recognition.phrases, "duration": recognition.duration,
                 "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
                 "endpoint": self.endpoint.name, "options": opts.to_dict()}
