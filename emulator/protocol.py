@@ -18,7 +18,9 @@ SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
 WAV_HEADER_BYTES = 44
 TICKS_PER_SECOND = 10_000_000
+TICKS_PER_MS = 10_000
 BYTES_PER_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
+BYTES_PER_MS = BYTES_PER_SECOND // 1000
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,16 @@ class AudioTurn:
 
     @property
     def ticks(self) -> int:
-        """Audio length in ticks rounded *up* (exact integers): a phrase ending one tick short of
-        the audio makes the SDK open a second turn and replay the tail."""
-        return -(-len(self.pcm) * TICKS_PER_SECOND // BYTES_PER_SECOND)
+        """The end of the audio for the final phrase: in ticks, rounded *up* to a whole
+        millisecond. The SDK counts acknowledged audio in whole milliseconds: a last phrase ending
+        one tick short of that (even inside the last, partial millisecond, e.g. 48,005 samples)
+        makes it open a second turn and replay the tail, which yields an extra phrase."""
+        return -(-self.ticks_at(len(self.pcm)) // TICKS_PER_MS) * TICKS_PER_MS
+
+    @staticmethod
+    def ticks_at(pcm_bytes: int) -> int:
+        """The time of a PCM byte position in ticks, rounded up (so phrases tile without gaps)."""
+        return -(-pcm_bytes * TICKS_PER_SECOND // BYTES_PER_SECOND)
 
 
 def new_service_tag() -> str:

@@ -1,8 +1,12 @@
 """One websocket session with the SDK: collect audio per turn, answer at the configured speed.
 
-Answer timing: the final phrase is sent at max(end of upload, first audio + audio seconds / rtf),
-like a container that decodes while it receives. While waiting, a hypothesis goes out about once
-a second so clients see progress, as they would from a real container.
+Answer timing, like a container that recognises while it receives: audio [a, b) of a turn is
+"decoded" at max(its arrival, first audio + b / rtf). Every SEGMENT_SECONDS of decoded audio is
+acknowledged at once by a word-less phrase (NoMatch), and a hypothesis goes out about once a
+second in between; the final phrase (the transcriber's text) follows when the upload has ended and
+all of it is decoded, i.e. at max(end of upload, first audio + audio seconds / rtf). Without the
+intermediate phrases the SDK stops sending after ~30 s of unacknowledged audio and cancels with
+ServiceTimeout ("client buffer exceeded maximum size").
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from emulator.faults import FaultMode
 from emulator.protocol import (
+    BYTES_PER_MS,
     BYTES_PER_SECOND,
     AudioTurn,
     Frame,
@@ -30,6 +35,10 @@ from emulator.transcribers import Transcriber, shape_for_wire
 
 log = logging.getLogger(__name__)
 HYPOTHESIS_INTERVAL = 1.0  # seconds of wall time between hypotheses
+SEGMENT_SECONDS = 5.0  # audio acknowledged by one intermediate phrase (the SDK holds ~30 s unanswered)
+SEGMENT_BYTES = int(SEGMENT_SECONDS * BYTES_PER_SECOND)
+INTERIM_STATUS = "NoMatch"  # intermediate phrases carry no words: ResultReason.NoMatch in the SDK
+HYPOTHESIS_TEXT = "decoding"
 
 
 @dataclass
@@ -37,6 +46,7 @@ class _Turn:
     audio: AudioTurn
     started: float
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # audio arrived (or ended)
 
 
 class Session:
@@ -88,6 +98,7 @@ class Session:
         if self.fault is FaultMode.CLOSE1011 and turn.audio.pcm:
             await self.ws.close(1011, "injected fault: internal error")
             return True
+        turn.changed.set()
         if turn.audio.ended:
             turn.ended.set()
         return False
@@ -109,8 +120,8 @@ class Session:
         rid = turn.audio.request_id
         try:
             await self._send("turn.start", rid, {"context": {"serviceTag": new_service_tag()}})
-            await self._wait_until_decoded(turn)
-            for phrase in await self._phrases(turn):
+            acked = await self._acknowledge_while_receiving(turn)
+            for phrase in await self._phrases(turn, acked):
                 await self._send("speech.phrase", rid, phrase)
                 self.info.phrases += 1
             await self._send("turn.end", rid, {})
@@ -120,33 +131,74 @@ class Session:
             log.exception("emulator: answering turn %s failed", rid)
             await self.ws.close(1011, "emulator error")
 
-    async def _wait_until_decoded(self, turn: _Turn) -> None:
-        """Sleep until the upload ended and the audio is 'decoded' at rtf; hypotheses meanwhile."""
-        last_sent = 0.0
+    def _decoded_bytes(self, turn: _Turn, now: float) -> int:
+        """PCM bytes 'decoded' by now: the audio received, and at rtf > 0 at most (now − start) × rtf
+        seconds of it. Whole milliseconds only: the SDK counts acknowledged audio in ms."""
+        decoded = len(turn.audio.pcm)
+        if self.rtf > 0:
+            decoded = min(decoded, int((now - turn.started) * self.rtf * BYTES_PER_SECOND))
+        return decoded - decoded % BYTES_PER_MS
+
+    async def _acknowledge_while_receiving(self, turn: _Turn) -> int:
+        """Acknowledge audio as it is decoded, like a container that recognises while receiving.
+
+        Every SEGMENT_SECONDS of decoded audio goes out as a word-less phrase (NoMatch) covering
+        exactly [last acknowledged, decoded): the SDK counts it as recognised, frees its buffer
+        (it stops sending after ~30 s of unacknowledged audio) and raises `recognized` with
+        ResultReason.NoMatch, which the azure engine takes as progress, not text. A hypothesis
+        goes out at most every HYPOTHESIS_INTERVAL seconds in between. Returns the PCM bytes
+        acknowledged when the upload has ended and all of it is decoded (the final phrase
+        covers the rest). The `error` fault answers with its Error phrase at the first segment.
+        """
+        rid = turn.audio.request_id
+        acked = hypothesised = 0
+        last_hypothesis = self.loop.time()
         while True:
+            turn.changed.clear()
             now = self.loop.time()
-            heard = turn.audio.seconds
-            decoded = heard if self.rtf <= 0 else min(heard, (now - turn.started) * self.rtf)
-            if turn.ended.is_set() and decoded >= heard:
-                return
-            if decoded - last_sent >= 1.0:
-                last_sent = decoded
-                await self._send("speech.hypothesis", turn.audio.request_id,
-                                 {"Text": "decoding", "Offset": 0, "Duration": int(decoded * 10_000_000)})
-            if turn.ended.is_set():
-                due = turn.started + heard / self.rtf
-                await asyncio.sleep(max(0.0, min(HYPOTHESIS_INTERVAL, due - now)))
+            heard = len(turn.audio.pcm)
+            heard -= heard % BYTES_PER_MS  # what can be decoded, in whole ms
+            decoded = self._decoded_bytes(turn, now)
+            ended = turn.ended.is_set()
+            if ended and decoded >= heard:
+                return acked
+            if decoded - acked >= SEGMENT_BYTES:
+                if self.fault is FaultMode.ERROR:
+                    return acked
+                start, end = turn.audio.ticks_at(acked), turn.audio.ticks_at(decoded)
+                await self._send("speech.phrase", rid, {"RecognitionStatus": INTERIM_STATUS,
+                                                        "Offset": start, "Duration": end - start})
+                self.info.phrases += 1
+                acked = hypothesised = decoded
+                last_hypothesis = now
+                continue
+            if decoded > hypothesised and now - last_hypothesis >= HYPOTHESIS_INTERVAL:
+                start, end = turn.audio.ticks_at(acked), turn.audio.ticks_at(decoded)
+                await self._send("speech.hypothesis", rid, {"Text": HYPOTHESIS_TEXT, "Offset": start,
+                                                            "Duration": end - start})
+                hypothesised, last_hypothesis = decoded, now
+            # Sleep until the next thing that can happen: more audio, the next segment (or the
+            # end) being decoded at rtf, or the next hypothesis.
+            target = min(heard, acked + SEGMENT_BYTES)
+            timeout = HYPOTHESIS_INTERVAL
+            if self.rtf > 0 and decoded < target:
+                due = turn.started + target / BYTES_PER_SECOND / self.rtf
+                timeout = min(timeout, max(0.0, due - self.loop.time()) + 1e-3)
+            if ended:
+                await asyncio.sleep(timeout)
                 continue
             try:
-                await asyncio.wait_for(turn.ended.wait(), timeout=HYPOTHESIS_INTERVAL)
+                await asyncio.wait_for(turn.changed.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
 
-    async def _phrases(self, turn: _Turn) -> list[dict[str, Any]]:
+    async def _phrases(self, turn: _Turn, acked: int) -> list[dict[str, Any]]:
+        """The final phrase(s): the transcriber's answer for the audio after `acked` bytes."""
+        since = turn.audio.ticks_at(acked)
         if self.fault is FaultMode.ERROR:
-            return [{"RecognitionStatus": "Error", "Offset": 0, "Duration": turn.audio.ticks,
+            return [{"RecognitionStatus": "Error", "Offset": since, "Duration": turn.audio.ticks - since,
                      "DisplayText": ""}]
-        phrases = await self.transcriber.phrases(turn.audio, self.info.language)
+        phrases = await self.transcriber.phrases(turn.audio, self.info.language, since)
         candidates = [c for c in self.info.query.get("lidEnabled", "").split(",") if c]
         for phrase in phrases:  # language identification: the first candidate always "wins"
             if candidates:

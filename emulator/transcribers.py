@@ -26,7 +26,10 @@ def duration_text(seconds: float) -> str:
 
 
 class Transcriber(Protocol):
-    async def phrases(self, turn: AudioTurn, language: str) -> list[dict[str, Any]]: ...
+    async def phrases(self, turn: AudioTurn, language: str, since: int) -> list[dict[str, Any]]:
+        """The final phrase(s) of a turn. The audio before `since` (ticks) was already
+        acknowledged by word-less intermediate phrases while it arrived (emulator.session)."""
+        ...
 
 
 def _lexical(text: str) -> str:
@@ -71,20 +74,30 @@ def shape_for_wire(phrases: list[dict[str, Any]], end_ticks: int, detailed: bool
 
 
 class FixedTranscriber:
+    """`--text` once per turn, in the final phrase (covering the audio not yet acknowledged)."""
+
     def __init__(self, text: str) -> None:
         self.text = text
 
-    async def phrases(self, turn: AudioTurn, language: str) -> list[dict[str, Any]]:
-        return [text_phrase(self.text, 0, turn.ticks)]
+    async def phrases(self, turn: AudioTurn, language: str, since: int) -> list[dict[str, Any]]:
+        return [text_phrase(self.text, since, turn.ticks - since)]
 
 
 class DurationTranscriber:
-    async def phrases(self, turn: AudioTurn, language: str) -> list[dict[str, Any]]:
-        return [text_phrase(duration_text(turn.seconds), 0, turn.ticks)]
+    """`duration X.XX seconds` of the whole turn, once, in the final phrase (so the transcript of a
+    file is exactly that text, however many word-less phrases acknowledged its audio before)."""
+
+    async def phrases(self, turn: AudioTurn, language: str, since: int) -> list[dict[str, Any]]:
+        return [text_phrase(duration_text(turn.seconds), since, turn.ticks - since)]
 
 
 class LocalTranscriber:
-    """Real text from worker.engines.local, run in a thread (it is CPU-bound and blocking)."""
+    """Real text from worker.engines.local, run in a thread (it is CPU-bound and blocking).
+
+    The whole turn is transcribed once, when its audio is complete: the phrases keep the local
+    engine's own times from the start of the turn, even where they overlap audio that was already
+    acknowledged by the word-less intermediate phrases (the SDK passes them through unchanged).
+    """
 
     def __init__(self) -> None:
         self._engine: Any = None
@@ -115,7 +128,7 @@ class LocalTranscriber:
             result = self._get_engine().transcribe(PreparedAudio(path=path, duration=seconds), options)
         return list(result.phrases)
 
-    async def phrases(self, turn: AudioTurn, language: str) -> list[dict[str, Any]]:
+    async def phrases(self, turn: AudioTurn, language: str, since: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._transcribe, bytes(turn.pcm), turn.seconds, language)
 
 

@@ -185,8 +185,9 @@ class Supervisor:
         return view.health.up and not view.breaker.is_open()
 
     def wanted(self) -> dict[str, Endpoint]:
-        names = [e.name for e in self.desired]
-        owned = self.ownership.sync(names)
+        # A local endpoint is this VM's own CPU: every VM runs its own, so it has no cluster owner.
+        shared = [e.name for e in self.desired if e.engine != "local"]
+        owned = self.ownership.sync(shared) | {e.name for e in self.desired if e.engine == "local"}
         wanted: dict[str, Endpoint] = {}
         for endpoint in self.desired:
             if endpoint.name not in owned:

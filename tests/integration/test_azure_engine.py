@@ -24,7 +24,9 @@ from worker.engines.azure import AzureEngine
 from worker.engines.base import PreparedAudio
 
 pytestmark = pytest.mark.timeout(60)
-DURATIONS = (0.7, 1.5, 2.25, 4.0)
+# 3.0003 s = 48,005 samples: not a whole millisecond (the SDK replays a partial last ms unless
+# the final phrase covers it).
+DURATIONS = (0.7, 1.5, 2.25, 4.0, 3.0003)
 # Above the SDK's own reconnect cycle (~2 s without any event), which must not look like a stall.
 STALL_FLOOR = 2.5
 
@@ -62,6 +64,28 @@ def test_each_file_is_answered_for_its_own_audio(port: int, tones: list[Prepared
         assert [p["DisplayText"] for p in result.phrases] == [duration_text(audio.duration)]
         assert result.engine == "azure" and result.duration == audio.duration
     engine.close()
+
+
+@pytest.mark.parametrize(("seconds", "rtf", "expected"),
+                         [(180.0, 20.0, (8.9, 11.0)), (60.0, 1000.0, (0.0, 3.0))],
+                         ids=["180s-rtf20", "60s-rtf1000"])
+def test_long_file_is_acknowledged_while_it_uploads(tmp_path: Path, seconds: float, rtf: float,
+                                                    expected: tuple[float, float]) -> None:
+    """Past ~30 s of unanswered audio the SDK stops sending (ServiceTimeout): the emulator must
+    acknowledge segments as they arrive, paced by its rtf, and still say the whole duration once."""
+    audio = tone_wav(tmp_path / "long.wav", seconds)
+    with running_emulator(rtf=rtf) as server:
+        engine = AzureEngine(endpoint_for(server.ports[0], rtf=rtf))
+        seen: list[float] = []
+        started = time.monotonic()
+        result = engine.transcribe(audio, TranscriptionOptions(), progress=seen.append)
+        elapsed = time.monotonic() - started
+        engine.close()
+        session = server.stats(server.ports[0])["sessions"][-1]
+    assert [p["DisplayText"] for p in result.phrases] == [duration_text(seconds)]
+    assert expected[0] <= elapsed < expected[1], f"{elapsed:.2f} s for {seconds} s at rtf {rtf}"
+    assert session["turns"] == 1 and session["phrases"] >= seconds / 10  # word-less ones included
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(seconds, abs=0.01)
 
 
 def test_local_transcripts_through_the_wire(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,35 @@ def test_cli_serves_several_independent_ports(tmp_path: Path) -> None:
         assert result.phrases[0]["DisplayText"] == "hello there"
         assert http_get(ports[0], "/control/stats")[1]["sessions_total"] == 1
         assert http_get(ports[1], "/control/stats")[1]["sessions_total"] == 0
+
+
+def test_audio_is_acknowledged_while_it_arrives(tmp_path: Path) -> None:
+    """A 30 s file at emulator rtf 10 (upload unthrottled): progress arrives in steps paced by the
+    rtf, long before the final phrase, and the file takes about audio / rtf."""
+    audio = tone_wav(tmp_path / "a.wav", 30.0)
+    with running_emulator(rtf=10.0) as emu:
+        engine = AzureEngine(endpoint_for(emu.ports[0]))
+        seen: list[tuple[float, float]] = []
+        started = time.monotonic()
+        result = engine.transcribe(audio, TranscriptionOptions(),
+                                   progress=lambda s: seen.append((time.monotonic() - started, s)))
+        elapsed = time.monotonic() - started
+        engine.close()
+        session = emu.stats(emu.ports[0])["sessions"][-1]
+    assert [p["DisplayText"] for p in result.phrases] == [duration_text(30.0)]
+    assert 2.9 <= elapsed < 4.5
+    early = [heard for at, heard in seen if at < 2.0]
+    assert early and 0 < max(early) < 25.0  # partial progress, never ahead of rtf 10
+    assert seen[-1][1] == pytest.approx(30.0, abs=0.01)
+    assert session["turns"] == 1 and session["phrases"] >= 6  # ≥ 5 word-less + the final one
+
+
+def test_fixed_text_comes_once_for_a_long_file(tmp_path: Path) -> None:
+    audio = tone_wav(tmp_path / "a.wav", 45.0)
+    with running_emulator(transcribe="fixed", text="hello there") as emu:
+        engine = AzureEngine(endpoint_for(emu.ports[0]))
+        result = engine.transcribe(audio, TranscriptionOptions())
+        engine.close()
+        session = emu.stats(emu.ports[0])["sessions"][-1]
+    assert [p["DisplayText"] for p in result.phrases] == ["hello there"]
+    assert session["turns"] == 1 and session["phrases"] >= 45.0 / 10  # a phrase per ≤ 10 s of audio
