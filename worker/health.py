@@ -108,8 +108,8 @@ class CircuitBreaker:
         if self.is_open(now):
             return False
         if consecutive_failures < self.threshold:
-            if consecutive_failures == 0:
-                self.opens = 0
+            if consecutive_failures == 0 and now > self.open_until + 2 * self.cooldown:
+                self.opens = 0  # healthy for a while since it last reopened: forget its history
             return False
         self.opens += 1
         self.open_until = now + min(self.max_cooldown, self.cooldown * 2 ** (self.opens - 1))

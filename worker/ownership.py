@@ -3,7 +3,8 @@
 Each endpoint has an owner key with a TTL. The owner renews it every poll; a VM that dies stops
 renewing, the key expires and another VM takes the endpoint over (within ttl + one poll).
 Endpoints are spread: a VM takes a free endpoint only while it owns fewer than its fair share
-(endpoints / live VMs), unless the endpoint has stayed free for a while.
+(endpoints / live VMs), unless the endpoint has stayed free for a while; a VM that owns more than
+its share (another VM joined) hands one over at a time, after its consumer has stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class Ownership:
                     owned.add(name)
                     self._free_since.pop(name, None)
         return owned
+
+    def fair_share(self, count: int) -> int:
+        """How many of `count` endpoints this VM should own with the VMs alive now."""
+        live = max(1, int(self.store.redis.zcount(self.store.keys.vms(), time.time() - self.ttl, "+inf")))
+        return math.ceil(count / live)
 
     def owners(self, names: list[str]) -> dict[str, str | None]:
         values = self.store.redis.mget([self.store.keys.owner(n) for n in names]) if names else []

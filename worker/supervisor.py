@@ -111,6 +111,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._failed = False
+        self._handing_off: str | None = None
+        self._over_share = 0
         self._probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
 
     # ---- the endpoint set ----------------------------------------------------------------
@@ -187,7 +189,8 @@ class Supervisor:
     def wanted(self) -> dict[str, Endpoint]:
         # A local endpoint is this VM's own CPU: every VM runs its own, so it has no cluster owner.
         shared = [e.name for e in self.desired if e.engine != "local"]
-        owned = self.ownership.sync(shared) | {e.name for e in self.desired if e.engine == "local"}
+        owned = self._rebalance(self.ownership.sync(shared), len(shared))
+        owned |= {e.name for e in self.desired if e.engine == "local"}
         wanted: dict[str, Endpoint] = {}
         for endpoint in self.desired:
             if endpoint.name not in owned:
@@ -199,6 +202,25 @@ class Supervisor:
         for name in set(self.consumers) - {e.name for e in self.desired}:
             self.views.pop(name, None)
         return wanted
+
+    def _rebalance(self, owned: set[str], shared: int) -> set[str]:
+        """Hand one endpoint over while this VM owns more than its fair share for a few polls.
+
+        Its consumer stops first (in-flight files finish); the key is released only once the
+        consumer has exited, so the endpoint never runs on two VMs at once.
+        """
+        over = len(owned) > self.ownership.fair_share(shared)
+        self._over_share = self._over_share + 1 if over else 0
+        if self._handing_off is None and self._over_share >= 3:
+            self._handing_off = sorted(owned)[-1]
+            log.info("another VM joined: handing endpoint %s over", self._handing_off)
+        name = self._handing_off
+        if name is None:
+            return owned
+        if name not in self.consumers:
+            self.ownership.release(name)
+            self._handing_off, self._over_share = None, 0
+        return owned - {name}
 
     def _publish_health(self, name: str, usable: bool) -> None:
         view = self.views[name]

@@ -139,3 +139,20 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
         died = time.monotonic()
         wait_until(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
         assert time.monotonic() - died <= 30
+
+
+def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server, store: StateStore,
+                                                  start_worker) -> None:
+    with running_emulator(ports=2, rtf=0) as emu:
+        config = tmp_path / "eps.yaml"
+        config.write_text(yaml_for(dict(zip(("a", "b"), emu.ports))))
+        start_worker(config, hostname="vm1")
+        wait_until(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="vm1 owns both")
+        start_worker(config, hostname="vm2")
+
+        def hosts() -> list[str]:
+            return sorted(node.split("@")[1] for node in consumers(redis_server.url))
+
+        wait_until(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
+        time.sleep(3)
+        assert hosts() == ["vm1", "vm2"]  # stable: no ping-pong

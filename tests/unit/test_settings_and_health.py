@@ -48,5 +48,7 @@ def test_breaker_opens_at_the_threshold_and_backs_off() -> None:
     assert breaker.observe(5, now=100.0) and breaker.is_open(105.0) and not breaker.is_open(110.1)
     assert breaker.observe(5, now=111.0) and breaker.open_until == 131.0  # doubled
     assert breaker.observe(9, now=132.0) and breaker.open_until == 157.0  # capped at 25 s
-    breaker.observe(0, now=160.0)
+    breaker.observe(0, now=160.0)  # the supervisor reset the count when it opened: not yet healthy
+    assert breaker.opens == 3
+    breaker.observe(0, now=200.0)  # healthy for two cooldowns since it reopened
     assert breaker.opens == 0
