@@ -165,11 +165,10 @@ def log_cmd(follow: bool, last: int, broker: str | None) -> None:
     import time as _time
 
     store = StateStore.connect(_settings(broker))
-    entries = store.redis.xrevrange(store.keys.events(), count=last)
     last_id = "0-0"
-    for eid, data in reversed(entries):
-        _print_event({k.decode(): v.decode() for k, v in data.items()})
-        last_id = eid.decode()
+    for eid, entry in store.recent_events(last):
+        _print_event(entry)
+        last_id = eid
     while follow:
         for eid, entry in store.events(last_id, block_ms=2000):
             _print_event(entry)

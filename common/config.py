@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ class EndpointSet:
     endpoints: tuple[Endpoint, ...]
     source: str = "<defaults>"
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Endpoint]:
         return iter(self.endpoints)
 
     def __len__(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from common.models import FileRecord, FileState
 from common.output import failure_document, success_document, write_document
-from common.state import StateStore, target_id
+from common.state import StateStore, as_text, target_id
 from common.summary import write_summary
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def _formats(store: StateStore, batch_id: str, cache: dict[str, list[str]]) -> list[str]:
     if batch_id not in cache:
         raw = store.redis.hget(store.keys.batch(batch_id), "formats")
-        cache[batch_id] = (raw.decode() if raw else "json").split(",")
+        cache[batch_id] = (as_text(raw) or "json").split(",")
     return cache[batch_id]
 
 

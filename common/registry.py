@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from common.config import EndpointSet, parse_endpoints
-from common.state import StateStore
+from common.state import StateStore, text_dict
 
 _PUBLISH = """
 local cur = redis.call("HGET", KEYS[1], "yaml")
@@ -80,6 +80,6 @@ class EndpointRegistry:
         raw = self.store.redis.hgetall(self.store.keys.endpoint_set())
         if not raw or b"yaml" not in raw:
             return None
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+        data = text_dict(raw)
         return PublishedSet(int(data.get("version", 0)), data["yaml"], data.get("source", ""),
                             float(data.get("applied_at", 0) or 0))

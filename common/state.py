@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -33,6 +33,9 @@ from common.errors import StateError
 from common.keys import Keys
 from common.models import FileRecord, FileState
 from common.settings import Settings, redact
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 # Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact.
 # Returns 1 when this move completed the batch (every file done or failed), else 0.
@@ -330,6 +333,29 @@ def unpack_result(blob: bytes) -> dict[str, Any]:
     return json.loads(zlib.decompress(blob))
 
 
+def as_text(value: bytes | str | None) -> str:
+    """One Redis reply value as text. Our client returns bytes (no decode_responses); None → ""."""
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_dict(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A Redis hash (or stream entry) reply with keys and values as text."""
+    return {as_text(k): as_text(v) for k, v in raw.items()}
+
+
+def _stream_entries(entries: StreamRangeResponse) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as (id, fields) text. Only XCLAIM replies hold None fields (deleted entries)."""
+    return [(as_text(eid), text_dict(data or {})) for eid, data in entries]
+
+
+def _fields(values: dict[str, str]) -> dict[FieldT, EncodableT]:
+    """`values` as redis-py's hash/stream field type. That type, dict[FieldT, EncodableT], is
+    invariant in its key, so a dict[str, str] does not match it although every str is a FieldT."""
+    return cast("dict[FieldT, EncodableT]", values)
+
+
 class StateStore:
     """Typed access to everything batchscribe keeps in Redis. One instance per process is enough."""
 
@@ -376,27 +402,26 @@ class StateStore:
             head[f"n_{state.value}"] = "0"
         head["n_queued"] = str(len(records))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.batch(batch_id), mapping=head)
+        pipe.hset(self.keys.batch(batch_id), mapping=_fields(head))
         pipe.zadd(self.keys.batches(), {batch_id: now})
         for i, record in enumerate(records):
-            pipe.hset(self.keys.file(batch_id, record.index), mapping=record.to_redis())
+            pipe.hset(self.keys.file(batch_id, record.index), mapping=_fields(record.to_redis()))
             if i % 2000 == 1999:
                 pipe.execute()
         pipe.execute()
 
     def batch(self, batch_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(self.keys.batch(batch_id))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return text_dict(self.redis.hgetall(self.keys.batch(batch_id)))
 
     def batch_ids(self, limit: int = 20) -> list[str]:
-        return [b.decode() for b in self.redis.zrevrange(self.keys.batches(), 0, limit - 1)]
+        ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), 0, limit - 1))  # no scores
+        return [as_text(b) for b in ids]
 
     def files(self, batch_id: str, indexes: Iterable[int]) -> list[FileRecord]:
         pipe = self.redis.pipeline(transaction=False)
         for i in indexes:
             pipe.hgetall(self.keys.file(batch_id, i))
-        return [FileRecord.from_redis({k.decode(): v.decode() for k, v in raw.items()})
-                for raw in pipe.execute() if raw]
+        return [FileRecord.from_redis(text_dict(raw)) for raw in pipe.execute() if raw]
 
     def file_by_target(self, target: str) -> FileRecord | None:
         batch_id, index = split_target(target)
@@ -426,7 +451,7 @@ class StateStore:
             args: list[Any] = [self.prefix, now, owner, ttl]
             for job_key, target, duration in items[start:start + chunk]:
                 args += [job_key, target, f"{duration:.3f}"]
-            out += [r.decode() for r in self._scripts["claim"](args=args)]
+            out += [as_text(r) for r in self._scripts["claim"](args=args)]
         return out
 
     def mark_published(self, job_keys: Sequence[str], owner: str, chunk: int = 2000) -> None:
@@ -434,15 +459,14 @@ class StateStore:
             self._scripts["published"](args=[self.prefix, owner, *job_keys[start:start + chunk]])
 
     def job(self, job_key: str) -> dict[str, str]:
-        raw = self.redis.hgetall(self.keys.job(job_key))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return text_dict(self.redis.hgetall(self.keys.job(job_key)))
 
     def job_states(self, job_keys: Sequence[str]) -> list[tuple[str, float]]:
         """(state, claim deadline) per job, pipelined."""
         pipe = self.redis.pipeline(transaction=False)
         for jk in job_keys:
             pipe.hmget(self.keys.job(jk), "state", "claim_deadline")
-        return [((s or b"").decode(), float(d or 0)) for s, d in pipe.execute()]
+        return [(as_text(s), float(d or 0)) for s, d in pipe.execute()]
 
     def start_job(self, job_key: str, endpoint: str, delivery: str, lease_ttl: float = 30,
                   defer_spec: str = "", max_bounces: int = 0, bounce_delay: float = 0.3) -> JobStart:
@@ -455,7 +479,7 @@ class StateStore:
         now = time.time()
         r = self._scripts["start"](args=[self.prefix, job_key, endpoint, f"{now:.3f}", delivery,
                                          lease_ttl, defer_spec, max_bounces, f"{now + bounce_delay:.3f}"])
-        v = [x.decode() for x in r]
+        v = [as_text(x) for x in r]
         return JobStart(previous=v[0], attempts=int(v[1]), crashes=int(v[2]), reroutes=int(v[3]),
                         first_started_at=float(v[4] or 0), crashed_endpoint=v[5],
                         lease_until=float(v[6]), targets=v[7:])
@@ -480,7 +504,7 @@ class StateStore:
         blob = pack_result(result) if result is not None else b""
         r = self._scripts["finish"](args=[self.prefix, job_key, state, error_class, reason[:2000],
                                           f"{time.time():.3f}", ttl, blob])
-        return [t.decode() for t in r]
+        return [as_text(t) for t in r]
 
     # ---- leases and the delayed set ----------------------------------------------------
 
@@ -507,7 +531,7 @@ class StateStore:
         now = time.time()
         deadline = f"{now + claim_ttl:.3f}"
         raw = self._scripts["claim_due"](args=[self.prefix, f"{now:.3f}", deadline, limit])
-        r = [x.decode() for x in raw]
+        r = [as_text(x) for x in raw]
         return deadline, list(zip(r[0::2], r[1::2]))
 
     def release_claims(self, deadline: str, job_keys: Sequence[str]) -> None:
@@ -518,7 +542,7 @@ class StateStore:
         """(job_key, due time) of every delayed job, soonest first (status and tests)."""
         entries = cast("list[tuple[bytes, float]]",
                        self.redis.zrange(self.keys.delayed(), 0, -1, withscores=True))
-        return [(m.decode(), float(t)) for m, t in entries]
+        return [(as_text(m), float(t)) for m, t in entries]
 
     # ---- per-endpoint outcome counters (circuit breaker, status, metrics) -------------
 
@@ -546,7 +570,7 @@ class StateStore:
         pipe.hgetall(self.keys.endpoint_stats(name))
         pipe.zcard(self.keys.inflight(name))
         raw, in_flight = pipe.execute()
-        stats = {k.decode(): v.decode() for k, v in raw.items()}
+        stats = text_dict(raw)
         stats["in_flight"] = str(in_flight)
         return stats
 
@@ -554,7 +578,7 @@ class StateStore:
         """Cached results of done jobs (dedupe hits)."""
         if not job_keys:
             return {}
-        blobs = self.redis.mget([self.keys.result(jk) for jk in job_keys])
+        blobs = cast("list[bytes | None]", self.redis.mget([self.keys.result(jk) for jk in job_keys]))
         return {jk: unpack_result(b) for jk, b in zip(job_keys, blobs) if b}
 
     # ---- probe cache (hash + duration of unchanged files) ------------------------------
@@ -563,24 +587,27 @@ class StateStore:
         out: list[str | None] = []
         for start in range(0, len(fingerprints), 5000):
             chunk = fingerprints[start:start + 5000]
-            out += [v.decode() if v else None for v in self.redis.hmget(self.keys.probe_cache(), chunk)]
+            out += [as_text(v) or None for v in self.redis.hmget(self.keys.probe_cache(), chunk)]
         return out
 
     def probe_store(self, entries: dict[str, str]) -> None:
         if entries:
-            self.redis.hset(self.keys.probe_cache(), mapping=entries)
+            self.redis.hset(self.keys.probe_cache(), mapping=_fields(entries))
 
     # ---- the event log -----------------------------------------------------------------
 
     def log_event(self, **fields: Any) -> None:
         entry = {k: str(v) for k, v in fields.items()}
-        self.redis.xadd(self.keys.events(), entry, maxlen=200_000, approximate=True)
+        self.redis.xadd(self.keys.events(), _fields(entry), maxlen=200_000, approximate=True)
 
     def events(self, last_id: str = "0-0", count: int = 1000, block_ms: int | None = None
                ) -> list[tuple[str, dict[str, str]]]:
         resp = self.redis.xread({self.keys.events(): last_id}, count=count, block=block_ms)
-        out: list[tuple[str, dict[str, str]]] = []
-        for _stream, entries in resp or []:
-            for eid, data in entries:
-                out.append((eid.decode(), {k.decode(): v.decode() for k, v in data.items()}))
-        return out
+        # Our client speaks RESP2: a [stream name, entries] pair per stream read (a dict is RESP3).
+        streams = cast("list[tuple[bytes, StreamRangeResponse]]", resp or [])
+        return [event for _stream, entries in streams for event in _stream_entries(entries)]
+
+    def recent_events(self, count: int) -> list[tuple[str, dict[str, str]]]:
+        """The last `count` events, oldest first."""
+        entries = self.redis.xrevrange(self.keys.events(), count=count) or []
+        return _stream_entries(entries[::-1])

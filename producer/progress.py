@@ -21,7 +21,8 @@ def progress_line(view: BatchView) -> str:
     line = (f"[{bar}] {view.settled}/{view.total} files · {fmt_hours(view.audio_done)}/"
             f"{fmt_hours(view.audio_total)} audio · {speed:.1f}× real time")
     if not view.complete:
-        line += f" · ETA {fmt_duration(_eta(view))}"
+        eta = _eta(view)
+        line += f" · ETA {fmt_duration(eta)}" if eta is not None else " · ETA …"
     failed = view.counts.get("failed", 0)
     if failed:
         classes = ", ".join(f"{cls} {len(r)}" for cls, r in sorted(view.failures.items()))
@@ -29,13 +30,14 @@ def progress_line(view: BatchView) -> str:
     return line
 
 
-def _eta(view: BatchView) -> float:
-    """By audio when durations are known (long files dominate), else by file count."""
+def _eta(view: BatchView) -> float | None:
+    """By audio when durations are known (long files dominate), else by file count; None until
+    something has finished."""
     if view.audio_done > 0 and view.audio_total > 0:
         return (view.audio_total - view.audio_done) / (view.audio_done / view.elapsed)
     if view.settled:
         return (view.total - view.settled) * view.elapsed / view.settled
-    return 0.0
+    return None
 
 
 def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr,

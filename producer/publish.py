@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from celery import Celery
@@ -93,7 +93,7 @@ class Publisher:
         self.batch_size = max(1, batch_size)
         self.sent_events = bool(app.conf.task_send_sent_event) if sent_events is None else sent_events
         self.hostname = anon_nodename()  # what Celery's event dispatcher and `origin` say outside a worker
-        self._route: _Route | None | bool = None  # None: not looked at yet; False: use kombu
+        self._route: _Route | Literal[False] | None = None  # None: not looked at yet; False: use kombu
         self._lock = threading.Lock()
 
     # ---- public -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from common.errors import InputError
 from common.models import FileRecord
-from common.state import StateStore
+from common.state import StateStore, as_text
 
 SHOW_FAILURES = 20
 
@@ -125,21 +125,21 @@ def render_endpoints(store: StateStore) -> str:
         names = [e.name for e in parse_endpoints(current.yaml, current.source, _AnyEnv())]
     except ConfigError as exc:
         return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
-    health = {k.decode(): json.loads(v) for k, v in store.redis.hgetall(store.keys.health()).items()}
+    health = {as_text(k): json.loads(v) for k, v in store.redis.hgetall(store.keys.health()).items()}
     lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
     for name in names:
         raw_owner = store.redis.get(store.keys.owner(name))
-        owner = raw_owner.decode() if raw_owner else "-"
+        owner = as_text(raw_owner) or "-"
         h = health.get(name, {})
         state = "up" if h.get("usable") else ("tripped" if h.get("up") else "down") if h else "?"
         raw_stats = store.redis.hgetall(store.keys.endpoint_stats(name))
-        done = raw_stats.get(b"done", b"0").decode()
+        done = as_text(raw_stats.get(b"done", b"0"))
         inflight = store.redis.zcard(store.keys.inflight(name))
         lines.append(f"  {name:<16}{owner:<16}{state:<10}{inflight:>10}{done:>8}  {h.get('reason', '')}")
     return "\n".join(lines)
 
 
-class _AnyEnv(dict):  # type: ignore[type-arg]
+class _AnyEnv(dict[str, str]):
     """Status only needs names: any $VAR reads as a placeholder."""
 
     def __contains__(self, key: object) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from common.state import StateStore
+from common.state import StateStore, as_text
 
 _CLAIM = """
 local cur = redis.call("GET", KEYS[1])
@@ -74,7 +74,7 @@ class Ownership:
 
     def owners(self, names: list[str]) -> dict[str, str | None]:
         values = self.store.redis.mget([self.store.keys.owner(n) for n in names]) if names else []
-        return {n: (v.decode() if v else None) for n, v in zip(names, values)}
+        return {n: as_text(v) or None for n, v in zip(names, values)}
 
     def release(self, name: str) -> None:
         self._release(keys=[self.store.keys.owner(name)], args=[self.hostname])

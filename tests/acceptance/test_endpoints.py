@@ -99,12 +99,14 @@ def test_hot_swap_apply_file_edit_and_invalid_sets(tmp_path: Path, redis_server,
         applied = run_cli("endpoints", "apply", str(new), broker=redis_server.url)
         assert applied.returncode == 0 and "endpoint set v2" in applied.stdout, applied.stderr
         t0 = time.monotonic()
-        def swapped() -> bool:
-            now = consumers(redis_server.url)
-            return "b@vm1" in now and concurrency_of(now.get("a@vm1")) == "3"
+        wait_until(lambda: "b@vm1" in consumers(redis_server.url), 15, interval=0.2, what="b added")
+        assert time.monotonic() - t0 <= 5.0  # every VM reconciles within 5 s
 
-        wait_until(swapped, 15, interval=0.2, what="b added and a resized")
-        assert time.monotonic() - t0 <= 8.0  # a's old consumer finishes, then the resized one starts
+        def resized() -> bool:
+            return concurrency_of(consumers(redis_server.url).get("a@vm1")) == "3"
+
+        wait_until(resized, 15, interval=0.2, what="a resized")
+        assert time.monotonic() - t0 <= 8.0  # a's old consumer finishes first, then the resized one starts
 
         bad = tmp_path / "bad.yaml"
         bad.write_text("a:\n  concurrency: lots\n")

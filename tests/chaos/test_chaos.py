@@ -9,6 +9,7 @@ What each one does and proves, and measured results: docs/chaos.md.
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import subprocess
 import threading
@@ -128,13 +129,26 @@ def test_vm_sigkilled_another_takes_over(cluster: Cluster) -> None:
 
 def test_redis_restarted_mid_batch(cluster: Cluster) -> None:
     scenario = start(cluster)
-    batch = cluster.submit(scenario.audio.folder)
+    producer = cluster.submit_process(scenario.audio.folder, "--wait")  # a producer waiting throughout
+    batch = _announced_batch(producer)
     cluster.wait_progress(batch, 0.3)
     cluster.redis.stop()
     time.sleep(2.0)
     cluster.redis.start()
     cluster.wait_finished(batch, FINISH_TIMEOUT)  # consumers must resume after the reconnect
+    _, err = producer.communicate(timeout=60)  # ... and the producer's progress loop too
+    assert producer.returncode == 0, err
+    assert "Redis unavailable" in err
     assert_exactly_once(cluster, batch, scenario.audio)
+
+
+def _announced_batch(producer: subprocess.Popen[str]) -> str:
+    """The batch id `submit` prints on stderr once the batch is in Redis."""
+    assert producer.stderr is not None
+    for line in producer.stderr:
+        if match := re.match(r"batch (\S+): \d+ file", line):
+            return match.group(1)
+    raise AssertionError(f"submit exited ({producer.wait()}) without announcing a batch")
 
 
 class Repeater:
