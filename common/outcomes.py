@@ -8,7 +8,7 @@ The output is written *before* the state says done, so "done" always means "the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from common.models import FileRecord, FileState
@@ -40,13 +40,12 @@ def _settle(store: StateStore, record: FileRecord, document: dict[str, Any], sta
         log.info("batch %s complete; summary at %s", record.batch_id, path)
 
 
-def records_for(store: StateStore, targets: Iterable[str]) -> list[FileRecord]:
-    found: list[FileRecord] = []
-    for target in targets:
-        record = store.file_by_target(target)
-        if record is not None:
-            found.append(record)
-    return found
+def records_for(store: StateStore, targets: Sequence[str],
+                known: Sequence[FileRecord] = ()) -> list[FileRecord]:
+    """The inputs behind `targets`; records already read (`known`) are not fetched again."""
+    have = {target_id(r.batch_id, r.index): r for r in known}
+    reused = [have[t] for t in targets if t in have]
+    return reused + store.records([t for t in targets if t not in have])
 
 
 def deliver_success(store: StateStore, job_key: str, records: Iterable[FileRecord],

@@ -159,7 +159,7 @@ class JobRunner:
             self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
             self.store.record_attempt(self.endpoint.name, audio_seconds=float(result.get("duration") or 0))
             targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
-            deliver_success(self.store, job_key, records_for(self.store, targets), result)
+            deliver_success(self.store, job_key, records_for(self.store, targets, records), result)
 
         durably(record, f"recording the transcript of {job_key}")
         return "done"
@@ -267,7 +267,7 @@ class JobRunner:
               attempt: int) -> Verdict:
         self._log(job_key, records, "failed", attempt=attempt, error_class=cls.value, reason=reason)
         targets = self.store.finish_job(job_key, None, 0, cls.value, reason)
-        deliver_failure(self.store, job_key, records_for(self.store, targets), cls.value, reason)
+        deliver_failure(self.store, job_key, records_for(self.store, targets, records), cls.value, reason)
         return "failed"
 
     def _log(self, job_key: str, records: list[FileRecord], outcome: str, **fields: Any) -> None:
