@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,17 +67,21 @@ Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached",
 class Delivery:
     """One receipt of a transcribe task message: what to run, and how to find it again."""
 
-    job_key: str
-    options: dict[str, Any]
-    path: str
-    duration: float
-    queue: str  # the queue it came from (a deferred duplicate goes back there)
+    task: TaskSpec  # what was received; its queue is where it came from
     id: str  # unique per receipt: the job's lease holder
     tag: str = ""  # kombu's delivery tag (its key in the unacked index); "" when unknown
 
+    @property
+    def job_key(self) -> str:
+        return self.task.job_key
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.task.options
+
     def spec(self, queue: str | None = None) -> TaskSpec:
         """The task to publish to run this job again (on `queue`, default: where it came from)."""
-        return TaskSpec(self.job_key, self.options, self.path, self.duration, queue or self.queue)
+        return replace(self.task, queue=queue or self.task.queue)
 
 
 def durably(call: Callable[[], Any], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> None:

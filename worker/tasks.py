@@ -30,6 +30,7 @@ from common.models import TranscriptionOptions
 from common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
 from common.settings import Settings
 from common.state import LeaseItem, StateStore
+from producer.publish import TaskSpec
 from worker.jobs import Delivery, JobRunner
 from worker.leases import LeaseKeeper
 
@@ -64,9 +65,9 @@ def delivery_of(request: Any, job_key: str, options: dict[str, Any], path: str,
     properties = getattr(request, "properties", None) or {}
     info = getattr(request, "delivery_info", None) or {}
     opts = TranscriptionOptions.from_dict(options)
+    queue = info.get("routing_key") or pool_queue(opts.language, opts.engine)
     return Delivery(
-        job_key=job_key, options=options, path=path, duration=duration,
-        queue=info.get("routing_key") or pool_queue(opts.language, opts.engine),
+        task=TaskSpec(job_key, options, path, duration, queue),
         id=f"{request.hostname}/{request.id}/{uuid.uuid4().hex[:8]}",
         tag=str(properties.get("delivery_tag") or ""),
     )

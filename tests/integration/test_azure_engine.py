@@ -20,6 +20,7 @@ from tests.support.emulator import (
     speech_wav,
     tone_wav,
 )
+from tests.support.threads import run_concurrently
 from worker.engines.azure import AzureEngine
 from worker.engines.base import PreparedAudio
 
@@ -201,11 +202,7 @@ def test_concurrent_calls_run_side_by_side(tmp_path: Path) -> None:
             barrier.wait(timeout=10)
             texts[i] = text_of(engine.transcribe(files[i], TranscriptionOptions()).phrases)
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        run_concurrently(run, [(i,) for i in range(n)], timeout=30)
         stats = server.stats(server.ports[0])
         engine.close()
     assert texts == {i: duration_text(files[i].duration) for i in range(n)}

@@ -18,6 +18,7 @@ from tests.support.emulator import (
     running_emulator,
     tone_wav,
 )
+from tests.support.threads import run_concurrently
 from worker.engines.azure import AzureEngine
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,11 +74,7 @@ def test_capacity_refuses_the_extra_session_with_429(tmp_path: Path) -> None:
             except TransientError as exc:
                 outcomes.append(exc)
 
-        threads = [threading.Thread(target=one) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
+        run_concurrently(one, [(), ()], timeout=30)
         stats = emu.stats(port)
         engine.close()
     errors = [o for o in outcomes if isinstance(o, TransientError)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +23,7 @@ from common.settings import Settings
 from common.state import LeaseItem, StateStore
 from producer.publish import Publisher, TaskSpec
 from tests.support.emulator import tone_wav
+from tests.support.threads import run_concurrently
 from worker.engines.base import PreparedAudio, Recognition
 from worker.jobs import MAX_BOUNCES, Delivery, JobRunner
 from worker.leases import LeaseKeeper
@@ -43,7 +43,7 @@ def submitted(store: StateStore, job: str = "j", path: str = "/in/0.wav") -> Fil
 
 
 def delivery(n: int, job: str = "j", path: str = "/in/0.wav") -> Delivery:
-    return Delivery(job, {"language": "en-US"}, path, 1.0, QUEUE, id=f"d{n}", tag=f"tag{n}")
+    return Delivery(TaskSpec(job, {"language": "en-US"}, path, 1.0, QUEUE), id=f"d{n}", tag=f"tag{n}")
 
 
 def spec(job: str = "j") -> str:
@@ -256,11 +256,7 @@ def test_two_concurrent_promoters_publish_each_due_entry_once(settings: Settings
             total += n
         counts.append(total)
 
-    threads = [threading.Thread(target=promoter) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    run_concurrently(promoter, [(), ()])
     assert sum(counts) == 300 and all(counts), counts
     published = queued_jobs(store)
     assert sorted(published) == jobs  # each exactly once

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from common.models import FileRecord, FileState
 from common.state import StateStore, target_id
+from tests.support.threads import run_concurrently
 
 
 def make_batch(store: StateStore, batch_id: str, n: int, jobs: list[str]) -> list[FileRecord]:
@@ -36,11 +36,7 @@ def test_two_producers_racing_claim_each_job_exactly_once(store: StateStore) -> 
         items = [(jk, target_id(batch_id, i), 1.0) for i, jk in enumerate(jobs)]
         results[batch_id] = store.claim(items, batch_id, ttl=30, chunk=7)
 
-    threads = [threading.Thread(target=producer, args=(b,)) for b in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(producer, [("a",), ("b",)])
     for i in range(400):
         assert sorted([results["a"][i], results["b"][i]]) == ["attached", "claimed"]
         assert store.redis.llen(store.keys.targets(jobs[i])) == 2
