@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 from redis.connection import AbstractConnection  # noqa: E402
 
-from producer.private_redis import PrivateRedis  # noqa: E402
+from batchscribe.private_redis import PrivateRedis  # noqa: E402
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:

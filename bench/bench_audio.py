@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.media import ffprobe_duration, probe_duration  # noqa: E402
-from worker.audio import ffmpeg_timeout, normalise_args, prepare, run_ffmpeg  # noqa: E402
+from batchscribe.common.media import ffprobe_duration, probe_duration  # noqa: E402
+from batchscribe.worker.audio import ffmpeg_timeout, normalise_args, prepare, run_ffmpeg  # noqa: E402
 
 
 def median_seconds(action: Callable[[], object], runs: int) -> float:

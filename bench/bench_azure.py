@@ -29,16 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support lives beside the packages, not inside them
 
-from common.models import TranscriptionOptions  # noqa: E402
+from batchscribe.common.models import TranscriptionOptions  # noqa: E402
+from batchscribe.worker.engines.azure import AzureEngine  # noqa: E402
+from batchscribe.worker.engines.base import PreparedAudio  # noqa: E402
 from tests.support.emulator import (  # noqa: E402
-    emulator_process,
+    EmulatorProcess,
     endpoint_for,
     native_threads,
     rss_mb,
     tone_wav,
 )
-from worker.engines.azure import AzureEngine  # noqa: E402
-from worker.engines.base import PreparedAudio  # noqa: E402
 
 MEMORY_LEVELS = (1, 10, 50)
 MEMORY_FILE_SECONDS = 10.0
@@ -74,7 +74,8 @@ def overhead(files: int, folder: Path) -> list[dict[str, object]]:
     audio = tone_wav(folder / "three.wav", 3.0)
     cores = os.cpu_count() or 1
     rows: list[dict[str, object]] = []
-    with emulator_process("--rtf", "0") as ports:
+    with EmulatorProcess("--rtf", "0") as emu:
+        ports = emu.ports
         for mode in ("file", "push"):
             engine = AzureEngine(endpoint_for(ports[0]), input_mode=mode)
             _run_many(engine, audio, 5, 1)  # warm-up
@@ -123,7 +124,8 @@ def memory_child(concurrency: int, port: int, folder: Path) -> dict[str, object]
 
 def memory(folder: Path) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
-    with emulator_process("--rtf", str(MEMORY_RTF)) as ports:
+    with EmulatorProcess("--rtf", str(MEMORY_RTF)) as emu:
+        ports = emu.ports
         for level in MEMORY_LEVELS:
             cmd = [sys.executable, __file__, "--memory-child", str(level), "--port", str(ports[0]),
                    "--folder", str(folder)]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import machine, print_table
 
-from producer.fingerprint import CHUNK, sha256_file
+from batchscribe.producer.fingerprint import CHUNK, sha256_file
 
 MB = 1_000_000
 

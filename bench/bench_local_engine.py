@@ -21,11 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support (WER) is a dev-only package, not installed
 
-from common.config import Endpoint  # noqa: E402
-from common.models import TranscriptionOptions  # noqa: E402
+from batchscribe.common.config import Endpoint  # noqa: E402
+from batchscribe.common.models import TranscriptionOptions  # noqa: E402
+from batchscribe.worker.audio import prepare  # noqa: E402
+from batchscribe.worker.engines.local import LocalEngine  # noqa: E402
 from tests.support.wer import normalise, wer  # noqa: E402
-from worker.audio import prepare  # noqa: E402
-from worker.engines.local import LocalEngine  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,13 @@ from typing import Any
 import redis
 from _common import ROOT, ServerStats, machine, print_table, private_redis
 
-from common.models import TranscriptionOptions
-from common.settings import Settings
-from common.state import StateStore
-from tests.conftest import BIN, WorkerProcess, cli_env
-from tests.support.cluster import VM, EmulatorServer, EndpointSpec, children, write_endpoints, write_tone
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from tests.support.cli import BIN, WorkerProcess, cli_env
+from tests.support.cluster import VM, EndpointSpec, children, duration_emulator, write_endpoints, write_tone
+from tests.support.emulator import EmulatorProcess
+from tests.support.poll import wait_for
 
 DONE_KEY = "bench:noop:done"
 FILE_SECONDS = 3.0
@@ -79,15 +81,6 @@ def tree(pid: int) -> list[int]:
 def tree_cpu(pid: int) -> tuple[float, dict[int, float]]:
     per = {p: cpu_seconds(p) for p in tree(pid)}
     return sum(per.values()), per
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _ms(seconds: float) -> float:
@@ -141,7 +134,7 @@ def run_noop(concurrency: int, tasks: int, idle_samples: int, events: bool, tmp:
         try:
             for _ in range(20):  # warm-up: worker consuming, sender connected
                 noop.apply_async(args=[time.time()])
-            wait_until(lambda: client.llen(DONE_KEY) >= 20, 60, "the no-op worker", 0.05)
+            wait_for(lambda: client.llen(DONE_KEY) >= 20, 60, "the no-op worker", 0.05)
             client.delete(DONE_KEY)
             os.kill(proc.pid, signal.SIGSTOP)
             time.sleep(0.1)
@@ -153,7 +146,7 @@ def run_noop(concurrency: int, tasks: int, idle_samples: int, events: bool, tmp:
             cpu0, rcpu0 = cpu_seconds(proc.pid), cpu_seconds(server.proc.pid)
             began = time.time()
             os.kill(proc.pid, signal.SIGCONT)
-            wait_until(lambda: client.llen(DONE_KEY) >= tasks, 120, "the no-op drain")
+            wait_for(lambda: client.llen(DONE_KEY) >= tasks, 120, "the no-op drain")
             cpu1, rcpu1 = cpu_seconds(proc.pid), cpu_seconds(server.proc.pid)
             stats = ServerStats.read(client).minus(stats0)
             last = max(float(raw.split()[1]) for raw in client.lrange(DONE_KEY, 0, -1))
@@ -202,7 +195,7 @@ def _submit(broker: str, folder: Path, out: Path, batch_id: str) -> float:
     return time.perf_counter() - started
 
 
-def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: EmulatorServer,
+def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: EmulatorProcess,
                     tmp: Path) -> dict[str, Any]:
     count = len(list(files.glob("*.wav")))
     with private_redis() as server:
@@ -214,7 +207,7 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
         process = WorkerProcess(server.url, config, f"bench{concurrency}", tmp / f"worker-c{concurrency}.log")
         vm = VM(f"bench{concurrency}", process)
         try:
-            wait_until(lambda: "emu" in vm.consumers(), 60, "the consumer", 0.1)
+            wait_for(lambda: "emu" in vm.consumers(), 60, "the consumer", 0.1)
             _submit(server.url, make_tones(tmp / "warm", WARM_FILES, 1000.0), tmp / f"out-warm-{concurrency}",
                     f"warm-c{concurrency}")
             time.sleep(0.5)
@@ -268,9 +261,9 @@ def _events(store: StateStore) -> list[tuple[bytes, dict[str, str]]]:
 
 def _idle_latency(settings: Settings, store: StateStore, paths: list[Path], out: Path) -> list[float]:
     """One file at a time, submitted in-process: submit call -> the batch's finished_at (worker clock)."""
-    from common.celery_app import make_app
-    from producer.publish import Publisher
-    from producer.submit import Submitter
+    from batchscribe.common.celery_app import make_app
+    from batchscribe.common.publish import Publisher
+    from batchscribe.producer.submit import Submitter
 
     submitter = Submitter(store, Publisher(make_app(settings, "bench-producer")), settings.claim_ttl)
     found = []
@@ -279,7 +272,7 @@ def _idle_latency(settings: Settings, store: StateStore, paths: list[Path], out:
         began = time.time()
         submitter.submit([str(path)], out, TranscriptionOptions(), formats=["json"], batch_id=batch)
         key = store.keys.batch(batch)
-        wait_until(lambda key=key: store.redis.hget(key, "finished_at"), 30, f"idle file {i}", 0.002)
+        wait_for(lambda key=key: store.redis.hget(key, "finished_at"), 30, f"idle file {i}", 0.002)
         found.append(float(store.redis.hget(key, "finished_at")) - began)
     return found
 
@@ -315,7 +308,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         inputs = make_tones(tmp / "in", files, 200.0)
         idle = sorted(make_tones(tmp / "idle", args.idle * len(levels), 3000.0).glob("*.wav"))
-        emulator = EmulatorServer(1, 1000.0, tmp / "emulator.log")
+        emulator = duration_emulator(1, 1000.0, tmp / "emulator.log")
         try:
             for n, level in enumerate(levels):
                 rows.append(run_noop(level, tasks, args.idle, False, tmp))

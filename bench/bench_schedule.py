@@ -40,21 +40,21 @@ from pathlib import Path
 
 from _common import ROOT, machine, print_table, private_redis
 
-from common.models import FileRecord
-from common.settings import Settings
-from common.state import StateStore
-from producer.private_redis import PrivateRedis
-from tests.conftest import BIN, WorkerProcess, cli_env
+from batchscribe.common.models import FileRecord
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
+from tests.support.cli import BIN, WorkerProcess, cli_env
 from tests.support.cluster import (
     VM,
-    EmulatorServer,
     EndpointSpec,
+    duration_emulator,
     kill_pids,
     processes_with_env,
-    wait_for,
     write_endpoints,
     write_tone,
 )
+from tests.support.poll import wait_for
 
 CACHE = ROOT / ".bench" / "schedule"
 
@@ -143,7 +143,7 @@ class Bench:
         self.plans = plans
         self.work = work
         self.store = StateStore.connect(Settings.from_env({}, redis_url=server.url))
-        self.emulators = {p.name: EmulatorServer(1, p.rtf, work / f"emulator-{p.name}.log") for p in plans}
+        self.emulators = {p.name: duration_emulator(1, p.rtf, work / f"emulator-{p.name}.log") for p in plans}
         specs = [EndpointSpec(p.name, self.emulators[p.name].ports[0], p.concurrency, p.rtf, 30.0)
                  for p in plans]
         config = write_endpoints(work / "endpoints.yaml", specs)
@@ -165,7 +165,7 @@ class Bench:
     def wait_finished(self, batch: str, timeout: float) -> dict[str, str]:
         def done() -> bool:
             return bool(self.store.batch(batch).get("finished_at"))
-        wait_for(done, timeout, f"batch {batch}", interval=0.5, cap=timeout,
+        wait_for(done, timeout, f"batch {batch}", interval=0.5,
                  on_timeout=lambda: str(self.store.batch(batch)))
         return self.store.batch(batch)
 

@@ -47,15 +47,15 @@ from typing import Any
 
 from _common import machine, print_table, private_redis, traffic
 
-import producer.submit as submit_mod
-from common.celery_app import make_app
-from common.models import TranscriptionOptions, job_key
-from common.queues import TRANSCRIBE_TASK, pool_queue
-from common.settings import Settings
-from common.state import StateStore
-from producer.private_redis import PrivateRedis
-from producer.publish import Publisher, TaskSpec
-from producer.submit import SubmitReport, Submitter
+import batchscribe.producer.submit as submit_mod
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.models import TranscriptionOptions, job_key
+from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.queues import TRANSCRIBE_TASK, pool_queue
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
+from batchscribe.producer.submit import SubmitReport, Submitter
 
 RATE = 16000
 

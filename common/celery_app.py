@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from common.keys import KOMBU_UNACKED_INDEX
-from common.settings import Settings
+from batchscribe.common.keys import KOMBU_UNACKED_INDEX
+from batchscribe.common.settings import Settings
 
 
 def make_app(settings: Settings, name: str = "batchscribe") -> Celery:

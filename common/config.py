@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from common.errors import ConfigError
+from batchscribe.common.errors import ConfigError
 
 ENGINES = ("azure", "local")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

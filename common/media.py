@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import AudioError, ConfigError, PermanentError
+from batchscribe.common.errors import AudioError, ConfigError, PermanentError
 
 AUDIO_EXTENSIONS = frozenset({
     "wav", "wave", "mp3", "m4a", "aac", "ogg", "oga", "opus", "flac", "wma", "amr", "awb",

@@ -11,10 +11,10 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from common.models import FileRecord, FileState
-from common.output import failure_document, success_document, write_document
-from common.state import StateStore, as_text, target_id
-from common.summary import write_summary
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.output import failure_document, success_document, write_document
+from batchscribe.common.state import StateStore, as_text, target_id
+from batchscribe.common.summary import write_summary
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common.models import FileRecord
+from batchscribe.common.models import FileRecord
 
 TICKS = 10_000_000
 _PUNCT = re.compile(r"[^\w\s']+")

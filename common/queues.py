@@ -6,7 +6,7 @@ whichever endpoint has a free slot (design.md §Queues and routing).
 
 from __future__ import annotations
 
-from common.config import Endpoint
+from batchscribe.common.config import Endpoint
 
 TRANSCRIBE_TASK = "batchscribe.transcribe"
 

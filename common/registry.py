@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from common.config import EndpointSet, parse_endpoints
-from common.state import StateStore, text_dict
+from batchscribe.common.config import EndpointSet, parse_endpoints
+from batchscribe.common.state import StateStore, text_dict
 
 _PUBLISH = """
 local cur = redis.call("HGET", KEYS[1], "yaml")

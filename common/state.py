@@ -29,11 +29,21 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from common.errors import StateError
-from common.keys import Keys
-from common.lua import CLAIM, CLAIM_DUE, EXTEND, FINISH, PUBLISHED, RELEASE, REQUEUE, SETTLE, START
-from common.models import FileRecord, FileState
-from common.settings import Settings, redact
+from batchscribe.common.errors import StateError
+from batchscribe.common.keys import Keys
+from batchscribe.common.lua import (
+    CLAIM,
+    CLAIM_DUE,
+    EXTEND,
+    FINISH,
+    PUBLISHED,
+    RELEASE,
+    REQUEUE,
+    SETTLE,
+    START,
+)
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.settings import Settings, redact
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT, StreamRangeResponse

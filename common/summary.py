@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.models import FileRecord, FileState
-from common.output import write_json_atomic
-from common.state import StateStore
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.output import write_json_atomic
+from batchscribe.common.state import StateStore
 
 SUMMARY_NAME = "run_summary.json"
 

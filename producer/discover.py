@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import InputError
-from common.media import is_media
+from batchscribe.common.errors import InputError
+from batchscribe.common.media import is_media
 
 
 @dataclass

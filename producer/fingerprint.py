@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from common.errors import ProcessingError
-from common.media import probe_duration_from_head
-from common.state import StateStore
+from batchscribe.common.errors import ProcessingError
+from batchscribe.common.media import probe_duration_from_head
+from batchscribe.common.state import StateStore
 
 CHUNK = 1 << 20
 HEAD = 1 << 16  # bytes of the first block kept for the header parser

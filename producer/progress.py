@@ -8,8 +8,8 @@ from typing import TextIO
 
 import redis
 
-from common.state import StateStore
-from producer.status import BatchView, fmt_duration, fmt_hours, load_view
+from batchscribe.common.state import StateStore
+from batchscribe.producer.status import BatchView, fmt_duration, fmt_hours, load_view
 
 WIDTH = 28
 

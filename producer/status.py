@@ -7,9 +7,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from common.errors import InputError
-from common.models import FileRecord
-from common.state import StateStore, as_text
+from batchscribe.common.errors import InputError
+from batchscribe.common.models import FileRecord
+from batchscribe.common.state import StateStore, as_text
 
 SHOW_FAILURES = 20
 
@@ -112,9 +112,9 @@ def render_recent(store: StateStore, limit: int = 10) -> str:
 
 def render_endpoints(store: StateStore) -> str:
     """The published endpoint set with each endpoint's owner, health and counters."""
-    from common.config import parse_endpoints
-    from common.errors import ConfigError
-    from common.registry import EndpointRegistry
+    from batchscribe.common.config import parse_endpoints
+    from batchscribe.common.errors import ConfigError
+    from batchscribe.common.registry import EndpointRegistry
 
     current = EndpointRegistry(store).current()
     if current is None:

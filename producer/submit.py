@@ -19,15 +19,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import InputError
-from common.models import FileRecord, FileState, TranscriptionOptions, job_key
-from common.outcomes import deliver_failure, deliver_success
-from common.output import output_path
-from common.queues import pool_queue
-from common.state import StateStore, target_id
-from producer.discover import discover
-from producer.fingerprint import fingerprint_files
-from producer.publish import Publisher, TaskSpec
+from batchscribe.common.errors import InputError
+from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions, job_key
+from batchscribe.common.outcomes import deliver_failure, deliver_success
+from batchscribe.common.output import output_path
+from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.state import StateStore, target_id
+from batchscribe.producer.discover import discover
+from batchscribe.producer.fingerprint import fingerprint_files
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,19 @@
-"""Fixtures that start real parts: a redis-server on a free port, `batchscribe worker` processes."""
+"""Fixtures that start real parts: a redis-server on a free port, `batchscribe worker` processes.
+
+Helpers that tests and benchmarks import live in `tests/support/` (this module is not a library).
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from common.settings import Settings
-from common.state import StateStore
-from producer.private_redis import PrivateRedis
-
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent / "batchscribe"
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
+from tests.support.cli import WorkerProcess
 
 
 @pytest.fixture
@@ -40,49 +36,12 @@ def store(settings: Settings) -> StateStore:
     return StateStore.connect(settings)
 
 
-def cli_env(broker: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCRIBE_")}
-    if broker:
-        env["BATCHSCRIBE_REDIS_URL"] = broker
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, broker: str | None = None, timeout: float = 240, **env: str
-            ) -> subprocess.CompletedProcess[str]:
-    """Run the batchscribe command as a user would, capturing its output."""
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout,
-                          env=cli_env(broker, **env), cwd=ROOT)
-
-
-class WorkerProcess:
-    """A `batchscribe worker` VM as a subprocess; stop() is a graceful SIGTERM."""
-
-    def __init__(self, broker: str, config: Path | None, hostname: str, log_path: Path, **env: str) -> None:
-        args = [str(BIN), "worker", "--hostname", hostname]
-        if config is not None:
-            args += ["--config", str(config)]
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=cli_env(broker, **env), cwd=ROOT, start_new_session=True)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def start_worker(redis_server: PrivateRedis, tmp_path: Path) -> Iterator:
+def start_worker(redis_server: PrivateRedis, tmp_path: Path) -> Iterator[StartWorker]:
+    """Start `batchscribe worker` VMs against the test's Redis; all stopped at the end."""
     started: list[WorkerProcess] = []
 
     def start(config: Path | None = None, hostname: str = "vm1", **env: str) -> WorkerProcess:
@@ -93,12 +52,3 @@ def start_worker(redis_server: PrivateRedis, tmp_path: Path) -> Iterator:
     yield start
     for proc in started:
         proc.stop()
-
-
-def wait_until(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.errors import AudioError
-from common.media import check_file, media_arg, read_wav_header, run_tool
-from worker.engines.base import PreparedAudio
+from batchscribe.common.errors import AudioError
+from batchscribe.common.media import check_file, media_arg, read_wav_header, run_tool
+from batchscribe.worker.engines.base import PreparedAudio
 
 log = logging.getLogger(__name__)
 

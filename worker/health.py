@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from common.config import Endpoint
+from batchscribe.common.config import Endpoint
 
 PROBE_TIMEOUT = 2.0
 CIRCUIT_THRESHOLD = 5  # files failed in a row on one endpoint that open its circuit

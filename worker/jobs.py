@@ -28,18 +28,17 @@ from typing import Any, Literal
 
 import redis
 
-from common.config import Endpoint
-from common.errors import ErrorClass, PermanentError, ProcessingError, TransientError
-from common.models import FileRecord, TranscriptionOptions
-from common.outcomes import deliver_failure, deliver_success, records_for
-from common.queues import pool_queue
-from common.settings import RetryPolicy, Settings
-from common.state import JobStart, StateStore
-from producer.publish import TaskSpec
-from worker.engines import build_engine
-from worker.engines.base import Engine
-from worker.health import CIRCUIT_THRESHOLD
-from worker.scheduler import spec_to_json
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import ErrorClass, PermanentError, ProcessingError, TransientError
+from batchscribe.common.models import FileRecord, TranscriptionOptions
+from batchscribe.common.outcomes import deliver_failure, deliver_success, records_for
+from batchscribe.common.publish import TaskSpec
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.settings import RetryPolicy, Settings
+from batchscribe.common.state import JobStart, StateStore
+from batchscribe.worker.engines import build_engine
+from batchscribe.worker.engines.base import Engine
+from batchscribe.worker.health import CIRCUIT_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class JobRunner:
         """Process one delivery. Whatever happens, the task's message can be acked afterwards."""
         job_key = delivery.job_key
         start = self.store.start_job(job_key, self.endpoint.name, delivery.id, self.settings.lease_ttl,
-                                     spec_to_json(delivery.spec()), MAX_BOUNCES, BOUNCE_DELAY)
+                                     delivery.spec().to_json(), MAX_BOUNCES, BOUNCE_DELAY)
         if not start.runs:
             return self._not_run(delivery, start)
         records = records_for(self.store, start.targets)
@@ -200,7 +199,7 @@ class JobRunner:
 
     def _transcribe(self, job_key: str, records: list[FileRecord],
                     opts: TranscriptionOptions) -> dict[str, Any]:
-        from worker.audio import prepare  # ffmpeg side; imported lazily like the engines
+        from batchscribe.worker.audio import prepare  # ffmpeg side; imported lazily like the engines
 
         source = self._pick_input(records)
         inflight = self.store.keys.inflight(self.endpoint.name)
@@ -260,7 +259,7 @@ class JobRunner:
         opts = TranscriptionOptions.from_dict(delivery.options)
         spec = delivery.spec(pool_queue(opts.language, opts.engine))
         held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
-                                      time.time() + delay, spec_to_json(spec))
+                                      time.time() + delay, spec.to_json())
         if held < 0:
             log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
                         delivery.job_key, delivery.id)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 
 import redis
 
-from common.keys import KOMBU_UNACKED_INDEX
-from common.state import LeaseItem, StateStore
+from batchscribe.common.keys import KOMBU_UNACKED_INDEX
+from batchscribe.common.state import LeaseItem, StateStore
 
 log = logging.getLogger(__name__)
 

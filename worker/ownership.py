@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from common.state import StateStore, as_text
+from batchscribe.common.state import StateStore, as_text
 
 _CLAIM = """
 local cur = redis.call("GET", KEYS[1])

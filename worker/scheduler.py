@@ -15,25 +15,15 @@ done and defers or delivers the cached result) but never lost.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from dataclasses import asdict
 
-from common.state import StateStore
-from producer.publish import Publisher, TaskSpec
+from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.state import StateStore
 
 log = logging.getLogger(__name__)
 
 CLAIM_TTL = 30.0  # seconds a promoter may take to publish what it claimed
-
-
-def spec_to_json(spec: TaskSpec) -> str:
-    return json.dumps(asdict(spec), separators=(",", ":"))
-
-
-def spec_from_json(raw: str) -> TaskSpec:
-    return TaskSpec(**json.loads(raw))
 
 
 def promote_due(store: StateStore, publisher: Publisher, limit: int = 500,
@@ -48,7 +38,7 @@ def promote_due(store: StateStore, publisher: Publisher, limit: int = 500,
     specs: list[TaskSpec] = []
     for job_key, raw in claimed:
         try:
-            specs.append(spec_from_json(raw))
+            specs.append(TaskSpec.from_json(raw))
         except (ValueError, TypeError):  # unreadable entry: report it, do not block the others
             log.error("delayed job %s has no usable task spec (%r); dropping the entry", job_key, raw[:200])
     publisher.publish(specs)

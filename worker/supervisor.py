@@ -8,7 +8,7 @@ Every `poll_interval` the supervisor
 * renews or takes endpoint ownership (one VM per endpoint cluster-wide, see `ownership`);
 * reads health (probes run on their own thread) and each endpoint's circuit breaker;
 * runs a consumer for exactly the endpoints that are in the set, owned, up and not tripped:
-  `celery -A worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
+  `celery -A batchscribe.worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
 
 A consumer that exits unexpectedly is restarted with exponential backoff (reap-and-restart). A
 consumer that must go (endpoint removed, changed, down, tripped, lost) gets SIGTERM — Celery's
@@ -35,21 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from common.config import Endpoint, EndpointSet, parse_endpoints
-from common.errors import ConfigError
-from common.queues import consumer_queues
-from common.registry import EndpointRegistry
-from common.settings import Settings
-from common.state import StateStore
-from worker.health import CircuitBreaker, HealthState, probe
-from worker.ownership import Ownership
+from batchscribe.common.config import Endpoint, EndpointSet, parse_endpoints
+from batchscribe.common.errors import ConfigError
+from batchscribe.common.queues import consumer_queues
+from batchscribe.common.registry import EndpointRegistry
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.worker.health import CircuitBreaker, HealthState, probe
+from batchscribe.worker.ownership import Ownership
 
 log = logging.getLogger(__name__)
 
 
 def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
     """The plain Celery command line of one endpoint's consumer (also shown in docs)."""
-    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+    return [sys.executable, "-m", "celery", "-A", "batchscribe.worker.app", "worker",
             "-Q", ",".join(consumer_queues(endpoint)), "-c", str(endpoint.concurrency), "-P", "threads",
             "-n", f"{endpoint.name}@{hostname}", "-E", "--without-gossip", "--without-mingle",
             "-l", "INFO"]
@@ -314,11 +314,11 @@ class Supervisor:
     def _start_background(self) -> None:
         self._watched("prober", self._prober)
         try:
-            from worker.scheduler import run_promoter
+            from batchscribe.worker.scheduler import run_promoter
         except ImportError:
             return
-        from common.celery_app import make_app
-        from producer.publish import Publisher
+        from batchscribe.common.celery_app import make_app
+        from batchscribe.common.publish import Publisher
 
         publisher = Publisher(make_app(self.settings, "batchscribe-promoter"))
         self._watched("promoter", lambda: run_promoter(self._stop, self.store, publisher, 0.5))

@@ -3,7 +3,7 @@
 A consumer is started either by `batchscribe worker` (which passes the endpoint in
 BATCHSCRIBE_ENDPOINT_JSON) or by hand as a plain Celery worker:
 
-    celery -A worker.app worker -Q ep.NAME,pool.en-US -c N -P threads
+    celery -A batchscribe.worker.app worker -Q ep.NAME,pool.en-US -c N -P threads
 
 in which case the endpoint is the one named by its `ep.NAME` queue, looked up in
 BATCHSCRIBE_CONFIG (or the built-in local endpoint when NAME is `local`).
@@ -24,15 +24,15 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_ready
 
-from common.config import Endpoint, default_local_endpoints, load_endpoints
-from common.errors import ConfigError
-from common.models import TranscriptionOptions
-from common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
-from common.settings import Settings
-from common.state import LeaseItem, StateStore
-from producer.publish import TaskSpec
-from worker.jobs import Delivery, JobRunner
-from worker.leases import LeaseKeeper
+from batchscribe.common.config import Endpoint, default_local_endpoints, load_endpoints
+from batchscribe.common.errors import ConfigError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.publish import TaskSpec
+from batchscribe.common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import LeaseItem, StateStore
+from batchscribe.worker.jobs import Delivery, JobRunner
+from batchscribe.worker.leases import LeaseKeeper
 
 log = logging.getLogger(__name__)
 

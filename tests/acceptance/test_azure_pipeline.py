@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from common.state import StateStore
-from tests.conftest import run_cli
+from batchscribe.common.state import StateStore
+from tests.support.cli import run_cli
 from tests.support.emulator import running_emulator, tone_wav
 
 DURATIONS = [1.0 + 0.25 * i for i in range(12)]

@@ -6,9 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from common.state import StateStore
-from producer.private_redis import free_port
-from tests.conftest import run_cli, wait_until
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import free_port
+from tests.support.cli import run_cli
+from tests.support.poll import wait_for
 from tests.support.speech import synthesize
 
 GOOD = "Please call the support line on weekdays."
@@ -35,7 +36,7 @@ def test_every_bad_input_fails_with_a_reason_and_the_rest_completes(tmp_path: Pa
     batch_id = submitted.stdout.strip()
     (tmp_path / "in" / "gone.wav").unlink()  # deleted after submit, before any worker ran
     start_worker()  # the built-in local endpoint
-    wait_until(lambda: store.batch(batch_id).get("finished_at"), timeout=120, what="batch to finish")
+    wait_for(lambda: store.batch(batch_id).get("finished_at"), timeout=120, what="batch to finish")
 
     def result(name: str) -> dict:
         stem, ext = name.rsplit(".", 1)

@@ -8,9 +8,10 @@ import signal
 import time
 from pathlib import Path
 
-from common.state import StateStore
-from tests.conftest import run_cli, wait_until
+from batchscribe.common.state import StateStore
+from tests.support.cli import run_cli
 from tests.support.emulator import running_emulator, tone_wav
+from tests.support.poll import wait_for
 
 
 def consumers(broker: str) -> dict[str, list[str]]:
@@ -19,7 +20,7 @@ def consumers(broker: str) -> dict[str, list[str]]:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-            if "worker.app" not in args or "-n" not in args:
+            if "batchscribe.worker.app" not in args or "-n" not in args:
                 continue
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -50,16 +51,16 @@ def test_a_failing_endpoint_stops_taking_work_and_comes_back(tmp_path: Path, red
         config = tmp_path / "eps.yaml"
         config.write_text(yaml_for({"a": a, "b": b}))
         start_worker(config, hostname="vm1")
-        wait_until(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="both consumers")
+        wait_for(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="both consumers")
         emu.set_fault(a, "unready")
         failed_at = time.monotonic()
-        wait_until(lambda: "a@vm1" not in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to stop")
+        wait_for(lambda: "a@vm1" not in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to stop")
         assert time.monotonic() - failed_at <= 5.0
         assert health(store, "a")["up"] is False and "503" in health(store, "a")["reason"]
         assert "b@vm1" in consumers(redis_server.url)
         emu.reset(a)
         back_at = time.monotonic()
-        wait_until(lambda: "a@vm1" in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to return")
+        wait_for(lambda: "a@vm1" in consumers(redis_server.url), 10, interval=0.1, what="a's consumer to return")
         assert time.monotonic() - back_at <= 5.0
         status = run_cli("endpoints", "show", broker=redis_server.url)
         assert status.returncode == 0 and "vm1" in status.stdout
@@ -92,20 +93,20 @@ def test_hot_swap_apply_file_edit_and_invalid_sets(tmp_path: Path, redis_server,
         config = tmp_path / "eps.yaml"
         config.write_text(yaml_for({"a": a}))
         start_worker(config, hostname="vm1")
-        wait_until(lambda: "a@vm1" in consumers(redis_server.url), 30, what="a's consumer")
+        wait_for(lambda: "a@vm1" in consumers(redis_server.url), 30, what="a's consumer")
 
         new = tmp_path / "new.yaml"
         new.write_text(yaml_for({"a": a, "b": b}, concurrency=3))
         applied = run_cli("endpoints", "apply", str(new), broker=redis_server.url)
         assert applied.returncode == 0 and "endpoint set v2" in applied.stdout, applied.stderr
         t0 = time.monotonic()
-        wait_until(lambda: "b@vm1" in consumers(redis_server.url), 15, interval=0.2, what="b added")
+        wait_for(lambda: "b@vm1" in consumers(redis_server.url), 15, interval=0.2, what="b added")
         assert time.monotonic() - t0 <= 5.0  # every VM reconciles within 5 s
 
         def resized() -> bool:
             return concurrency_of(consumers(redis_server.url).get("a@vm1")) == "3"
 
-        wait_until(resized, 15, interval=0.2, what="a resized")
+        wait_for(resized, 15, interval=0.2, what="a resized")
         assert time.monotonic() - t0 <= 8.0  # a's old consumer finishes first, then the resized one starts
 
         bad = tmp_path / "bad.yaml"
@@ -118,7 +119,7 @@ def test_hot_swap_apply_file_edit_and_invalid_sets(tmp_path: Path, redis_server,
         assert {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url))
 
         config.write_text(yaml_for({"c": c}))  # a valid edit of the file: published and applied
-        wait_until(lambda: set(consumers(redis_server.url)) & {"a@vm1", "b@vm1", "c@vm1"} == {"c@vm1"}, 15, interval=0.2,
+        wait_for(lambda: set(consumers(redis_server.url)) & {"a@vm1", "b@vm1", "c@vm1"} == {"c@vm1"}, 15, interval=0.2,
                    what="the file's set to replace the applied one")
 
 
@@ -134,12 +135,12 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
             return {name: node.split("@")[1] for node in consumers(redis_server.url) for name in ("a", "b")
                     if node.startswith(name + "@")}
 
-        wait_until(lambda: len(owners()) == 2 and len(consumers(redis_server.url)) == 2, 40, what="one consumer per endpoint")
+        wait_for(lambda: len(owners()) == 2 and len(consumers(redis_server.url)) == 2, 40, what="one consumer per endpoint")
         time.sleep(3)
         assert len(consumers(redis_server.url)) == 2  # never two consumers of one endpoint, cluster-wide
         os.killpg(vm1.proc.pid, signal.SIGKILL)  # the whole VM dies
         died = time.monotonic()
-        wait_until(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
+        wait_for(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
         assert time.monotonic() - died <= 30
 
 
@@ -149,12 +150,12 @@ def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server,
         config = tmp_path / "eps.yaml"
         config.write_text(yaml_for(dict(zip(("a", "b"), emu.ports))))
         start_worker(config, hostname="vm1")
-        wait_until(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="vm1 owns both")
+        wait_for(lambda: {"a@vm1", "b@vm1"} <= set(consumers(redis_server.url)), 30, what="vm1 owns both")
         start_worker(config, hostname="vm2")
 
         def hosts() -> list[str]:
             return sorted(node.split("@")[1] for node in consumers(redis_server.url))
 
-        wait_until(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
+        wait_for(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
         time.sleep(3)
         assert hosts() == ["vm1", "vm2"]  # stable: no ping-pong

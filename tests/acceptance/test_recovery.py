@@ -13,9 +13,10 @@ import signal
 import time
 from pathlib import Path
 
-from common.state import StateStore
-from tests.conftest import run_cli, wait_until
+from batchscribe.common.state import StateStore
+from tests.support.cli import run_cli
 from tests.support.emulator import running_emulator, tone_wav
+from tests.support.poll import wait_for
 
 
 def endpoint_yaml(path: Path, port: int, concurrency: int = 2) -> Path:
@@ -24,7 +25,7 @@ def endpoint_yaml(path: Path, port: int, concurrency: int = 2) -> Path:
 
 
 def consumer_pids(worker_pid: int) -> list[int]:
-    """The `celery -A worker.app worker` children of one `batchscribe worker` (Linux /proc)."""
+    """The `celery -A batchscribe.worker.app worker` children of one `batchscribe worker` (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -34,7 +35,7 @@ def consumer_pids(worker_pid: int) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == worker_pid and b"celery -A worker.app worker" in cmdline:
+        if ppid == worker_pid and b"celery -A batchscribe.worker.app worker" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -61,7 +62,7 @@ def test_a_sigkilled_consumer_s_file_runs_again_within_60_s_and_is_done_once(
     with running_emulator(ports=1, rtf=1.0, transcribe="duration") as emu:
         worker = start_worker(endpoint_yaml(tmp_path / "eps.yaml", emu.ports[0]))  # default settings
         submit(tmp_path, redis_server.url, seconds=12)
-        wait_until(lambda: the_job(store)[1].get("state") == "running", timeout=60, what="the file to start")
+        wait_for(lambda: the_job(store)[1].get("state") == "running", timeout=60, what="the file to start")
         first = the_job(store)[1]["delivery"]
         time.sleep(3)  # mid-file, after at least one upload chunk
         [pid] = consumer_pids(worker.proc.pid)
@@ -72,10 +73,10 @@ def test_a_sigkilled_consumer_s_file_runs_again_within_60_s_and_is_done_once(
             job = the_job(store)[1]
             return job["state"] in ("running", "done") and job.get("delivery") not in (first,)
 
-        wait_until(rerunning, timeout=60, interval=0.5, what="the file to run again after SIGKILL")
+        wait_for(rerunning, timeout=60, interval=0.5, what="the file to run again after SIGKILL")
         recovered = time.monotonic() - killed
         batch_id = the_job(store)[0]
-        wait_until(lambda: store.batch(batch_id).get("finished_at"), timeout=60, what="the batch to finish")
+        wait_for(lambda: store.batch(batch_id).get("finished_at"), timeout=60, what="the batch to finish")
         sessions = emu.stats(emu.ports[0])["sessions_total"]
     job = the_job(store)[1]
     print(f"file running again {recovered:.1f} s after SIGKILL")
@@ -95,7 +96,7 @@ def test_a_file_longer_than_the_visibility_timeout_is_delivered_once(
                               BATCHSCRIBE_LEASE_TTL="6")
         submit(tmp_path, redis_server.url, seconds=20)
         batch_id = store.batch_ids(1)[0]
-        wait_until(lambda: store.batch(batch_id).get("finished_at"), timeout=90, what="the batch to finish")
+        wait_for(lambda: store.batch(batch_id).get("finished_at"), timeout=90, what="the batch to finish")
         stats = emu.stats(emu.ports[0])
     job = the_job(store)[1]
     assert stats["sessions_total"] == 1

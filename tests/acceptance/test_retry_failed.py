@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.state import StateStore
-from tests.conftest import run_cli
+from batchscribe.common.state import StateStore
+from tests.support.cli import run_cli
 from tests.support.emulator import running_emulator, tone_wav
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from common.state import StateStore
-from tests.conftest import BIN, ROOT, cli_env, run_cli
+from batchscribe.common.state import StateStore
+from tests.support.cli import BIN, ROOT, cli_env, run_cli
 from tests.support.speech import synthesize
 from tests.support.wer import wer
 
@@ -166,12 +166,12 @@ def test_producer_killed_between_claim_and_publish_loses_nothing(tmp_path: Path,
 
 DIE_AFTER_CLAIM = """
 import os, signal, sys
-from common.celery_app import make_app
-from common.models import TranscriptionOptions
-from common.settings import Settings
-from common.state import StateStore
-from producer.publish import Publisher
-from producer.submit import Submitter
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.common.publish import Publisher
+from batchscribe.producer.submit import Submitter
 
 class DiesBeforePublishing(Publisher):
     def publish(self, specs):

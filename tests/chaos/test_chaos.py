@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from common.queues import pool_queue
-from common.state import StateStore
-from producer.private_redis import PrivateRedis
-from tests.conftest import BIN, run_cli
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
+from tests.support.cli import BIN, run_cli
 from tests.support.cluster import (
     VM,
     AudioSet,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import AudioError, PermanentError
-from common.media import probe_duration, read_wav_header
+from batchscribe.common.errors import AudioError, PermanentError
+from batchscribe.common.media import probe_duration, read_wav_header
+from batchscribe.worker.audio import prepare, run_ffmpeg
 from tests.support.speech import synthesize, video_with_speech
-from worker.audio import prepare, run_ffmpeg
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None,
                                 reason="needs ffmpeg and espeak-ng")

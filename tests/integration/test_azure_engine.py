@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import AudioError, EndpointError, ProcessingError, StallError, TransientError
-from common.models import TranscriptionOptions
-from emulator import Emulator, duration_text
+from batchscribe.cli.emulator import local_recognizer
+from batchscribe.common.errors import AudioError, EndpointError, ProcessingError, StallError, TransientError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.emulator import Emulator, duration_text
+from batchscribe.worker.engines.azure import AzureEngine
+from batchscribe.worker.engines.base import PreparedAudio
 from tests.support.emulator import (
     endpoint_for,
     native_threads,
@@ -21,8 +24,6 @@ from tests.support.emulator import (
     tone_wav,
 )
 from tests.support.threads import run_concurrently
-from worker.engines.azure import AzureEngine
-from worker.engines.base import PreparedAudio
 
 pytestmark = pytest.mark.timeout(60)
 # 3.0003 s = 48,005 samples: not a whole millisecond (the SDK replays a partial last ms unless
@@ -95,7 +96,7 @@ def test_local_transcripts_through_the_wire(tmp_path: Path) -> None:
 
     text = "the quick brown fox jumps over the lazy dog near the river bank"
     audio = speech_wav(tmp_path / "speech.wav", text)
-    with running_emulator(transcribe="local") as server:
+    with running_emulator(transcribe="local", recognize=local_recognizer()) as server:
         engine = AzureEngine(endpoint_for(server.ports[0]), stall_floor=60.0)
         try:
             result = engine.transcribe(audio, TranscriptionOptions())

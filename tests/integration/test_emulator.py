@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import TransientError
-from common.models import TranscriptionOptions
-from emulator import FaultMode, duration_text
+from batchscribe.common.errors import TransientError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.emulator import FaultMode, duration_text
+from batchscribe.worker.engines.azure import AzureEngine
 from tests.support.emulator import (
-    emulator_process,
+    EmulatorProcess,
     endpoint_for,
     http_get,
     running_emulator,
     tone_wav,
 )
 from tests.support.threads import run_concurrently
-from worker.engines.azure import AzureEngine
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +98,8 @@ def test_count_limits_a_fault_to_the_next_sessions(tmp_path: Path) -> None:
 
 def test_cli_serves_several_independent_ports(tmp_path: Path) -> None:
     audio = tone_wav(tmp_path / "a.wav", 2.0)
-    with emulator_process("--rtf", "0", "--transcribe", "fixed", "--text", "hello there", ports=2) as ports:
+    with EmulatorProcess("--rtf", "0", "--transcribe", "fixed", "--text", "hello there", ports=2) as emu:
+        ports = emu.ports
         for port in ports:
             assert http_get(port, "/ready")[0] == 200
         engine = AzureEngine(endpoint_for(ports[0]))

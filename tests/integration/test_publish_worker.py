@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 import redis
 
-from common.celery_app import make_app
-from common.settings import Settings
-from producer.private_redis import PrivateRedis
-from producer.publish import Publisher, PublishError, TaskSpec
-from tests.conftest import ROOT, wait_until
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.publish import Publisher, PublishError, TaskSpec
+from batchscribe.common.settings import Settings
+from batchscribe.private_redis import PrivateRedis
+from tests.support.cli import ROOT
+from tests.support.poll import wait_for
 
 QUEUE = "pool.en-US"
 OPTIONS = {"language": "en-US", "engine": None, "nbest": 1, "word_timestamps": False, "profanity": "masked",
@@ -37,9 +38,9 @@ OPTIONS = {"language": "en-US", "engine": None, "nbest": 1, "word_timestamps": F
 # records what the worker hands it.
 RECORDER = '''
 import json, os
-from common.celery_app import make_app
-from common.queues import TRANSCRIBE_TASK
-from common.settings import Settings
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.queues import TRANSCRIBE_TASK
+from batchscribe.common.settings import Settings
 
 app = make_app(Settings.from_env(), "publish-test-worker")
 store = app.connection_for_write().default_channel.client
@@ -180,10 +181,10 @@ def test_worker_runs_fast_path_message_like_send_task(
         s = spec()
         send_task_like_before(app, s, "celery-made-id")
         ids = Publisher(app).publish([s, spec("/data/in/f2.wav", duration=1.0)])
-        wait_until(lambda: client.llen("publish-test:seen") == 3, timeout=60,
+        wait_for(lambda: client.llen("publish-test:seen") == 3, timeout=60,
                    what=f"the worker ran 3 tasks (log: {tmp_path / 'worker.log'})")
         seen = [json.loads(raw) for raw in client.lrange("publish-test:seen", 0, -1)]
-        wait_until(lambda: "task-succeeded" in events.of(ids[1]), timeout=20, what="worker events")
+        wait_for(lambda: "task-succeeded" in events.of(ids[1]), timeout=20, what="worker events")
     finally:
         events.stop()
     by_id = {r["id"]: r for r in seen}
@@ -266,7 +267,7 @@ def test_publisher_survives_a_redis_restart(settings: Settings, redis_server: Pr
 
 def test_other_brokers_fall_back_to_kombu(settings: Settings, client: redis.Redis,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import producer.publish as publish_mod
+    import batchscribe.common.publish as publish_mod
 
     monkeypatch.setattr(publish_mod, "_connect_route", lambda app: None)
     ids = Publisher(make_app(settings, "publish-test")).publish([spec(f"/in/{i}.wav") for i in range(3)])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from common.models import FileRecord, FileState
-from common.state import StateStore, target_id
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.state import StateStore, target_id
 from tests.support.threads import run_concurrently
 
 

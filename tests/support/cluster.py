@@ -2,10 +2,10 @@
 
 Parts, all real processes so they can be killed independently:
 
-* the speech-container emulator in its own process (`EmulatorServer`), duration-mode transcripts
+* the speech-container emulator in its own process (`EmulatorProcess`), duration-mode transcripts
   (``duration 1.23 seconds``) so every output can be matched to its input, faults set over its
   HTTP control API (it survives Redis restarts and worker kills);
-* `batchscribe worker` VMs (`tests.conftest.WorkerProcess`), each with its consumer children;
+* `batchscribe worker` VMs (`tests.support.cli.WorkerProcess`), each with its consumer children;
 * the producer CLI (`batchscribe submit`), as a subprocess that can be SIGKILLed;
 * Redis: the test's `PrivateRedis` (AOF; stop()/start() restarts it on the same port and data).
 
@@ -19,23 +19,21 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 import wave
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from common.output import output_path
-from common.state import StateStore
-from producer.private_redis import PrivateRedis
-from tests.conftest import BIN, ROOT, WorkerProcess, cli_env
-from tests.support.emulator import LOOPBACK, SAMPLE_RATE, http_get
+from batchscribe.common.output import output_path
+from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
+from tests.support.cli import BIN, ROOT, WorkerProcess, cli_env
+from tests.support.emulator import LOOPBACK, SAMPLE_RATE, EmulatorProcess
+from tests.support.poll import wait_for
 
 HARD_TIMEOUT = 120.0  # no scenario waits longer than this for anything
 FAST_RETRIES = {"BATCHSCRIBE_BACKOFF_BASE": "0.2", "BATCHSCRIBE_CLAIM_TTL": "5"}
@@ -85,90 +83,10 @@ def make_audio(folder: Path, durations: Sequence[float], prefix: str = "f") -> A
     return AudioSet(folder, found)
 
 
-# ---- the emulator in its own process ---------------------------------------------------------------
-
-class EmulatorServer:
-    """`python -m emulator` on `ports` free ports, controlled over HTTP (it outlives everything else).
-
-    A port under `refuse` closes its listener, so control requests go through another port of the
-    same process (`port=P` addresses the target)."""
-
-    def __init__(self, ports: int, rtf: float, log_path: Path, capacity: int = 0) -> None:
-        self.rtf = rtf
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "emulator", "--rtf", str(rtf), "--capacity", str(capacity),
-               "--transcribe", "duration", *["--port", "0"] * ports]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.ports = self._read_ports(ports)
-        self._refused: set[int] = set()
-        self._drain = threading.Thread(target=self._copy_output, daemon=True)
-        self._drain.start()
-
-    def _read_ports(self, count: int, timeout: float = 15.0) -> list[int]:
-        found: list[int] = []
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while len(found) < count and time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode(errors="replace")
-            if not line and self.proc.poll() is not None:
-                break
-            if match := re.search(r"listening on ws://[\d.]+:(\d+)", line):
-                found.append(int(match.group(1)))
-        if len(found) < count:
-            self.kill()
-            raise RuntimeError(f"emulator did not start (exit {self.proc.poll()})")
-        return found
-
-    def _copy_output(self) -> None:
-        """Keep reading its output (a full pipe would block the emulator) into a log file."""
-        assert self.proc.stdout is not None
-        with open(self.log_path, "ab") as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                log.flush()
-
-    def _control(self, path: str, port: int) -> Any:
-        via = next((p for p in self.ports if p not in self._refused), None)
-        if via is None:
-            raise RuntimeError("every port refuses: no way to reach the control API")
-        status, body = http_get(via, f"{path}{'&' if '?' in path else '?'}port={port}")
-        if status != 200:
-            raise RuntimeError(f"emulator control {path} on port {port}: HTTP {status} {body}")
-        return body
-
-    def set_fault(self, port: int, mode: str, rate: float = 1.0) -> None:
-        self._control(f"/control/fault?mode={mode}&rate={rate}", port)
-        if mode == "refuse" and rate >= 1.0:
-            self._refused.add(port)
-        else:
-            self._refused.discard(port)
-
-    def stats(self, port: int) -> dict[str, Any]:
-        body: dict[str, Any] = self._control("/control/stats", port)
-        return body
-
-    def sessions_total(self) -> int:
-        return sum(int(self.stats(p)["sessions_total"]) for p in self.ports)
-
-    def active(self) -> int:
-        return sum(int(self.stats(p)["active"]) for p in self.ports)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: the endpoint dies with its sessions (in-flight files see the connection drop)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def duration_emulator(ports: int, rtf: float, log_path: Path, capacity: int = 0) -> EmulatorProcess:
+    """The emulator of every scenario: duration-mode transcripts, so outputs match their inputs."""
+    return EmulatorProcess("--rtf", str(rtf), "--capacity", str(capacity), "--transcribe", "duration",
+                           ports=ports, log_path=log_path)
 
 
 # ---- endpoint files --------------------------------------------------------------------------------
@@ -256,14 +174,14 @@ class VM:
         return self.process.proc.pid
 
     def consumers(self) -> dict[str, int]:
-        """Endpoint name -> pid of its live `celery … worker.app worker` child."""
+        """Endpoint name -> pid of its live `celery … batchscribe.worker.app worker` child."""
         found: dict[str, int] = {}
         for pid in children(self.pid):
             try:
                 args = _proc_cmdline(pid)
             except OSError:
                 continue
-            if "worker.app" in args and "-n" in args:
+            if "batchscribe.worker.app" in args and "-n" in args:
                 found[args[args.index("-n") + 1].split("@", 1)[0]] = pid
         return found
 
@@ -285,7 +203,7 @@ class Cluster:
     redis: PrivateRedis
     store: StateStore
     worker_env: dict[str, str] = field(default_factory=lambda: dict(FAST_RETRIES))
-    emulator: EmulatorServer | None = None
+    emulator: EmulatorProcess | None = None
     vms: list[VM] = field(default_factory=list)
     crashes: int = 0  # files that may have been in flight in killed processes (each may rerun once)
     out: Path = field(init=False)
@@ -301,8 +219,8 @@ class Cluster:
 
     # -- parts
 
-    def start_emulator(self, ports: int, rtf: float = 1.0) -> EmulatorServer:
-        self.emulator = EmulatorServer(ports, rtf, self.tmp / "emulator.log")
+    def start_emulator(self, ports: int, rtf: float = 1.0) -> EmulatorProcess:
+        self.emulator = duration_emulator(ports, rtf, self.tmp / "emulator.log")
         return self.emulator
 
     def start_vm(self, config: Path, hostname: str) -> VM:
@@ -314,7 +232,7 @@ class Cluster:
 
     def wait_consumers(self, vm: VM, names: Iterable[str], timeout: float = 30.0) -> None:
         wanted = set(names)
-        wait_for(lambda: wanted <= set(vm.consumers()), timeout,
+        wait_for(lambda: wanted <= set(vm.consumers()), min(timeout, HARD_TIMEOUT),
                  f"consumers {sorted(wanted)} on {vm.hostname}")
 
     # -- producer
@@ -350,7 +268,7 @@ class Cluster:
         def reached() -> bool:
             c = self.counters(batch_id)
             return bool(c) and self.settled(batch_id) >= fraction * c.get("total", 1)
-        wait_for(reached, timeout, f"{fraction:.0%} of batch {batch_id} settled",
+        wait_for(reached, min(timeout, HARD_TIMEOUT), f"{fraction:.0%} of batch {batch_id} settled",
                  on_timeout=lambda: self.describe(batch_id))
 
     def wait_finished(self, batch_id: str, timeout: float = 60.0) -> float:
@@ -361,7 +279,8 @@ class Cluster:
             c = self.counters(batch_id)
             return bool(c) and self.settled(batch_id) == c["total"] and not c.get("n_running")
 
-        wait_for(finished, timeout, f"batch {batch_id} to finish", on_timeout=lambda: self.describe(batch_id))
+        wait_for(finished, min(timeout, HARD_TIMEOUT), f"batch {batch_id} to finish",
+                 on_timeout=lambda: self.describe(batch_id))
         return time.monotonic() - began
 
     def describe(self, batch_id: str) -> str:
@@ -398,19 +317,6 @@ class Cluster:
         kill_pids(processes_with_env(f"BATCHSCRIBE_REDIS_URL={self.redis.url}"))
         if self.emulator is not None:
             self.emulator.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1,
-             on_timeout: Callable[[], str] | None = None, cap: float = HARD_TIMEOUT) -> None:
-    """Poll until true; never longer than `timeout`, itself capped at `cap` (scenarios: HARD_TIMEOUT)."""
-    timeout = min(timeout, cap)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    detail = f"\n{on_timeout()}" if on_timeout else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
 
 # ---- the verdict -----------------------------------------------------------------------------------

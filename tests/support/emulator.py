@@ -1,7 +1,8 @@
 """Start the speech-container emulator for tests, make audio for it, read process resources.
 
-In-process (`running_emulator`) is fastest and gives the Python control API; `emulator_process`
-runs `python -m emulator` as a user would, for tests of the CLI and for clean memory numbers.
+In-process (`running_emulator`) is fastest and gives the Python control API; `EmulatorProcess`
+runs `batchscribe emulator` as a user would, for tests of the CLI, clusters whose parts are killed
+independently, and clean memory numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import re
 import struct
 import subprocess
-import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common.config import Endpoint
-from emulator import Emulator, EmulatorConfig
+from batchscribe.common.config import Endpoint
+from batchscribe.emulator import Emulator, EmulatorConfig
+from batchscribe.worker.engines.base import PreparedAudio
+from tests.support.cli import BIN, cli_env
 from tests.support.speech import synthesize
-from worker.engines.base import PreparedAudio
 
 LOOPBACK = "127.0.0.1"
 SAMPLE_RATE = 16000
@@ -44,30 +46,97 @@ def endpoint_for(port: int, name: str = "emu", **fields: Any) -> Endpoint:
     return Endpoint(name=name, engine="azure", host=LOOPBACK, port=port, **fields)
 
 
-@contextlib.contextmanager
-def emulator_process(*args: str, ports: int = 1, timeout: float = 15.0) -> Iterator[list[int]]:
-    """`python -m emulator` on free ports; yields the ports it printed, stops it afterwards."""
-    cmd = [sys.executable, "-m", "emulator", *args, *["--port", "0"] * ports]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+class EmulatorProcess:
+    """`batchscribe emulator` on `ports` free ports, as its own process (it outlives workers and
+    Redis restarts); faults and counters through its HTTP control API. A context manager.
+
+    A port under `refuse` closes its listener, so control requests go through another port of the
+    same process (`port=P` addresses the target). Its output is copied to `log_path` (a full pipe
+    would block it)."""
+
+    def __init__(self, *args: str, ports: int = 1, log_path: Path | None = None, timeout: float = 15.0) -> None:
+        cmd = [str(BIN), "emulator", *args, *["--port", "0"] * ports]
+        self.log_path = log_path
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
+        self._refused: set[int] = set()
+        self.ports = self._read_ports(ports, timeout)
+        self._drain = threading.Thread(target=self._copy_output, daemon=True)
+        self._drain.start()
+
+    def _read_ports(self, count: int, timeout: float) -> list[int]:
         found: list[int] = []
         deadline = time.monotonic() + timeout
-        while len(found) < ports and time.monotonic() < deadline:
-            line = proc.stdout.readline() if proc.stdout else ""
-            if not line and proc.poll() is not None:
+        assert self.proc.stdout is not None
+        while len(found) < count and time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode(errors="replace")
+            if not line and self.proc.poll() is not None:
                 break
             if match := re.search(r"listening on ws://[\d.]+:(\d+)", line):
                 found.append(int(match.group(1)))
-        if len(found) < ports:
-            raise RuntimeError(f"emulator did not start: {cmd} (exit {proc.poll()})")
-        yield found
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        if len(found) < count:
+            self.kill()
+            raise RuntimeError(f"emulator did not start (exit {self.proc.poll()})")
+        return found
+
+    def _copy_output(self) -> None:
+        assert self.proc.stdout is not None
+        if self.log_path is None:
+            for _line in self.proc.stdout:
+                pass
+            return
+        with open(self.log_path, "ab") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+
+    def _control(self, path: str, port: int) -> Any:
+        via = next((p for p in self.ports if p not in self._refused), None)
+        if via is None:
+            raise RuntimeError("every port refuses: no way to reach the control API")
+        status, body = http_get(via, f"{path}{'&' if '?' in path else '?'}port={port}")
+        if status != 200:
+            raise RuntimeError(f"emulator control {path} on port {port}: HTTP {status} {body}")
+        return body
+
+    def set_fault(self, port: int, mode: str, rate: float = 1.0) -> None:
+        self._control(f"/control/fault?mode={mode}&rate={rate}", port)
+        if mode == "refuse" and rate >= 1.0:
+            self._refused.add(port)
+        else:
+            self._refused.discard(port)
+
+    def stats(self, port: int) -> dict[str, Any]:
+        body: dict[str, Any] = self._control("/control/stats", port)
+        return body
+
+    def sessions_total(self) -> int:
+        return sum(int(self.stats(p)["sessions_total"]) for p in self.ports)
+
+    def active(self) -> int:
+        return sum(int(self.stats(p)["active"]) for p in self.ports)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the endpoint dies with its sessions (in-flight files see the connection drop)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def http_get(port: int, path: str) -> tuple[int, Any]:
@@ -112,14 +181,3 @@ def rss_mb(pid: int | str = "self") -> float:
 def native_threads(pid: int | str = "self") -> int:
     """All OS threads of a process, the SDK's native ones included."""
     return _proc_status("Threads", pid)
-
-
-def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    """Poll `predicate` until true or `timeout` (bounded waits only)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import default_local_endpoints, load_endpoints, parse_endpoints
-from common.errors import ConfigError
+from batchscribe.common.config import default_local_endpoints, load_endpoints, parse_endpoints
+from batchscribe.common.errors import ConfigError
 
 BPK_FILE = """
 MyContainer1:

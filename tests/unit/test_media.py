@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import AudioError, PermanentError
-from common.media import (
+from batchscribe.common.errors import AudioError, PermanentError
+from batchscribe.common.media import (
     MEDIA_EXTENSIONS,
     check_file,
     is_media,

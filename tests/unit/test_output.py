@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.models import FileRecord
-from common.output import failure_document, output_path, success_document, write_json_atomic
+from batchscribe.common.models import FileRecord
+from batchscribe.common.output import failure_document, output_path, success_document, write_json_atomic
 
 PHRASE = {"RecognitionStatus": "Success", "Offset": 5_000_000, "Duration": 20_000_000,
           "DisplayText": "Hello there.",

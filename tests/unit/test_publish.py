@@ -14,13 +14,18 @@ from typing import Any
 import pytest
 from celery.utils.saferepr import saferepr
 
-from common.celery_app import make_app
-from common.errors import AudioError
-from common.media import parse_wav_header, probe_duration, probe_duration_from_head, read_wav_header
-from common.models import FileRecord, FileState, TranscriptionOptions, job_key, job_key_for
-from common.settings import Settings
-from producer.fingerprint import _measure, hash_and_head, sha256_file
-from producer.publish import _BODY, _EMBED, TaskSpec, _MessageBuilder
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.errors import AudioError
+from batchscribe.common.media import (
+    parse_wav_header,
+    probe_duration,
+    probe_duration_from_head,
+    read_wav_header,
+)
+from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions, job_key, job_key_for
+from batchscribe.common.publish import _BODY, _EMBED, TaskSpec, _MessageBuilder
+from batchscribe.common.settings import Settings
+from batchscribe.producer.fingerprint import _measure, hash_and_head, sha256_file
 
 OPTIONS = TranscriptionOptions(language="de-DE", candidate_languages=("en-US", "it's")).to_dict()
 AWKWARD = ["/in/a.wav", "/in/naïve ü 日本.wav", "/in/it's.wav", '/in/"q".wav', "/in/back\\slash.wav",

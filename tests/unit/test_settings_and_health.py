@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.errors import ConfigError
-from common.settings import Settings, redact
-from worker.health import CircuitBreaker, HealthState, ProbeResult
+from batchscribe.common.errors import ConfigError
+from batchscribe.common.settings import Settings, redact
+from batchscribe.worker.health import CircuitBreaker, HealthState, ProbeResult
 
 
 def test_settings_round_trip_through_the_environment() -> None:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from common.config import Endpoint
-from common.errors import ConfigError
-from worker.engines.base import Engine
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import ConfigError
+from batchscribe.worker.engines.base import Engine
 
 
 def build_engine(endpoint: Endpoint) -> Engine:
     if endpoint.engine == "local":
-        from worker.engines.local import LocalEngine
+        from batchscribe.worker.engines.local import LocalEngine
 
         return LocalEngine(endpoint)
     if endpoint.engine == "azure":
-        from worker.engines.azure import AzureEngine
+        from batchscribe.worker.engines.azure import AzureEngine
 
         return AzureEngine(endpoint, stall_floor=endpoint.stall_timeout)
     raise ConfigError(f"endpoint '{endpoint.name}': unknown engine {endpoint.engine!r}")

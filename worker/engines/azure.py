@@ -31,8 +31,8 @@ from typing import Any
 
 import azure.cognitiveservices.speech as sdk
 
-from common.config import Endpoint
-from common.errors import (
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import (
     AudioError,
     EndpointError,
     PermanentError,
@@ -40,8 +40,8 @@ from common.errors import (
     StallError,
     TransientError,
 )
-from common.models import TranscriptionOptions
-from worker.engines.base import TICKS_PER_SECOND, PreparedAudio, ProgressCallback, Recognition
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.worker.engines.base import TICKS_PER_SECOND, PreparedAudio, ProgressCallback, Recognition
 
 log = logging.getLogger(__name__)
 

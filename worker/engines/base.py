@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.config import Endpoint
-from common.models import TranscriptionOptions
+from batchscribe.common.config import Endpoint
+from batchscribe.common.models import TranscriptionOptions
 
 TICKS_PER_SECOND = 10_000_000
 

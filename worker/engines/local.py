@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.config import Endpoint
-from common.errors import AudioError, ConfigError, PermanentError, ProcessingError, TransientError
-from common.models import TranscriptionOptions
-from worker.engines.base import PreparedAudio, ProgressCallback, Recognition, ticks
+from batchscribe.common.config import Endpoint
+from batchscribe.common.errors import AudioError, ConfigError, PermanentError, ProcessingError, TransientError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition, ticks
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel

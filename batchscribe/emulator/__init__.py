@@ -3,8 +3,8 @@
 Tests and benchmarks drive the real SDK against it; users try batchscribe without Azure.
 """
 
-from emulator.faults import Fault, FaultMode
-from emulator.server import Emulator, EmulatorConfig
-from emulator.transcribers import duration_text
+from batchscribe.emulator.faults import Fault, FaultMode
+from batchscribe.emulator.server import Emulator, EmulatorConfig
+from batchscribe.emulator.transcribers import duration_text
 
 __all__ = ["Emulator", "EmulatorConfig", "Fault", "FaultMode", "duration_text"]

@@ -22,17 +22,17 @@ import logging
 import random
 import threading
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from emulator.faults import Fault, FaultMode
-from emulator.session import Session
-from emulator.stats import PortStats, SessionInfo
-from emulator.transcribers import Transcriber, make_transcriber
+from batchscribe.emulator.faults import Fault, FaultMode
+from batchscribe.emulator.session import Session
+from batchscribe.emulator.stats import PortStats, SessionInfo
+from batchscribe.emulator.transcribers import DEFAULT_TEXT, Recognize, Transcriber, make_transcriber
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,10 +47,11 @@ class EmulatorConfig:
     rtf: float = 3.0  # 0: answer as soon as the upload ends
     capacity: int = 0  # simultaneous sessions per port; 0: unlimited
     transcribe: str = "duration"
-    text: str = "hello from the batchscribe emulator"
+    text: str = DEFAULT_TEXT
     seed: int | None = None
     fault: FaultMode = FaultMode.NONE  # the fault every port starts with
     fault_rate: float = 1.0
+    recognize: Recognize | None = field(default=None, compare=False)  # for transcribe="local"
 
 
 class PortServer:
@@ -162,7 +163,7 @@ class EmulatorCore:
 
     def __init__(self, config: EmulatorConfig, ports: Sequence[int]) -> None:
         self.config = config
-        self.transcriber: Transcriber = make_transcriber(config.transcribe, config.text)
+        self.transcriber: Transcriber = make_transcriber(config.transcribe, config.text, config.recognize)
         self.servers = [PortServer(self, port) for port in ports]
         self.pending: dict[ServerConnection, tuple[PortServer, SessionInfo]] = {}
 

@@ -19,8 +19,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from emulator.faults import FaultMode
-from emulator.protocol import (
+from batchscribe.emulator.faults import FaultMode
+from batchscribe.emulator.protocol import (
     BYTES_PER_MS,
     BYTES_PER_SECOND,
     AudioTurn,
@@ -30,8 +30,8 @@ from emulator.protocol import (
     parse_binary,
     parse_text,
 )
-from emulator.stats import SessionInfo
-from emulator.transcribers import Transcriber, shape_for_wire
+from batchscribe.emulator.stats import SessionInfo
+from batchscribe.emulator.transcribers import Transcriber, shape_for_wire
 
 log = logging.getLogger(__name__)
 HYPOTHESIS_INTERVAL = 1.0  # seconds of wall time between hypotheses

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-import threading
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from emulator.protocol import SAMPLE_RATE, AudioTurn
+from batchscribe.emulator.protocol import SAMPLE_RATE, AudioTurn
 
 TRANSCRIBE_MODES = ("duration", "fixed", "local")
 NBEST_ALTERNATIVES = 3
+DEFAULT_TEXT = "hello from the batchscribe emulator"
 
 
 def duration_text(seconds: float) -> str:
@@ -91,31 +92,24 @@ class DurationTranscriber:
         return [text_phrase(duration_text(turn.seconds), since, turn.ticks - since)]
 
 
-class LocalTranscriber:
-    """Real text from worker.engines.local, run in a thread (it is CPU-bound and blocking).
+# What the `local` mode calls: (16 kHz mono WAV of the turn, its seconds, language, n-best) ->
+# phrases in the Speech service's detailed shape. The CLI passes the worker's local engine in, so
+# the emulator itself depends on no engine.
+Recognize = Callable[[Path, float, str, int], list[dict[str, Any]]]
 
-    The whole turn is transcribed once, when its audio is complete: the phrases keep the local
-    engine's own times from the start of the turn, even where they overlap audio that was already
+
+class LocalTranscriber:
+    """Real text from a `Recognize` function (the local engine), run in a thread (it blocks).
+
+    The whole turn is transcribed once, when its audio is complete: the phrases keep the engine's
+    own times from the start of the turn, even where they overlap audio that was already
     acknowledged by the word-less intermediate phrases (the SDK passes them through unchanged).
     """
 
-    def __init__(self) -> None:
-        self._engine: Any = None
-        self._lock = threading.Lock()
-
-    def _get_engine(self) -> Any:
-        with self._lock:
-            if self._engine is None:
-                from common.config import Endpoint
-                from worker.engines.local import LocalEngine
-
-                self._engine = LocalEngine(Endpoint(name="emulator", engine="local"))
-            return self._engine
+    def __init__(self, recognize: Recognize) -> None:
+        self._recognize = recognize
 
     def _transcribe(self, pcm: bytes, seconds: float, language: str) -> list[dict[str, Any]]:
-        from common.models import TranscriptionOptions
-        from worker.engines.base import PreparedAudio
-
         with tempfile.TemporaryDirectory(prefix="bs-emulator-") as folder:
             path = Path(folder) / "turn.wav"
             with wave.open(str(path), "wb") as out:
@@ -123,20 +117,20 @@ class LocalTranscriber:
                 out.setsampwidth(2)
                 out.setframerate(SAMPLE_RATE)
                 out.writeframes(pcm)
-            options = TranscriptionOptions(language=language or "en-US", nbest=NBEST_ALTERNATIVES,
-                                           word_timestamps=True)
-            result = self._get_engine().transcribe(PreparedAudio(path=path, duration=seconds), options)
-        return list(result.phrases)
+            return list(self._recognize(path, seconds, language or "en-US", NBEST_ALTERNATIVES))
 
     async def phrases(self, turn: AudioTurn, language: str, since: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._transcribe, bytes(turn.pcm), turn.seconds, language)
 
 
-def make_transcriber(mode: str, text: str) -> Transcriber:
+def make_transcriber(mode: str, text: str, recognize: Recognize | None = None) -> Transcriber:
     if mode == "fixed":
         return FixedTranscriber(text)
     if mode == "duration":
         return DurationTranscriber()
     if mode == "local":
-        return LocalTranscriber()
+        if recognize is None:
+            raise ValueError("transcribe mode 'local' needs a recognizer (batchscribe emulator passes the "
+                             "local engine in)")
+        return LocalTranscriber(recognize)
     raise ValueError(f"unknown transcribe mode {mode!r}; known: {', '.join(TRANSCRIBE_MODES)}")

@@ -1,15 +1,36 @@
-"""`batchscribe emulator`: run the speech-container emulator in the foreground."""
+"""`batchscribe emulator`: run the speech-container emulator in the foreground.
+
+Wired here, above the layers: its `local` mode transcribes with the worker's local engine, which
+the emulator package itself does not import (`local_recognizer`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Any
 
 import click
 
-from emulator.faults import FaultMode
-from emulator.server import EmulatorConfig, serve_forever
-from emulator.transcribers import TRANSCRIBE_MODES
+from batchscribe.emulator.faults import FaultMode
+from batchscribe.emulator.transcribers import DEFAULT_TEXT, TRANSCRIBE_MODES, Recognize
+
+
+def local_recognizer() -> Recognize:
+    """The emulator's `local` transcriber: the worker's local engine, loaded on first use."""
+    from batchscribe.common.config import Endpoint
+    from batchscribe.common.models import TranscriptionOptions
+    from batchscribe.worker.engines.base import PreparedAudio
+    from batchscribe.worker.engines.local import LocalEngine
+
+    engine = LocalEngine(Endpoint(name="emulator", engine="local"))
+
+    def recognize(wav: Path, seconds: float, language: str, nbest: int) -> list[dict[str, Any]]:
+        options = TranscriptionOptions(language=language, nbest=nbest, word_timestamps=True)
+        return list(engine.transcribe(PreparedAudio(path=wav, duration=seconds), options).phrases)
+
+    return recognize
 
 
 @click.command("emulator")
@@ -24,7 +45,7 @@ from emulator.transcribers import TRANSCRIBE_MODES
               help="Simultaneous sessions per port; more are refused with HTTP 429. 0: unlimited.")
 @click.option("--transcribe", type=click.Choice(TRANSCRIBE_MODES), default="duration", show_default=True,
               help="duration: 'duration 3.20 seconds'; fixed: --text; local: the local engine.")
-@click.option("--text", default=EmulatorConfig.text, show_default=True,
+@click.option("--text", default=DEFAULT_TEXT, show_default=True,
               help="The phrase of --transcribe fixed.")
 @click.option("--fault", type=click.Choice([m.value for m in FaultMode]), default="none", show_default=True,
               help="Fault injected on every port from the start (change it at /control/fault).")
@@ -39,8 +60,11 @@ def emulator_command(ports: tuple[int, ...], host: str, rtf: float, capacity: in
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not verbose:
         logging.getLogger("websockets").setLevel(logging.ERROR)
+    from batchscribe.emulator.server import EmulatorConfig, serve_forever  # needs the azure extra
+
     config = EmulatorConfig(host=host, rtf=rtf, capacity=capacity, transcribe=transcribe, text=text,
-                            seed=seed, fault=FaultMode(fault), fault_rate=fault_rate)
+                            seed=seed, fault=FaultMode(fault), fault_rate=fault_rate,
+                            recognize=local_recognizer() if transcribe == "local" else None)
     try:
         asyncio.run(serve_forever(list(ports), config))
     except KeyboardInterrupt:

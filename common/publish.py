@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
 from typing import Any, Literal
 
@@ -46,8 +46,8 @@ from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
 
-from common.errors import StateError
-from common.queues import TRANSCRIBE_TASK
+from batchscribe.common.errors import StateError
+from batchscribe.common.queues import TRANSCRIBE_TASK
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
@@ -62,6 +62,14 @@ class TaskSpec:
     path: str
     duration: float
     queue: str
+
+    def to_json(self) -> str:
+        """How a task waits in the delayed set (`common.state` keeps it, the promoter publishes it)."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> TaskSpec:
+        return cls(**json.loads(raw))
 
 
 class PublishError(StateError):

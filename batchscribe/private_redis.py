@@ -12,7 +12,7 @@ from types import TracebackType
 
 import redis
 
-from common.errors import StateError
+from batchscribe.common.errors import StateError
 
 
 def free_port() -> int:

@@ -1,0 +1,33 @@
+"""The `batchscribe` command: one module per command group, wired into one click group here.
+
+It sits on top of the layers (common ← producer, worker); the emulator is wired here too, so that
+its `local` transcriber can come from the worker's engine without the emulator importing it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from batchscribe.cli.batches import log_cmd, retry_failed, status, submit
+from batchscribe.cli.emulator import emulator_command
+from batchscribe.cli.endpoints import endpoints
+from batchscribe.cli.run import run
+from batchscribe.cli.worker import worker
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def root(verbose: bool) -> None:
+    """batchscribe: transcribe very many recordings on speech endpoints with Celery workers."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for command in (submit, status, log_cmd, retry_failed, worker, endpoints, run, emulator_command):
+    root.add_command(command)
+
+
+def main() -> None:
+    root(prog_name="batchscribe")

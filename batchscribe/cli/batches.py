@@ -1,0 +1,137 @@
+"""Commands on batches: `submit`, `status`, `log`, `retry-failed`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchscribe.cli.base import (
+    EXIT_FAILED_FILES,
+    broker_option,
+    build_options,
+    guarded,
+    settings_for,
+    transcription_options,
+)
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.publish import Publisher
+from batchscribe.common.settings import Settings
+from batchscribe.common.state import StateStore
+from batchscribe.producer.progress import wait_for_batch
+from batchscribe.producer.status import (
+    load_view,
+    render_endpoints,
+    render_failures,
+    render_recent,
+    render_status,
+)
+from batchscribe.producer.submit import Submitter
+
+
+def submitter_for(settings: Settings, store: StateStore) -> Submitter:
+    return Submitter(store, Publisher(make_app(settings, "batchscribe-producer")), settings.claim_ttl)
+
+
+def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: TranscriptionOptions,
+                 txt: bool, batch_id: str | None, wait: bool) -> int:
+    """Submit, then (with `wait`) follow the batch to its end; returns the exit code."""
+    store = StateStore.connect(settings)
+    report = submitter_for(settings, store).submit(
+        inputs, out, opts, formats=["json", "txt"] if txt else ["json"], batch_id=batch_id)
+    click.echo(f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
+               f"{report.attached} already in progress elsewhere, {report.cached} from cache, "
+               f"{report.failed_now} unusable; {len(report.skipped)} skipped (not audio/video) "
+               f"[{report.seconds:.1f}s]", err=True)
+    if not wait:
+        click.echo(report.batch_id)
+        return 0
+    code = follow(store, report.batch_id)
+    click.echo(f"outputs in {Path(out).resolve()} (summary: run_summary.json)", err=True)
+    return code
+
+
+def follow(store: StateStore, batch_id: str) -> int:
+    """Show progress until the batch is finished; print its failures; return the exit code."""
+    view = wait_for_batch(store, batch_id)
+    for line in render_failures(view):
+        click.echo(line, err=True)
+    return EXIT_FAILED_FILES if view.counts.get("failed") else 0
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (shared storage).")
+@click.option("--wait", is_flag=True, help="Show progress until the batch is finished.")
+@click.option("--batch-id", default=None, help="Name the batch (default: time-based id).")
+@broker_option
+@transcription_options
+@guarded
+def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, broker: str | None,
+           txt: bool, **kw: Any) -> None:
+    """Queue every audio/video file under INPUTS for transcription (one task per unique file)."""
+    sys.exit(submit_batch(settings_for(broker), inputs, out, build_options(kw), txt, batch_id, wait))
+
+
+@click.command()
+@click.argument("batch_id", required=False)
+@broker_option
+@guarded
+def status(batch_id: str | None, broker: str | None) -> None:
+    """Show a batch (or the recent batches); exits 1 if any of its files failed."""
+    store = StateStore.connect(settings_for(broker))
+    if batch_id is None:
+        click.echo(render_recent(store))
+        click.echo("")
+        click.echo(render_endpoints(store))
+        return
+    view = load_view(store, batch_id)
+    click.echo(render_status(view))
+    sys.exit(EXIT_FAILED_FILES if view.counts.get("failed") else 0)
+
+
+@click.command("log")
+@click.option("--follow", "-f", "follow_log", is_flag=True, help="Keep printing new attempts as they happen.")
+@click.option("--last", default=50, show_default=True, help="How many past attempts to show first.")
+@broker_option
+@guarded
+def log_cmd(follow_log: bool, last: int, broker: str | None) -> None:
+    """The real-time log of every attempt: time, file, endpoint, outcome, error class, reason."""
+    store = StateStore.connect(settings_for(broker))
+    last_id = "0-0"
+    for eid, entry in store.recent_events(last):
+        _print_event(entry)
+        last_id = eid
+    while follow_log:
+        for eid, entry in store.events(last_id, block_ms=2000):
+            _print_event(entry)
+            last_id = eid
+
+
+def _print_event(e: dict[str, str]) -> None:
+    ts = time.strftime("%H:%M:%S", time.localtime(float(e.get("ts", 0))))
+    extra = f" [{e['error_class']}] {e.get('reason', '')}" if e.get("error_class") else ""
+    click.echo(f"{ts} {e.get('outcome', ''):<7} {e.get('endpoint', ''):<12} {e.get('file', '')}{extra}")
+
+
+@click.command("retry-failed")
+@click.argument("batch_id")
+@click.option("--class", "error_class", type=click.Choice(["transient", "endpoint", "permanent", "crash"]),
+              default=None, help="Only files that failed with this error class.")
+@click.option("--wait", is_flag=True, help="Show progress until the batch is finished again.")
+@broker_option
+@guarded
+def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str | None) -> None:
+    """Queue a batch's failed files again (all, or one error class)."""
+    settings = settings_for(broker)
+    store = StateStore.connect(settings)
+    report = submitter_for(settings, store).retry_failed(batch_id, error_class)
+    click.echo(f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
+               f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable", err=True)
+    if wait:
+        sys.exit(follow(store, batch_id))
