@@ -23,8 +23,9 @@ import pytest
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore
 from batchscribe.private_redis import PrivateRedis
-from tests.support.cli import BIN, run_cli
+from tests.support.cli import run_cli
 from tests.support.cluster import (
+    FAST_RETRIES,
     VM,
     AudioSet,
     Cluster,
@@ -33,9 +34,9 @@ from tests.support.cluster import (
     kill_pids,
     make_audio,
     spread_durations,
-    wait_for,
     write_endpoints,
 )
+from tests.support.poll import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(200)]
 
@@ -128,6 +129,7 @@ def test_vm_sigkilled_another_takes_over(cluster: Cluster) -> None:
 
 
 def test_redis_restarted_mid_batch(cluster: Cluster) -> None:
+    cluster.worker_env = dict(FAST_RETRIES)  # the one scenario on the shipped lease settings
     scenario = start(cluster)
     producer = cluster.submit_process(scenario.audio.folder, "--wait")  # a producer waiting throughout
     batch = _announced_batch(producer)
@@ -207,21 +209,13 @@ CHURN = [  # (endpoint, concurrency) sets cycled every 2 s: additions, removals,
 ]
 
 
-def has_endpoints_apply() -> bool:
-    """`batchscribe endpoints apply FILE` (issue 4 §4) exists once the hot-swap work lands."""
-    result = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=30)
-    return any(line.split()[:1] == ["endpoints"] for line in result.stdout.splitlines())
-
-
 def test_hot_swap_churn(cluster: Cluster) -> None:
     scenario = start(cluster, names=("a", "b", "c", "d"))
     ports = {e.name: e.port for e in scenario.endpoints}
-    via_cli = has_endpoints_apply()
 
     def rewrite(tick: int) -> None:
         wanted = [EndpointSpec(n, ports[n], c) for n, c in CHURN[(tick + 1) % len(CHURN)]]
-        path = write_endpoints(scenario.config if not (via_cli and tick % 2) else cluster.tmp / "apply.yaml",
-                               wanted)
+        path = write_endpoints(scenario.config if not tick % 2 else cluster.tmp / "apply.yaml", wanted)
         if path != scenario.config:
             result = run_cli("endpoints", "apply", str(path), broker=cluster.redis.url, timeout=30)
             assert result.returncode == 0, result.stderr
