@@ -98,10 +98,14 @@ def unpack_result(blob: bytes) -> dict[str, Any]:
 
 
 def as_text(value: bytes | str | None) -> str:
-    """One Redis reply value as text. Our client returns bytes (no decode_responses); None → ""."""
+    """One Redis reply value as text. Our client returns bytes (no decode_responses); None → "".
+
+    Bytes that are not UTF-8 (a file name's, see `common.names`) come back as the lone surrogates
+    they were stored from, so a name survives the round trip exactly.
+    """
     if value is None:
         return ""
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def text_dict(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
@@ -135,7 +139,8 @@ class StateStore:
     def connect(cls, settings: Settings, check: bool = True) -> StateStore:
         """Connect and (by default) prove Redis answers, with a message a user understands."""
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                      health_check_interval=15, retry_on_timeout=True)
+                                      health_check_interval=15, retry_on_timeout=True,
+                                      encoding_errors="surrogateescape")  # file names: `as_text`
         store = cls(client, Keys(settings.key_prefix))
         if check:
             store.ping(settings.redis_url)
