@@ -25,6 +25,10 @@ class Keys:
         """Set of file indexes of a batch that failed."""
         return f"{self.prefix}:batch:{batch_id}:failed"
 
+    def output_claims(self) -> str:
+        """Hash: digest of an output path -> the batch writing it (released when that batch completes)."""
+        return f"{self.prefix}:outputs"
+
     def job(self, job_key: str) -> str:
         """Hash: one unit of engine work = content hash + result-changing options (dedupe)."""
         return f"{self.prefix}:job:{job_key}"

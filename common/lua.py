@@ -251,3 +251,47 @@ for i = 3, #ARGV do
 end
 return 1
 """
+
+# ARGV: prefix, batch_id, then (output digest, input tag) pairs; tags are 16 bytes. A claim's
+# value is the input tag followed by the batch id. All or nothing: if a batch that is still running
+# (done + failed < total) holds an output for another input, nothing is written and the reply lists
+# {position (1-based), other batch, ...} of each clash; else every output is claimed, reply {}.
+# The same input submitted again (a re-run after Ctrl-C) takes its output over; a claim of a
+# finished or vanished batch is stale and taken over too.
+CLAIM_OUTPUTS = r"""
+local prefix, bid = ARGV[1], ARGV[2]
+local hkey = prefix .. ":outputs"
+local live = {}
+local function running(other)
+  if live[other] == nil then
+    local b = redis.call("HMGET", prefix .. ":batch:" .. other, "total", "n_done", "n_failed")
+    live[other] = (b[1] and tonumber(b[2] or 0) + tonumber(b[3] or 0) < tonumber(b[1])) or false
+  end
+  return live[other]
+end
+local clashes, position = {}, 0
+for i = 3, #ARGV, 2 do
+  position = position + 1
+  local held = redis.call("HGET", hkey, ARGV[i])
+  if held and string.sub(held, 1, 16) ~= ARGV[i + 1] then
+    local other = string.sub(held, 17)
+    if other ~= bid and running(other) then
+      clashes[#clashes + 1] = tostring(position)
+      clashes[#clashes + 1] = other
+    end
+  end
+end
+if #clashes > 0 then return clashes end
+for i = 3, #ARGV, 2 do redis.call("HSET", hkey, ARGV[i], ARGV[i + 1] .. bid) end
+return clashes
+"""
+
+# ARGV: prefix, batch_id, then output digests: drop the claims this batch still holds.
+RELEASE_OUTPUTS = r"""
+local hkey = ARGV[1] .. ":outputs"
+for i = 3, #ARGV do
+  local held = redis.call("HGET", hkey, ARGV[i])
+  if held and string.sub(held, 17) == ARGV[2] then redis.call("HDEL", hkey, ARGV[i]) end
+end
+return 1
+"""

@@ -4,9 +4,10 @@
 the common case, is read from its RIFF header in Python with no process start; every other format
 asks `ffprobe`. Problems become `PermanentError` / `AudioError` with a reason a user can act on.
 
-A truncated WAV (the header promises more samples than the file holds: a recorder that died, a
-copy cut short) is not an error here: ffmpeg decodes what is there, so its duration is what the
-file really holds, and `WavInfo.warning` says what the header claimed.
+A truncated file (the header promises more audio than the file holds: a recorder that died, a
+copy cut short) is refused, whatever its format: the producer reads a WAV's header at submit
+(`probe_duration(strict=True)`); the worker compares what any file decodes to with what its header
+states (`stated_duration`, `worker.audio.prepare`). Both say `truncation(...)` + `CUT_SHORT_HINT`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ VIDEO_EXTENSIONS = frozenset({
 })
 MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
 
+CUT_SHORT_HINT = " (still being copied? fix it and use retry-failed)"
 PROBE_TIMEOUT = 30.0  # seconds; ffprobe reads headers only, so this is generous even on NFS
 _STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes written by recorders that never came back to fix them
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
@@ -45,9 +47,21 @@ _MAGICS = (  # what a file that is not RIFF WAV really is, for ffprobe or for th
 )
 
 
+def truncation(kind: str, stated: float, held: float) -> str:
+    """How a file cut short is described, by the WAV header check and by the worker's decode check."""
+    return f"truncated {kind}: header says {stated:.1f} s, file holds {held:.1f} s"
+
+
 def is_media(path: str | os.PathLike[str]) -> bool:
     """Whether a discovered file is worth submitting, by extension (case-insensitive)."""
     return Path(path).suffix.lower().lstrip(".") in MEDIA_EXTENSIONS
+
+
+def not_found_reason(path: str | os.PathLike[str], since: str) -> str:
+    """Why a file that was listed cannot be found: a dangling symlink is not a deleted file."""
+    if os.path.islink(path):
+        return "broken symlink (its target does not exist)"
+    return f"file not found (deleted after it was {since}?)"
 
 
 def check_file(path: str | os.PathLike[str]) -> int:
@@ -59,7 +73,7 @@ def check_file(path: str | os.PathLike[str]) -> int:
     try:
         st = p.stat()
     except FileNotFoundError as exc:
-        raise PermanentError("file not found (deleted after it was submitted?)") from exc
+        raise PermanentError(not_found_reason(p, "submitted")) from exc
     except PermissionError as exc:
         raise PermanentError("cannot read file: permission denied") from exc
     except OSError as exc:
@@ -113,11 +127,15 @@ class WavInfo:
         return self.declared_size not in _STREAMING_SIZES and self.declared_size > self.data_size
 
     @property
+    def declared_duration(self) -> float | None:
+        """What the header says, None for a streaming header (no size written)."""
+        return None if self.declared_size in _STREAMING_SIZES else self._seconds(self.declared_size)
+
+    @property
     def warning(self) -> str | None:
         if not self.truncated:
             return None
-        declared = self._seconds(self.declared_size)
-        return f"truncated WAV: header says {declared:.1f} s, file holds {self.duration:.1f} s"
+        return truncation("WAV", self._seconds(self.declared_size), self.duration)
 
     def is_canonical(self, sample_rate: int = 16000) -> bool:
         """16-bit PCM mono at `sample_rate`, header only fmt + data, nothing after the data."""
@@ -139,7 +157,7 @@ def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT,
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         info = read_wav_header(path, size)
         if strict and info.warning:
-            raise AudioError(f"{info.warning} (still being copied? fix it and use retry-failed)")
+            raise AudioError(info.warning + CUT_SHORT_HINT)
         if info.exact:
             return info.duration
     if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head) is None:
@@ -158,7 +176,7 @@ def probe_duration_from_head(path: str | os.PathLike[str], head: bytes, size: in
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         info = parse_wav_header(head, size) or read_wav_header(path, size)
         if strict and info.warning:
-            raise AudioError(f"{info.warning} (still being copied? fix it and use retry-failed)")
+            raise AudioError(info.warning + CUT_SHORT_HINT)
         if info.exact:
             return info.duration
     if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head[:12]) is None:
@@ -267,6 +285,27 @@ def ffprobe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOU
     return durations[0]
 
 
+def stated_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT) -> float | None:
+    """How long the header says the first audio stream lasts (the one the worker decodes).
+
+    None when it does not say: a streaming WAV header, a stream without a duration of its own
+    (the container's may include a longer video), or a duration ffmpeg only estimated from the
+    file's size and bit rate (an MP3 without a Xing header: a cut file looks whole, a VBR one
+    looks longer than it is).
+    """
+    with Path(path).open("rb") as fh:
+        head = fh.read(12)
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return read_wav_header(path).declared_duration
+    done = _run(["ffprobe", "-v", "warning", "-select_streams", "a:0", "-of", "json",
+                 "-show_entries", "stream=duration", media_arg(path)], timeout, path)
+    if "Estimating duration from bitrate" in done.stderr:
+        return None
+    streams = json.loads(done.stdout or "{}").get("streams") or [{}]
+    stated = streams[0].get("duration")
+    return None if stated in (None, "", "N/A") else float(stated)
+
+
 def media_arg(path: str | os.PathLike[str]) -> str:
     """How ffmpeg/ffprobe are given a local file: `file:` so names like `-x.wav` or `a:b.mp3` are safe."""
     return "file:" + os.path.abspath(path)
@@ -274,6 +313,12 @@ def media_arg(path: str | os.PathLike[str]) -> str:
 
 def run_tool(cmd: Sequence[str], timeout: float, source: str | os.PathLike[str] | None = None) -> str:
     """Run ffmpeg/ffprobe on `source`; failures become AudioError with the tool's own last words."""
+    return _run(cmd, timeout, source).stdout
+
+
+def _run(cmd: Sequence[str], timeout: float, source: str | os.PathLike[str] | None
+         ) -> subprocess.CompletedProcess[str]:
+    """`run_tool`, keeping stderr (warnings) of a run that succeeded."""
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=True, text=True,
                               errors="replace", stdin=subprocess.DEVNULL)
@@ -283,7 +328,7 @@ def run_tool(cmd: Sequence[str], timeout: float, source: str | os.PathLike[str] 
         raise AudioError(f"cannot decode: {cmd[0]} gave up after {timeout:.0f} s") from exc
     except subprocess.CalledProcessError as exc:
         raise AudioError(_failure_reason(exc.stderr or "", source)) from exc
-    return done.stdout
+    return done
 
 
 def _failure_reason(stderr: str, source: str | os.PathLike[str] | None) -> str:

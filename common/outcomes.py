@@ -14,7 +14,7 @@ from typing import Any
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.output import failure_document, success_document, write_document
 from batchscribe.common.state import StateStore, as_text, target_id
-from batchscribe.common.summary import write_summary
+from batchscribe.common.summary import complete_batch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _settle(store: StateStore, record: FileRecord, document: dict[str, Any], sta
         state, fields = FileState.FAILED, {"error_class": "permanent",
                                            "reason": f"cannot write output {record.output}: {exc}"}
     if store.settle_file(target, state, job_key, **fields):
-        path = write_summary(store, record.batch_id)
+        path = complete_batch(store, record.batch_id)
         log.info("batch %s complete; summary at %s", record.batch_id, path)
 
 

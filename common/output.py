@@ -19,29 +19,33 @@ import copy
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 from batchscribe.common.models import FileRecord
+from batchscribe.common.names import output_name
 
 TICKS = 10_000_000
+TEMP_PREFIX = ".bs-"  # hidden temp files of `write_atomic`: `.bs-<random>.tmp`
 _PUNCT = re.compile(r"[^\w\s']+")
 
 
 def output_path(out_dir: str | Path, rel: str) -> Path:
-    """``sub/dir/call.wav`` → ``OUT/sub/dir/call_wav.json`` (batch-processing-kit's naming)."""
+    """``sub/dir/call.wav`` → ``OUT/sub/dir/call_wav.json`` (`common.names.output_name`)."""
     rel_path = Path(rel)
-    stem, ext = rel_path.stem, rel_path.suffix.lstrip(".")
-    name = f"{stem}_{ext}.json" if ext else f"{stem}.json"
-    return Path(out_dir) / rel_path.parent / name
+    return Path(out_dir) / rel_path.parent / output_name(rel_path.name)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file."""
+    """Temp file in the same folder, fsync, rename: readers never see half a file.
+
+    The temp file has a short name of its own (a long output name plus a suffix would not fit in
+    255 bytes) and is created with the process umask like any other file (`mkstemp` makes 0600).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = _create_temp(target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -49,12 +53,27 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def _create_temp(folder: Path) -> tuple[int, Path]:
+    """A new hidden `.bs-<random>.tmp` in `folder`, opened for writing (O_EXCL: never an existing file
+    or a planted symlink)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    write_atomic(path, (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """UTF-8 JSON; a name byte that is not UTF-8 (a lone surrogate, see `common.names`) is written as
+    the JSON escape ``\\udcXX``, which `json.load` reads back to the same name."""
+    text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _with_seconds(entry: dict[str, Any], shift: int = 0) -> dict[str, Any]:

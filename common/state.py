@@ -20,7 +20,9 @@ replicated primary), not Redis Cluster.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,10 +36,12 @@ from batchscribe.common.keys import Keys
 from batchscribe.common.lua import (
     CLAIM,
     CLAIM_DUE,
+    CLAIM_OUTPUTS,
     EXTEND,
     FINISH,
     PUBLISHED,
     RELEASE,
+    RELEASE_OUTPUTS,
     REQUEUE,
     SETTLE,
     START,
@@ -89,6 +93,11 @@ def split_target(target: str) -> tuple[str, int]:
     return batch_id, int(index)
 
 
+def _path_digest(path: str) -> bytes:
+    """A path as an output claim's field or input tag: 16 bytes whatever its length (file-system bytes)."""
+    return hashlib.sha256(os.fsencode(path)).digest()[:16]
+
+
 def pack_result(result: dict[str, Any]) -> bytes:
     return zlib.compress(json.dumps(result, separators=(",", ":")).encode(), 6)
 
@@ -98,10 +107,14 @@ def unpack_result(blob: bytes) -> dict[str, Any]:
 
 
 def as_text(value: bytes | str | None) -> str:
-    """One Redis reply value as text. Our client returns bytes (no decode_responses); None → ""."""
+    """One Redis reply value as text. Our client returns bytes (no decode_responses); None → "".
+
+    Bytes that are not UTF-8 (a file name's, see `common.names`) come back as the lone surrogates
+    they were stored from, so a name survives the round trip exactly.
+    """
     if value is None:
         return ""
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def text_dict(raw: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
@@ -129,13 +142,15 @@ class StateStore:
         self._scripts = {name: client.register_script(src) for name, src in (
             ("claim", CLAIM), ("published", PUBLISHED), ("start", START),
             ("requeue", REQUEUE), ("finish", FINISH), ("settle", SETTLE), ("extend", EXTEND),
-            ("claim_due", CLAIM_DUE), ("release", RELEASE))}
+            ("claim_due", CLAIM_DUE), ("release", RELEASE), ("claim_outputs", CLAIM_OUTPUTS),
+            ("release_outputs", RELEASE_OUTPUTS))}
 
     @classmethod
     def connect(cls, settings: Settings, check: bool = True) -> StateStore:
         """Connect and (by default) prove Redis answers, with a message a user understands."""
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30,
-                                      health_check_interval=15, retry_on_timeout=True)
+                                      health_check_interval=15, retry_on_timeout=True,
+                                      encoding_errors="surrogateescape")  # file names: `as_text`
         store = cls(client, Keys(settings.key_prefix))
         if check:
             store.ping(settings.redis_url)
@@ -174,6 +189,17 @@ class StateStore:
                 pipe.execute()
         pipe.execute()
 
+    def drop_batch(self, batch_id: str, size: int) -> None:
+        """Remove a batch refused before anything of it was queued: header, records, its place in the list."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.batches(), batch_id)
+        pipe.delete(self.keys.batch(batch_id), self.keys.failed(batch_id))
+        for index in range(size):
+            pipe.delete(self.keys.file(batch_id, index))
+            if index % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+
     def batch(self, batch_id: str) -> dict[str, str]:
         return text_dict(self.redis.hgetall(self.keys.batch(batch_id)))
 
@@ -205,6 +231,39 @@ class StateStore:
         for k, v in fields.items():
             pairs += [k, f"{v:.3f}" if isinstance(v, float) else str(v)]
         return bool(self._scripts["settle"](args=[self.prefix, target, state.value, job_key, *pairs]))
+
+    # ---- output claims: no two running batches write one file ------------------------
+
+    def claim_outputs(self, batch_id: str, outputs: Sequence[tuple[str, str]],
+                      chunk: int = 5000) -> list[tuple[str, str]]:
+        """Claim each (output path, input path) for `batch_id`; returns the clashes (output, batch
+        holding it for another input).
+
+        A clash means a batch that is still running writes that file for another input: then this
+        batch keeps no claim (each chunk's script is all-or-nothing; earlier chunks are released,
+        and an output taken over from a batch with the same input is left unclaimed by that). The
+        same input submitted again takes its output over. A claim is one field of one hash (16-byte
+        digest → 16-byte input tag + batch id, ~120 bytes) until `release_outputs`; a completed
+        batch's leftover claims are stale and simply taken over.
+        """
+        digests = [_path_digest(o) for o, _ in outputs]
+        pairs = [x for (_, path), digest in zip(outputs, digests) for x in (digest, _path_digest(path))]
+        for start in range(0, len(digests), chunk):
+            reply = [as_text(x) for x in self._scripts["claim_outputs"](
+                args=[self.prefix, batch_id, *pairs[2 * start:2 * (start + chunk)]])]
+            if reply:
+                self._release_digests(batch_id, digests[:start], chunk)
+                return [(outputs[start + int(pos) - 1][0], other)
+                        for pos, other in zip(reply[0::2], reply[1::2])]
+        return []
+
+    def release_outputs(self, batch_id: str, outputs: Sequence[str], chunk: int = 5000) -> None:
+        """Drop the claims `batch_id` still holds on these output paths (it completed)."""
+        self._release_digests(batch_id, [_path_digest(o) for o in outputs], chunk)
+
+    def _release_digests(self, batch_id: str, digests: Sequence[bytes], chunk: int) -> None:
+        for start in range(0, len(digests), chunk):
+            self._scripts["release_outputs"](args=[self.prefix, batch_id, *digests[start:start + chunk]])
 
     # ---- jobs (dedupe) -----------------------------------------------------------------
 

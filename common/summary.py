@@ -33,6 +33,7 @@ def build_summary(header: dict[str, str], records: list[FileRecord]) -> dict[str
             "failed": len(failed),
             "failed_by_class": by_class,
             "skipped_not_media": int(header.get("skipped", 0) or 0),
+            "skipped_symlinked_folders": int(header.get("links", 0) or 0),
             "audio_seconds": round(audio_done, 3),
             "wall_seconds": round(wall, 3),
             "speed_x_realtime": round(audio_done / wall, 3),
@@ -49,11 +50,16 @@ def build_summary(header: dict[str, str], records: list[FileRecord]) -> dict[str
     }
 
 
-def write_summary(store: StateStore, batch_id: str) -> Path | None:
+def complete_batch(store: StateStore, batch_id: str) -> Path | None:
+    """The batch's last file settled: write `run_summary.json`, then release its output claims
+    (`StateStore.claim_outputs`) so that later batches may write those files."""
     header = store.batch(batch_id)
-    if not header or not header.get("out"):
+    if not header:
         return None
     records = store.files(batch_id, range(int(header.get("total", 0))))
-    path = Path(header["out"]) / SUMMARY_NAME
-    write_json_atomic(path, build_summary(header, records))
+    path = None
+    if header.get("out"):
+        path = Path(header["out"]) / SUMMARY_NAME
+        write_json_atomic(path, build_summary(header, records))
+    store.release_outputs(batch_id, [r.output for r in records])
     return path

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from batchscribe.common.errors import ProcessingError
-from batchscribe.common.media import probe_duration_from_head
+from batchscribe.common.media import not_found_reason, probe_duration_from_head
 from batchscribe.common.state import StateStore
 
 CHUNK = 1 << 20
@@ -65,7 +65,7 @@ def _stat(path: str) -> tuple[os.stat_result | None, str]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return None, "file not found (deleted after it was listed?)"
+        return None, not_found_reason(path, "listed")
     except OSError as exc:
         return None, f"cannot read file: {exc.strerror or exc}"
     if not stat.S_ISREG(st.st_mode):

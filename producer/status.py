@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord
+from batchscribe.common.names import printable
 from batchscribe.common.state import StateStore, as_text
 
 SHOW_FAILURES = 20
+SHOW_LINKS = 5  # symlinked folders named on one line
 
 
 @dataclass
@@ -68,8 +70,8 @@ def render_status(view: BatchView) -> str:
     speed = view.audio_done / view.elapsed
     lines = [
         f"batch    {view.batch_id}   ({'complete' if view.complete else 'in progress'})",
-        f"input    {view.header.get('input', '')}",
-        f"output   {view.header.get('out', '')}",
+        f"input    {printable(view.header.get('input', ''))}",
+        f"output   {printable(view.header.get('out', ''))}",
         "",
         f"{'files':<10}{'total':>8}{'queued':>8}{'running':>9}{'retrying':>10}{'done':>8}{'failed':>8}",
         f"{'':<10}{view.total:>8}{c.get('queued', 0):>8}{c.get('running', 0):>9}"
@@ -81,8 +83,19 @@ def render_status(view: BatchView) -> str:
     skipped = int(view.header.get("skipped", 0) or 0)
     if skipped:
         lines.append(f"skipped  {skipped} file(s) that are not audio or video")
+    links = int(view.header.get("links", 0) or 0)
+    if links:
+        listed = json.loads(view.header.get("link_list") or "[]")
+        lines.append(f"skipped  {links_note(listed, links)}")
     lines += render_failures(view)
     return "\n".join(lines)
+
+
+def links_note(listed: list[str], total: int) -> str:
+    """``2 symlinked folder(s) not followed: a, b`` (the first few named, printable)."""
+    names = ", ".join(printable(p) for p in listed[:SHOW_LINKS])
+    more = f" and {total - SHOW_LINKS} more" if total > SHOW_LINKS else ""
+    return f"{total} symlinked folder(s) not followed: {names}{more}"
 
 
 def render_failures(view: BatchView) -> list[str]:
@@ -92,7 +105,7 @@ def render_failures(view: BatchView) -> list[str]:
     for cls, records in sorted(view.failures.items()):
         lines.append(f"  {cls} ({len(records)}):")
         for record in records[:SHOW_FAILURES]:
-            lines.append(f"    {record.path}: {record.reason}")
+            lines.append(f"    {printable(record.path)}: {printable(record.reason)}")
         if len(records) > SHOW_FAILURES:
             lines.append(f"    … and {len(records) - SHOW_FAILURES} more (see run_summary.json)")
     return lines
@@ -106,7 +119,7 @@ def render_recent(store: StateStore, limit: int = 10) -> str:
     for batch_id in ids:
         view = load_view(store, batch_id, with_failures=False)
         rows.append(f"{batch_id:<26}{view.total:>8}{view.counts.get('done', 0):>8}"
-                    f"{view.counts.get('failed', 0):>8}  {view.header.get('input', '')}")
+                    f"{view.counts.get('failed', 0):>8}  {printable(view.header.get('input', ''))}")
     return "\n".join(rows)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions, job_key
+from batchscribe.common.names import printable
 from batchscribe.common.outcomes import deliver_failure, deliver_success
 from batchscribe.common.output import output_path
 from batchscribe.common.publish import Publisher, TaskSpec
@@ -30,6 +31,7 @@ from batchscribe.producer.discover import discover
 from batchscribe.producer.fingerprint import fingerprint_files
 
 log = logging.getLogger(__name__)
+KEEP_LINKS = 20  # symlinked folders listed in the batch header (all are counted)
 
 
 @dataclass
@@ -37,11 +39,37 @@ class SubmitReport:
     batch_id: str
     files: int = 0
     published: int = 0  # new engine work (one task per unique content)
-    attached: int = 0  # same content already queued or running elsewhere
+    duplicates: int = 0  # same content as an earlier input of this batch: that one's job serves it too
+    attached: int = 0  # same content already queued or running for another batch or producer
     cached: int = 0  # already transcribed: output written from the cache, no engine call
     failed_now: int = 0  # unusable inputs, failed at submit with a reason
     skipped: list[str] = field(default_factory=list)  # not media
+    links: list[str] = field(default_factory=list)  # symlinked folders, not followed
     seconds: float = 0.0
+
+
+def unique_outputs(out: Path, files: Sequence[tuple[str, str]]) -> list[str]:
+    """Each input's output path; two inputs that would share one refuse the batch, naming both.
+
+    Discovery makes them distinct (`producer.discover`); this is the guarantee, before anything is
+    written or queued.
+    """
+    outputs = [str(output_path(out, rel)) for _, rel in files]
+    owner: dict[str, str] = {}
+    for (path, _), output in zip(files, outputs):
+        other = owner.setdefault(output, path)
+        if other != path:
+            raise InputError(f"{other} and {path} would both be written to {output}; "
+                             "submit them in separate batches or to separate --out folders")
+    return outputs
+
+
+def output_clash(clashes: Sequence[tuple[str, str]]) -> InputError:
+    """The refusal when outputs are being written by another running batch (`StateStore.claim_outputs`)."""
+    output, other = clashes[0]
+    more = f" (and {len(clashes) - 1} more of its outputs)" if len(clashes) > 1 else ""
+    return InputError(f"{output} is being written by batch {other}, which is still running{more}; "
+                      f"wait for it (batchscribe status {other}) or choose another --out")
 
 
 def new_batch_id() -> str:
@@ -60,17 +88,22 @@ class Submitter:
         began = time.monotonic()
         out = Path(out_dir).expanduser().resolve()
         found = discover(inputs, exclude=[out])
-        report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped)
+        report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped, links=found.links)
+        outputs = unique_outputs(out, found.files)
         prints = fingerprint_files([p for p, _ in found.files], self.store)
-        records = [FileRecord(batch_id=report.batch_id, index=i, path=path, rel=rel,
-                              output=str(output_path(out, rel)), sha256=fp.sha256, size=fp.size,
-                              duration=fp.duration, queued_at=time.time(),
+        records = [FileRecord(batch_id=report.batch_id, index=i, path=path, rel=rel, output=output,
+                              sha256=fp.sha256, size=fp.size, duration=fp.duration, queued_at=time.time(),
                               job=job_key(fp.sha256, options) if not fp.error else "")
-                   for i, ((path, rel), fp) in enumerate(zip(found.files, prints))]
+                   for i, ((path, rel), output, fp) in enumerate(zip(found.files, outputs, prints))]
         report.files = len(records)
         header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
-                  "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner}
+                  "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner,
+                  "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS]}
         self.store.create_batch(report.batch_id, header, records)
+        clashes = self.store.claim_outputs(report.batch_id, [(r.output, r.path) for r in records])
+        if clashes:  # refused before anything was written or queued: leave no trace
+            self.store.drop_batch(report.batch_id, len(records))
+            raise output_clash(clashes)
 
         bad = [(r, fp.error) for r, fp in zip(records, prints) if fp.error]
         for record, reason in bad:
@@ -91,6 +124,9 @@ class Submitter:
         records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
                    if error_class is None or r.error_class == error_class]
         report = SubmitReport(batch_id=batch_id, files=len(records))
+        clashes = self.store.claim_outputs(batch_id, [(r.output, r.path) for r in records])
+        if clashes:
+            raise output_clash(clashes)
         prints = fingerprint_files([r.path for r in records], self.store)
         good: list[FileRecord] = []
         for record, fp in zip(records, prints):
@@ -111,9 +147,18 @@ class Submitter:
                            report: SubmitReport) -> None:
         verdicts = self.store.claim([(r.job, target_id(r.batch_id, r.index), r.duration) for r in records],
                                     self.owner, self.claim_ttl)
-        claimed = [r for r, v in zip(records, verdicts) if v == "claimed"]
-        attached = [r for r, v in zip(records, verdicts) if v == "attached"]
-        cached = [r for r, v in zip(records, verdicts) if v == "done"]
+        claimed, attached, cached = [], [], []
+        seen: set[str] = set()
+        for record, verdict in zip(records, verdicts):
+            if verdict == "claimed":
+                claimed.append(record)
+            elif verdict == "done":
+                cached.append(record)
+            elif record.job in seen:  # the job of an earlier input of this batch delivers it
+                report.duplicates += 1
+            else:
+                attached.append(record)
+            seen.add(record.job)
         self._publish(claimed, options)
         report.published += len(claimed)
         self._deliver_cached(cached)
@@ -157,7 +202,7 @@ class Submitter:
 
     def _take_over(self, record: FileRecord, options: TranscriptionOptions, report: SubmitReport,
                    pending: dict[str, FileRecord]) -> None:
-        log.warning("claim on %s expired (its producer died?); taking it over", record.path)
+        log.warning("claim on %s expired (its producer died?); taking it over", printable(record.path))
         verdict = self.store.claim([(record.job, target_id(record.batch_id, record.index), record.duration)],
                                    self.owner, self.claim_ttl)[0]
         if verdict == "claimed":

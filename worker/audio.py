@@ -1,7 +1,9 @@
 """Turn any input media into what every engine accepts: 16 kHz mono 16-bit PCM WAV in the workdir.
 
 One ffmpeg call does it (`run_ffmpeg`, also used by media conversion); the duration engines and
-outputs report is read back from the WAV ffmpeg wrote, never trusted from the input's header.
+outputs report is read back from the WAV ffmpeg wrote, never trusted from the input's header. What
+the header states is only used to refuse a file that decodes to well under it: a truncated MP3 or
+M4A (a copy still running) fails like a truncated WAV instead of giving half a transcript.
 An input that already is canonical 16 kHz mono PCM skips ffmpeg: it is hard-linked (or copied
 across file systems) so the caller may delete the workdir without touching the input.
 """
@@ -15,7 +17,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from batchscribe.common.errors import AudioError
-from batchscribe.common.media import check_file, media_arg, read_wav_header, run_tool
+from batchscribe.common.media import (
+    CUT_SHORT_HINT,
+    check_file,
+    media_arg,
+    read_wav_header,
+    run_tool,
+    stated_duration,
+    truncation,
+)
 from batchscribe.worker.engines.base import PreparedAudio
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,9 @@ SAMPLE_RATE = 16000
 # (e.g. a stalled network mount) or a pathological file, scaled to the input's size.
 TIMEOUT_FLOOR = 60.0  # seconds
 TIMEOUT_PER_MB = 2.0  # seconds per megabyte of input
+# Decoded audio this much shorter than the header states means the file was cut short (encoder
+# delay and padding make whole files differ by tens of milliseconds).
+SHORTFALL_SECONDS, SHORTFALL_FRACTION = 0.5, 0.02
 _NORMALISE = ("-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1", "-ar", str(SAMPLE_RATE),
               "-c:a", "pcm_s16le", "-map_metadata", "-1", "-fflags", "+bitexact",
               "-flags:a", "+bitexact", "-f", "wav")
@@ -37,12 +50,25 @@ def prepare(path: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Pr
     out = Path(workdir) / "audio.wav"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)  # it may be a hard link to an earlier input: never write through it
+    stated = None
     if not _link_if_canonical(source, out):
         run_ffmpeg(normalise_args(source, out), ffmpeg_timeout(size), source)
+        stated = _stated(source)
     info = read_wav_header(out)
     if info.data_size < 2:
         raise AudioError("no audio: the file decodes to zero samples")
+    if stated is not None and info.duration < stated - max(SHORTFALL_SECONDS, SHORTFALL_FRACTION * stated):
+        kind = source.suffix.lstrip(".").upper() or "file"
+        raise AudioError(truncation(kind, stated, info.duration) + CUT_SHORT_HINT)
     return PreparedAudio(path=out, duration=info.duration, sample_rate=SAMPLE_RATE)
+
+
+def _stated(source: Path) -> float | None:
+    """The header's duration; None when it states none, or when only ffmpeg could read the file."""
+    try:
+        return stated_duration(source)
+    except AudioError:
+        return None
 
 
 def normalise_args(source: Path, out: Path) -> list[str]:

@@ -31,6 +31,7 @@ import redis
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import ErrorClass, PermanentError, ProcessingError, TransientError
 from batchscribe.common.models import FileRecord, TranscriptionOptions
+from batchscribe.common.names import printable
 from batchscribe.common.outcomes import deliver_failure, deliver_success, records_for
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import pool_queue
@@ -280,5 +281,5 @@ class JobRunner:
                  "endpoint": self.endpoint.name, "outcome": outcome}
         entry.update({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in fields.items()})
         self.store.log_event(**entry)
-        log.info("%s %s on %s: %s %s", outcome, path, self.endpoint.name,
-                 fields.get("error_class", ""), fields.get("reason", ""))
+        log.info("%s %s on %s: %s %s", outcome, printable(path), self.endpoint.name,
+                 fields.get("error_class", ""), printable(str(fields.get("reason", ""))))

@@ -15,13 +15,14 @@ import click
 
 from batchscribe.common.errors import BatchscribeError, StateError
 from batchscribe.common.models import PROFANITY_MODES, TranscriptionOptions
+from batchscribe.common.names import printable
 from batchscribe.common.settings import Settings
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_REDIS = 0, 1, 2, 3
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.secho(f"error: {message}", fg="red", err=True)
+    click.secho(f"error: {printable(message)}", fg="red", err=True)
     sys.exit(code)
 
 

@@ -19,11 +19,13 @@ from batchscribe.cli.base import (
 )
 from batchscribe.common.celery_app import make_app
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.names import printable
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.status import (
+    links_note,
     load_view,
     render_endpoints,
     render_failures,
@@ -43,15 +45,16 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Tr
     store = StateStore.connect(settings)
     report = submitter_for(settings, store).submit(
         inputs, out, opts, formats=["json", "txt"] if txt else ["json"], batch_id=batch_id)
+    links = f", {links_note(report.links, len(report.links))}" if report.links else ""
     click.echo(f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
-               f"{report.attached} already in progress elsewhere, {report.cached} from cache, "
-               f"{report.failed_now} unusable; {len(report.skipped)} skipped (not audio/video) "
-               f"[{report.seconds:.1f}s]", err=True)
+               f"{report.duplicates} duplicate(s), {report.attached} already in progress elsewhere, "
+               f"{report.cached} from cache, {report.failed_now} unusable; {len(report.skipped)} skipped "
+               f"(not audio/video){links} [{report.seconds:.1f}s]", err=True)
     if not wait:
         click.echo(report.batch_id)
         return 0
     code = follow(store, report.batch_id)
-    click.echo(f"outputs in {Path(out).resolve()} (summary: run_summary.json)", err=True)
+    click.echo(f"outputs in {printable(str(Path(out).resolve()))} (summary: run_summary.json)", err=True)
     return code
 
 
@@ -116,7 +119,8 @@ def log_cmd(follow_log: bool, last: int, broker: str | None) -> None:
 def _print_event(e: dict[str, str]) -> None:
     ts = time.strftime("%H:%M:%S", time.localtime(float(e.get("ts", 0))))
     extra = f" [{e['error_class']}] {e.get('reason', '')}" if e.get("error_class") else ""
-    click.echo(f"{ts} {e.get('outcome', ''):<7} {e.get('endpoint', ''):<12} {e.get('file', '')}{extra}")
+    line = f"{ts} {e.get('outcome', ''):<7} {e.get('endpoint', ''):<12} {e.get('file', '')}{extra}"
+    click.echo(printable(line))
 
 
 @click.command("retry-failed")

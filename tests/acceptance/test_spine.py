@@ -106,7 +106,7 @@ def test_dedupe_same_bytes_other_names_and_resubmission(tmp_path: Path, redis_se
     out = tmp_path / "out"
     first = run_cli("submit", str(inputs), "--out", str(out), "--wait", broker=redis_server.url)
     assert first.returncode == 0, first.stderr
-    assert "3 file(s) — 2 queued, 1 already in progress" in first.stderr
+    assert "3 file(s) — 2 queued, 1 duplicate(s), 0 already in progress elsewhere" in first.stderr
     assert engine_calls(store) == 2
     assert output_of(out, "a.wav")["CombinedResults"] == output_of(out, "copy_of_a.wav")["CombinedResults"]
     assert output_of(out, "copy_of_a.wav")["AudioFileName"] == "copy_of_a.wav"

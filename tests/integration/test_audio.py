@@ -11,12 +11,13 @@ import pytest
 from batchscribe.common.errors import AudioError, PermanentError
 from batchscribe.common.media import probe_duration, read_wav_header
 from batchscribe.worker.audio import prepare, run_ffmpeg
-from tests.support.speech import synthesize, video_with_speech
+from tests.support.speech import CODECS, synthesize, video_with_speech
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("espeak-ng") is None,
                                 reason="needs ffmpeg and espeak-ng")
 
 TEXT = "Please remember to save your work."
+LONG_TEXT = "Thank you for calling. Your order has been shipped and will arrive on Monday."
 FORMATS = [  # name, rate, channels
     ("mono8k.wav", 8000, 1), ("stereo44k.wav", 44100, 2), ("mono48k.wav", 48000, 1),
     ("a.mp3", 22050, 1), ("a.m4a", 16000, 2), ("a.ogg", 24000, 1), ("a.opus", 48000, 1),
@@ -77,13 +78,33 @@ def test_reusing_a_workdir_never_writes_through_a_link_to_an_input(tmp_path: Pat
     assert ready.read_bytes() == original
 
 
-def test_truncated_wav_decodes_what_it_holds(tmp_path: Path) -> None:
+def test_truncated_wav_is_refused_like_any_file_cut_short(tmp_path: Path) -> None:
     source = synthesize(TEXT, tmp_path / "full.wav", rate=16000)
     cut = tmp_path / "cut.wav"
     cut.write_bytes(source.read_bytes()[: 44 + 32000])  # header still promises the whole file
-    prepared = prepare(cut, tmp_path / "work")
-    assert prepared.duration == pytest.approx(1.0, abs=0.01)
-    assert_canonical(prepared.path, 1.0)
+    with pytest.raises(AudioError, match=r"^truncated WAV: header says 2\.\d s, file holds 1\.0 s \(still"):
+        prepare(cut, tmp_path / "work")
+
+
+@pytest.mark.parametrize(("name", "codec", "kind"), [
+    ("cut.mp3", CODECS["mp3"], "MP3"),  # the Xing header states the frame count
+    ("cut.m4a", (*CODECS["m4a"], "-movflags", "+faststart"), "M4A"),  # moov (durations) up front
+])
+def test_truncated_mp3_and_m4a_are_refused(tmp_path: Path, name: str, codec: tuple[str, ...], kind: str) -> None:
+    whole = synthesize(LONG_TEXT, tmp_path / f"whole-{name}", codec=codec)
+    prepare(whole, tmp_path / "work")  # whole: fine (encoder padding is not a shortfall)
+    cut = tmp_path / name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    with pytest.raises(AudioError, match=rf"^truncated {kind}: header says 5\.\d s, file holds 1\.\d s"):
+        prepare(cut, tmp_path / "work")
+
+
+def test_an_estimated_duration_is_no_reason_to_refuse(tmp_path: Path) -> None:
+    """Without a Xing header ffmpeg guesses an MP3's duration from its size: nothing to compare."""
+    whole = synthesize(LONG_TEXT, tmp_path / "noxing.mp3", codec=(*CODECS["mp3"], "-write_xing", "0"))
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    assert prepare(cut, tmp_path / "work").duration == pytest.approx(1.8, abs=0.3)
 
 
 def test_header_only_wav_has_no_audio(tmp_path: Path) -> None:

@@ -375,7 +375,7 @@ def _check_outputs(verdict: Verdict, audio: AudioSet, out: Path) -> None:
     for path, seconds in expected.items():
         if (problem := _check_output(path, seconds)) is not None:
             verdict.problems.append(problem)
-    # A writer SIGKILLed between creating its temp file and renaming it leaves a hidden `.NAME.*.tmp`:
+    # A writer SIGKILLed between creating its temp file and renaming it leaves a hidden `.bs-*.tmp`:
     # never an output (outputs appear only by rename), so it is not counted as one.
     extra = [p for p in out.rglob("*") if p.is_file() and p not in expected and p.name != "run_summary.json"
              and not (p.name.startswith(".") and p.name.endswith(".tmp"))]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 from batchscribe.common.models import FileRecord
@@ -57,3 +59,41 @@ def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
     write_json_atomic(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_outputs_are_created_with_the_process_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"a": 1})
+        os.umask(0o027)
+        write_json_atomic(tmp_path / "b.json", {"b": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp would make 0600
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_an_output_name_near_255_bytes_is_written(tmp_path: Path) -> None:
+    target = output_path(tmp_path, "x" * 240 + ".wav")  # 249 bytes: fits, a long temp name would not
+    assert target.name == "x" * 240 + "_wav.json"
+    write_json_atomic(target, {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_over_long_output_names_are_cut_with_a_hash_of_the_whole_name() -> None:
+    one, two = (output_path("/out", "y" * 250 + end + ".wav").name for end in ("1", "2"))
+    assert one != two and len(one.encode()) == len(two.encode()) == 255
+    assert re.fullmatch(r"y{230,}~[0-9a-f]{12}_wav\.json", one)
+    wide = output_path("/out", "é" * 200 + ".mp3").name  # 400 bytes of stem: cut between characters
+    assert len(wide.encode("utf-8")) <= 255 and wide.endswith("_mp3.json") and wide.startswith("é" * 100)
+
+
+def test_a_name_that_is_not_utf8_is_written_as_valid_json_and_reads_back(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.wav")  # what os.walk gives for a Latin-1 name
+    target = output_path(os.fsdecode(os.fsencode(tmp_path)), name)
+    write_json_atomic(target, {"AudioFileName": name, "Display": "Grüße"})
+    assert os.path.basename(os.fsencode(target)) == b"caf\xe9_wav.json"  # the input's bytes: maps back
+    raw = Path(target).read_bytes()
+    raw.decode("utf-8")  # valid UTF-8 for any JSON reader
+    assert "Grüße" in raw.decode() and "\\udce9" in raw.decode()
+    assert json.loads(raw)["AudioFileName"] == name
