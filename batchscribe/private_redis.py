@@ -1,8 +1,21 @@
-"""A private redis-server on a free port: for `batchscribe run` and for the test fixtures."""
+"""A private redis-server: for `batchscribe run` (on a unix socket) and for the test fixtures (on TCP).
+
+`run`'s Redis holds transcripts and the output path of every file, which its workers write to as
+the user who ran `run`: nobody else may reach it. With `unix_socket=True` it listens on
+`DATA_DIR/redis.sock` only (no TCP port at all), and DATA_DIR is made 0700, so only this user (and
+root) can connect. The test fixtures keep a loopback TCP port (restarts on the same address); both
+go through the same start/stop code.
+
+The server runs in its own session, so a Ctrl-C in the terminal reaches `run` (which stops its
+workers first, then this Redis) and not Redis itself; it also gets SIGTERM if the thread that
+started it dies, so a killed `run` leaves no redis-server behind.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -13,6 +26,14 @@ from types import TracebackType
 import redis
 
 from batchscribe.common.errors import StateError
+from batchscribe.common.processes import die_with_parent
+
+SOCKET_NAME = "redis.sock"
+_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+
+
+def _terminate_with_parent() -> None:
+    die_with_parent(signal.SIGTERM)  # SIGTERM: Redis flushes its AOF and removes its socket
 
 
 def free_port() -> int:
@@ -22,43 +43,76 @@ def free_port() -> int:
 
 
 class PrivateRedis:
-    """redis-server with AOF in its own folder; stop() and start() again keep the data (restarts)."""
+    """redis-server with AOF in its own folder; stop() and start() again keep the data and address."""
 
     def __init__(self, port: int | None = None, data_dir: str | Path | None = None,
-                 appendonly: bool = True) -> None:
-        self.port = port or free_port()
+                 appendonly: bool = True, unix_socket: bool = False) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="batchscribe-redis-"))
+        self.unix_socket = unix_socket
+        self.port = 0 if unix_socket else (port or free_port())
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def socket_path(self) -> Path:
+        return self.data_dir / SOCKET_NAME
+
+    @property
     def url(self) -> str:
+        if self.unix_socket:
+            return f"unix://{self.socket_path}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen_args(self) -> list[str]:
+        if self.unix_socket:
+            return ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        return ["--port", str(self.port), "--bind", "127.0.0.1"]
+
+    def _prepare_dir(self) -> None:
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.unix_socket:
+            os.chmod(self.data_dir, 0o700)  # the socket's only guard: nobody else may enter the folder
+            if len(os.fsencode(self.socket_path)) > _SOCKET_PATH_MAX:
+                raise StateError(f"the private Redis socket path {self.socket_path} is too long for a unix "
+                                 "socket; set TMPDIR to a shorter folder (e.g. /tmp)")
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise StateError("redis-server is not installed (apt-get install redis-server), "
                              "or pass --broker redis://HOST:6379/0 to use a running Redis")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+        self._prepare_dir()
+        args = [binary, *self._listen_args(), "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", str(self.data_dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise StateError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
-            try:
-                if client.ping():
-                    return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise StateError(f"redis-server did not answer on port {self.port} within {timeout:.0f}s")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_terminate_with_parent)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # not answering, or interrupted while waiting: leave nothing running
+            self.stop(kill=True)
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    raise StateError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        where = self.socket_path if self.unix_socket else f"port {self.port}"
+        raise StateError(f"redis-server did not answer on {where} within {timeout:.0f}s")
 
     def stop(self, kill: bool = False) -> None:
         if self.proc is None:
@@ -80,7 +134,11 @@ class PrivateRedis:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> PrivateRedis:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
 from celery import Celery
 
 from batchscribe.common.keys import KOMBU_UNACKED_INDEX
@@ -15,7 +17,7 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
     JSON only; ack after the task ends; requeue when a worker process dies; prefetch 1;
     one visibility timeout for producer and worker; task events on for Flower.
     """
-    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app = Celery(name, broker=kombu_broker_url(settings.redis_url), set_as_current=False)
     transport = {
         # Recovery of a dead consumer's deliveries (docs/design.md §Deliveries, leases and retries):
         # live consumers refresh their deliveries' scores in the unacked index (worker.leases), so
@@ -55,3 +57,30 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def kombu_broker_url(redis_url: str) -> str:
+    """The settings' Redis URL (any form redis-py takes) as kombu spells it.
+
+    redis-py's `unix:///path` (what `run`'s private Redis uses) is kombu's `redis+socket:///path`;
+    query parameters kombu cannot parse move where it looks for them: `?db=N` into the path
+    (`virtual_host=N` for a socket), `?username=`/`?password=` into the userinfo. Flower and
+    `common.publish` read the broker from the app, so they follow.
+    """
+    parts = urlsplit(redis_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    moved = {name: value for name, value in query if name in ("username", "password", "db")}
+    if parts.scheme != "unix" and not moved:
+        return redis_url
+    rest = [(name, value) for name, value in query if name not in moved]
+    netloc, path, scheme = parts.netloc, parts.path, parts.scheme
+    if ("username" in moved or "password" in moved) and "@" not in netloc:
+        user, password = (quote(moved.get(name, ""), safe="") for name in ("username", "password"))
+        netloc = f"{user}:{password}@{netloc}"
+    if scheme == "unix":
+        scheme = "redis+socket"
+        rest += [("virtual_host", moved["db"])] if "db" in moved else []
+    elif "db" in moved:
+        path = f"/{moved['db']}"
+    tail = f"?{urlencode(rest)}" if rest else ""
+    return f"{scheme}://{netloc}{path}{tail}"  # not urlunsplit: it drops '//' before an empty host

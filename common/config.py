@@ -84,6 +84,9 @@ class EndpointSet:
 
     endpoints: tuple[Endpoint, ...]
     source: str = "<defaults>"
+    # Endpoints whose subscription key is written out in the file rather than as $VAR: such a set
+    # may run where the file is, but is never published to Redis (common.registry).
+    literal_secrets: tuple[str, ...] = ()
 
     def __iter__(self) -> Iterator[Endpoint]:
         return iter(self.endpoints)
@@ -108,7 +111,9 @@ def _parse_endpoint(source: str, name: str, raw: Any, environ: Mapping[str, str]
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a mapping of keys, got {type(raw).__name__} {raw!r}")
+        # The value is not shown: a mis-indented `subscriptionKey=...` would be printed whole.
+        raise ConfigError(f"{where}: must be a mapping of keys (one `key: value` per indented line), "
+                          f"got a {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise ConfigError(
@@ -155,6 +160,14 @@ _KEYS = (
     "subscriptionKey", "subscription", "region", "startConcurrency",
     "engine", "languages", "model", "cpuThreads", "stallTimeout",
 )
+SECRET_KEYS = ("subscriptionKey", "subscription")  # values never printed, never published
+
+
+def _holds_literal_secret(raw: Any) -> bool:
+    """True when the endpoint's YAML writes a subscription key out instead of naming a $VAR."""
+    if not isinstance(raw, Mapping):
+        return False
+    return any(raw.get(key) is not None and not _ENV_RE.match(str(raw[key]).strip()) for key in SECRET_KEYS)
 
 
 def _languages(where: str, values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -189,6 +202,8 @@ def _coerce(where: str, key: str, value: Any, kind: str, lo: float | None = None
             hi: float | None = None) -> Any:
     """Turn a YAML value into the wanted type or raise a message a user understands."""
     bound = _bound_text(lo, hi)
+    secret = key in SECRET_KEYS
+    shown = f"a {type(value).__name__} (a secret: its value is not shown)" if secret else repr(value)
     if kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # from $VAR
@@ -212,7 +227,7 @@ def _coerce(where: str, key: str, value: Any, kind: str, lo: float | None = None
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
         return value
     if not isinstance(value, (str, int, float)) or isinstance(value, bool) or str(value) == "":
-        raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be a non-empty string, got {shown}")
     return str(value)
 
 
@@ -227,14 +242,30 @@ def parse_endpoints(text: str, source: str, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # a bad `!!int x` tag raises ValueError
+        raise ConfigError(f"{source}: not valid YAML{_yaml_problem(exc)}") from None
     if data is None:
         raise ConfigError(f"{source}: no endpoints defined (the file is empty)")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: must map endpoint names to their settings, got {type(data).__name__}")
     endpoints = tuple(_parse_endpoint(source, name, raw, env) for name, raw in data.items())
-    return EndpointSet(endpoints=endpoints, source=source)
+    literal = tuple(str(name) for name, raw in data.items() if _holds_literal_secret(raw))
+    return EndpointSet(endpoints=endpoints, source=source, literal_secrets=literal)
+
+
+# A word of the file that yaml quotes (an alias, a tag); not its '<token>' names, not a '\t'.
+_QUOTED = re.compile(r"'(?![<\\])[^'\s]{2,}'")
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """Where and what, never the text: yaml's own message quotes the offending line, which may be
+    the one holding a literal subscription key (and `from None` keeps it out of tracebacks)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return ": a value does not match its YAML tag (e.g. !!int)"
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = "; ".join(_QUOTED.sub("'…'", part) for part in (exc.context, exc.problem) if part)
+    return f"{where}: {what}" if what else where
 
 
 def load_endpoints(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> EndpointSet:

@@ -2,7 +2,8 @@
 
 `batchscribe endpoints apply FILE` (or a worker whose `--config` file changed) validates the YAML
 and publishes its *text*; every worker VM polls the version and parses the text itself, so `$VAR`
-secrets are read from each VM's own environment and never stored in Redis.
+secrets are read from each VM's own environment and never stored in Redis. A set that writes a key
+out is refused (`check_publishable`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from batchscribe.common.config import EndpointSet, parse_endpoints
+from batchscribe.common.errors import ConfigError
 from batchscribe.common.state import StateStore, text_dict
 
 _PUBLISH = """
@@ -55,10 +57,28 @@ class PublishedSet:
     applied_at: float
 
 
+class LiteralSecretError(ConfigError):
+    """The set writes a subscription key out: it may run where the file is, never go to Redis."""
+
+
+def check_publishable(endpoints: EndpointSet) -> None:
+    """Refuse a set that would put a secret into Redis (every VM, `endpoints show` and anyone who
+    can read Redis would see it); `$VAR` keeps each key in the workers' own environment."""
+    if endpoints.literal_secrets:
+        names = ", ".join(repr(name) for name in endpoints.literal_secrets)
+        raise LiteralSecretError(
+            f"{endpoints.source}: endpoint {names}: a subscriptionKey written out in the file is never "
+            "published to Redis; write `subscriptionKey: $SPEECH_KEY` and set SPEECH_KEY in the "
+            "environment of each worker VM")
+
+
 def validate(text: str, source: str) -> tuple[EndpointSet, set[str]]:
-    """Parse as the workers will; returns the set and the $VARs this machine does not have."""
+    """Parse as the workers will and check that the set may be published; returns the set and the
+    $VARs this machine does not have. Raises ConfigError (LiteralSecretError for a written-out key)."""
     env = _LenientEnv(os.environ)
-    return parse_endpoints(text, source, env), env.missing
+    endpoints = parse_endpoints(text, source, env)
+    check_publishable(endpoints)
+    return endpoints, env.missing
 
 
 class EndpointRegistry:

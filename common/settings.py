@@ -7,10 +7,11 @@ requeue on worker loss, JSON only) is hard-coded in `common.celery_app`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from batchscribe.common.errors import ConfigError
 
@@ -140,10 +141,17 @@ def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
     return policy
 
 
+# Query parameters that carry a secret in a broker URL (redis-py's `?password=`, tokens, keys …).
+_SECRET_PARAM = re.compile(r"(^|&)([^=&]*(?:pass|secret|token|key|auth|credential)[^=&]*)=([^&]*)", re.I)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced, for messages and logs."""
+    """The URL with every secret replaced (the password of its userinfo and of its query), for
+    messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:  # the first match is the netloc: the scheme before it has no '@'
+        url = url.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hostport}", 1)
+    if parts.query:  # edited in place: urlunsplit would turn unix:///path into unix:/path
+        url = url.replace(f"?{parts.query}", "?" + _SECRET_PARAM.sub(r"\1\2=***", parts.query), 1)
+    return url

@@ -37,8 +37,9 @@ from typing import IO
 
 from batchscribe.common.config import Endpoint, EndpointSet, parse_endpoints
 from batchscribe.common.errors import ConfigError
+from batchscribe.common.processes import die_with_parent
 from batchscribe.common.queues import consumer_queues
-from batchscribe.common.registry import EndpointRegistry
+from batchscribe.common.registry import EndpointRegistry, LiteralSecretError, validate
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.worker.health import CircuitBreaker, HealthState, probe
@@ -53,17 +54,6 @@ def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
             "-Q", ",".join(consumer_queues(endpoint)), "-c", str(endpoint.concurrency), "-P", "threads",
             "-n", f"{endpoint.name}@{hostname}", "-E", "--without-gossip", "--without-mingle",
             "-l", "INFO"]
-
-
-def _die_with_parent() -> None:
-    """Linux: a consumer is killed when its supervisor dies, even by SIGKILL, so an endpoint's new
-    owner never runs beside an orphan (its in-flight files come back through their leases)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -153,13 +143,24 @@ class Supervisor:
     def _publish_file(self, text: str) -> None:
         source = Path(self.config_path).name  # type: ignore[arg-type]
         try:
-            if self.follow_registry:
+            if self.follow_registry and self._publishable(text, source):
                 version = self.registry.publish(text, source)
                 log.info("%s published as endpoint set v%d", self.config_path, version)
             else:
                 self.desired = parse_endpoints(text, source)
         except ConfigError as exc:
             log.error("endpoint file changed but is invalid; keeping the running set: %s", exc)
+
+    def _publishable(self, text: str, source: str) -> bool:
+        """A file that writes a key out runs on this VM only (secrets never go to Redis); a newer
+        `endpoints apply` still replaces it, as it replaces any published file."""
+        try:
+            validate(text, source)
+        except LiteralSecretError as exc:
+            log.warning("%s. This VM runs the file's set without publishing it", exc)
+            self._registry_version = self.registry.version()
+            return False
+        return True
 
     # ---- health, breakers, ownership ------------------------------------------------------
 
@@ -239,7 +240,7 @@ class Supervisor:
         out = self.log_file
         return subprocess.Popen(consumer_command(endpoint, self.hostname), env=env,
                                 stdout=out, stderr=subprocess.STDOUT if out else None,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=die_with_parent)
 
     def _start(self, consumer: Consumer) -> None:
         consumer.proc = self._spawn(consumer.endpoint)

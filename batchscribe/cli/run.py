@@ -1,20 +1,45 @@
-"""`batchscribe run`: the whole pipeline on one machine (private Redis, local consumers, cleanup)."""
+"""`batchscribe run`: the whole pipeline on one machine (private Redis, local consumers, cleanup).
+
+Everything `run` starts lives in one private folder (`mkdtemp`: a fresh name, mode 0700, under
+$TMPDIR): the private Redis (unix socket only, no TCP port: nobody else can reach it), its data and
+the worker log. On every way out — success, an error, Ctrl-C (SIGINT), SIGTERM, SIGHUP — it is
+stopped in reverse order: supervisor and consumers first (they release their endpoints while Redis
+still answers), then Redis, then the folder. Redis runs in its own session, so a Ctrl-C in the
+terminal reaches `run` only. The worker log is removed after a successful run (and after a usage,
+config or input error: nothing ran) unless --keep-log; when files failed, the run was interrupted
+or Redis failed, it is kept (only it) and its path printed.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
 import signal
 import sys
 import tempfile
 import threading
+from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import click
 
-from batchscribe.cli.base import build_options, guarded, settings_for, transcription_options
+from batchscribe.cli.base import (
+    EXIT_OK,
+    EXIT_REDIS,
+    EXIT_USAGE,
+    build_options,
+    guarded,
+    settings_for,
+    transcription_options,
+)
 from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
+from batchscribe.common.errors import StateError
+from batchscribe.common.models import TranscriptionOptions
+
+LOG_NAME = "worker.log"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @click.command()
@@ -24,33 +49,114 @@ from batchscribe.common.config import EndpointSet, default_local_endpoints, load
               help="Endpoint YAML (default: one local endpoint sized to this machine).")
 @click.option("--broker", default=None, metavar="URL",
               help="Use this Redis instead of starting a private one.")
+@click.option("--keep-log", is_flag=True,
+              help="Keep the worker log after a successful run too (it is kept anyway when files failed, "
+              "the run was interrupted or Redis failed).")
 @transcription_options
 @guarded
-def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str | None, txt: bool,
-        **kw: Any) -> None:
+def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str | None, keep_log: bool,
+        txt: bool, **kw: Any) -> None:
     """Transcribe INPUTS on this machine: private Redis, local workers, progress, then clean up."""
+    opts = build_options(kw)
+    endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
+    folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
+    code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
+    with _StopSignals() as stop:
+        try:
+            code = _run_in(folder, stop, inputs, out, opts, txt, endpoints, config_path, broker)
+        except Interrupted as exc:
+            code = 128 + exc.signum
+            click.echo(f"\ninterrupted by {signal.Signals(exc.signum).name}: workers stopped"
+                       f"{'' if broker else ', private Redis stopped'}", err=True)
+        except StateError:
+            code = EXIT_REDIS
+            raise
+        finally:  # the log may explain failed files, an interruption or a Redis failure
+            _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
+    sys.exit(code)
+
+
+def _run_in(folder: Path, stop: _StopSignals, inputs: tuple[str, ...], out: str,
+            opts: TranscriptionOptions, txt: bool, endpoints: EndpointSet, config_path: str | None,
+            broker: str | None) -> int:
+    """Start Redis (unless --broker), the supervisor and its consumers; submit and follow the batch.
+
+    Each part registers its stop before it starts, so whatever happens next unwinds it.
+    """
     from batchscribe.private_redis import PrivateRedis
     from batchscribe.worker.supervisor import Supervisor
 
-    opts = build_options(kw)
-    endpoints: EndpointSet = load_endpoints(config_path) if config_path else default_local_endpoints()
-    private = None if broker else PrivateRedis().start()
-    settings = settings_for(broker or private.url)  # type: ignore[union-attr]
-    log_path = Path(tempfile.gettempdir()) / f"batchscribe-run-{os.getpid()}.log"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop workers, stop Redis
-    with open(log_path, "wb") as log_file:
-        supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file, grace=10,
-                                follow_registry=False)
-        thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
-        thread.start()
+    private = None if broker else PrivateRedis(data_dir=folder / "redis", unix_socket=True)
+    settings = settings_for(broker or private.url)  # type: ignore[union-attr]  # bad settings: nothing started
+    log_path = folder / LOG_NAME
+    with ExitStack() as stack:
         try:
+            if private is not None:
+                stack.callback(private.close)
+                private.start()
+            log_file = stack.enter_context(open(log_path, "xb"))  # noqa: SIM115 - new, in our 0700 folder
+            supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file,
+                                    grace=10, follow_registry=False)
+            thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
+            stack.callback(_stop_supervisor, supervisor, thread)
+            thread.start()
             click.echo(f"{len(endpoints)} endpoint(s): "
                        f"{', '.join(f'{e.name} ({e.engine}, {e.concurrency} at once)' for e in endpoints)}; "
                        f"worker log: {log_path}", err=True)
-            code = submit_batch(settings, inputs, out, opts, txt, None, wait=True)
+            return submit_batch(settings, inputs, out, opts, txt, None, wait=True)
         finally:
-            supervisor.request_stop()
-            thread.join(timeout=30)
-            if private is not None:
-                private.close()
-    sys.exit(code)
+            stop.disarm()  # whatever ends the run, a signal can no longer cut the cleanup short
+
+
+def _stop_supervisor(supervisor: Any, thread: threading.Thread) -> None:
+    """Consumers finish or hand back their files, endpoints are released; Redis must still answer."""
+    supervisor.request_stop()
+    if thread.ident is not None:
+        thread.join(timeout=supervisor.grace + 20)
+
+
+def _clean(folder: Path, keep_log: bool) -> None:
+    """Remove the private folder; with `keep_log`, keep the worker log (and say where)."""
+    log = folder / LOG_NAME
+    if not (keep_log and log.is_file()):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for entry in folder.iterdir():
+        if entry != log:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    click.echo(f"worker log kept: {log}", err=True)
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM/SIGHUP while `run` runs; BaseException so that no `except Exception` eats it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """The first stop signal unwinds `run` (Interrupted); once the cleanup has begun, signals are
+    acknowledged but not obeyed, so workers still stop before Redis."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.armed:
+            self.armed = False
+            raise Interrupted(signum)
+        click.echo("\nstopping: workers first, then Redis; please wait", err=True)

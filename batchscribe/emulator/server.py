@@ -19,6 +19,7 @@ import asyncio
 import http
 import json
 import logging
+import math
 import random
 import threading
 from collections.abc import Coroutine, Sequence
@@ -194,7 +195,7 @@ class EmulatorCore:
                 return _json(conn, http.HTTPStatus.OK, {"port": target.port, "fault": target.fault.to_dict()})
             if path == "/control/fault":
                 fault = parse_fault(params)
-                lift = float(params["for"]) if "for" in params else None
+                lift = _non_negative(params, "for")
                 await target.set_fault(fault, lift_after=lift)
                 return _json(conn, http.HTTPStatus.OK, {"port": target.port, "fault": fault.to_dict()})
         except (KeyError, ValueError) as exc:
@@ -205,8 +206,24 @@ class EmulatorCore:
 def parse_fault(params: dict[str, str]) -> Fault:
     """`mode`, `rate` and `count` from a query string (or CLI option values) into a Fault."""
     count = params.get("count")
-    return Fault(mode=FaultMode.parse(params.get("mode", "none")), rate=float(params.get("rate", 1.0)),
+    rate = _non_negative(params, "rate")
+    return Fault(mode=FaultMode.parse(params.get("mode", "none")), rate=1.0 if rate is None else rate,
                  count=int(count) if count not in (None, "") else None)
+
+
+def _non_negative(params: dict[str, str], name: str) -> float | None:
+    """A finite number ≥ 0 from the query string, or None when absent; ValueError (HTTP 400) else:
+    `for=nan` would never lift a fault, `for=-1` would lift it before it was set."""
+    raw = params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {raw!r}")
+    return value
 
 
 def _json(conn: ServerConnection, status: http.HTTPStatus, body: dict[str, Any]) -> Response:

@@ -159,3 +159,68 @@ def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server,
         wait_for(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
         time.sleep(3)
         assert hosts() == ["vm1", "vm2"]  # stable: no ping-pong
+
+
+SECRET_KEY = "f00dfeedSECRETkey0123"
+
+
+def redis_holds(store: StateStore, text: str) -> list[str]:
+    """The keys of every Redis value (strings, hashes, lists, sets, streams) that contain `text`."""
+    needle = text.encode()
+    return [key.decode() for key in store.redis.scan_iter(count=1000)
+            if needle in key or any(needle in value for value in _values(store, key))]
+
+
+def _values(store: StateStore, key: bytes) -> list[bytes]:
+    r, kind = store.redis, store.redis.type(key).decode()
+    if kind == "string":
+        return [r.get(key) or b""]
+    if kind == "hash":
+        return [item for pair in r.hgetall(key).items() for item in pair]
+    if kind == "list":
+        return list(r.lrange(key, 0, -1))
+    if kind in ("set", "zset"):
+        return list(r.smembers(key) if kind == "set" else r.zrange(key, 0, -1))
+    if kind == "stream":
+        return [v for _, entry in r.xrange(key) for v in entry.values()]
+    return []
+
+
+def test_a_literal_key_is_never_published(tmp_path: Path, redis_server, store: StateStore, start_worker) -> None:
+    """`endpoints apply` refuses a key written out in the file; a worker whose --config holds one runs
+    that set itself without publishing it, until a newer `endpoints apply` replaces it. The key is
+    never in Redis, the task messages (Flower shows their arguments), outputs or logs."""
+    (tmp_path / "in").mkdir()
+    tone_wav(tmp_path / "in" / "a.wav", 0.6)
+    store.redis.hset("probe", "yaml", f"key: {SECRET_KEY}")  # the search finds a key where there is one
+    assert redis_holds(store, SECRET_KEY) == ["probe"]
+    store.redis.delete("probe")
+    with running_emulator(ports=2, rtf=0) as emu:
+        a, b = emu.ports
+        literal = tmp_path / "literal.yaml"
+        literal.write_text(yaml_for({"a": a}) + f"  subscriptionKey: {SECRET_KEY}\n")
+        refused = run_cli("endpoints", "apply", str(literal), broker=redis_server.url)
+        assert refused.returncode == 2, refused.stdout
+        assert "literal.yaml: endpoint 'a': a subscriptionKey written out in the file is never published " \
+               "to Redis; write `subscriptionKey: $SPEECH_KEY`" in refused.stderr
+        assert SECRET_KEY not in refused.stdout + refused.stderr
+        assert not store.redis.exists(store.keys.endpoint_set())
+
+        worker = start_worker(literal, hostname="vm1", SPEECH_KEY="from-this-vm")
+        wait_for(lambda: "a@vm1" in consumers(redis_server.url), 30, what="the file's endpoint to run here")
+        done = run_cli("submit", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--wait",
+                       broker=redis_server.url)
+        assert done.returncode == 0, done.stderr
+        assert "never published to Redis" in worker.log() and "runs the file's set without publishing" in worker.log()
+        assert not store.redis.exists(store.keys.endpoint_set())
+        assert redis_holds(store, SECRET_KEY) == []
+        outputs = [p.read_text() for p in (tmp_path / "out").rglob("*") if p.is_file()]
+        assert outputs and not [text for text in outputs if SECRET_KEY in text]
+
+        shared = tmp_path / "shared.yaml"  # a newer applied set (keys as $VAR) replaces the file's
+        shared.write_text(yaml_for({"b": b}) + "  subscriptionKey: $SPEECH_KEY\n")
+        applied = run_cli("endpoints", "apply", str(shared), broker=redis_server.url)
+        assert applied.returncode == 0, applied.stderr
+        wait_for(lambda: set(consumers(redis_server.url)) == {"b@vm1"}, 30, what="the applied set to win")
+        assert redis_holds(store, SECRET_KEY) == []
+        assert SECRET_KEY not in worker.log()

@@ -3,6 +3,7 @@ the plain Celery and Flower commands of the README working with the namespaced a
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -46,30 +47,43 @@ def test_install_adds_exactly_one_top_level_package(tmp_path: Path) -> None:
     assert added == {"batchscribe"}, f"site-packages gained {sorted(added)}"
 
 
-def test_plain_celery_worker_and_flower_start_with_the_namespaced_app(tmp_path: Path) -> None:
-    """`celery -A batchscribe.worker.app worker …` (README, one endpoint) and Flower, as documented."""
-    with PrivateRedis(data_dir=tmp_path / "redis") as redis_server:
+def test_plain_celery_worker_and_flower_start_with_the_namespaced_app() -> None:
+    """`celery -A batchscribe.worker.app worker …` (README, one endpoint) and Flower, as documented:
+    credentials in FLOWER_BASIC_AUTH (not on the command line), broker from BATCHSCRIBE_REDIS_URL —
+    here the unix socket of a Redis like `run`'s private one, which both must reach."""
+    with PrivateRedis(unix_socket=True) as redis_server:
         env = cli_env(redis_server.url)
         celery = [sys.executable, "-m", "celery", "-A", "batchscribe.worker.app"]
         worker = subprocess.Popen([*celery, "worker", "-Q", "ep.local,pool.en-US", "-c", "1", "-P", "threads",
                                    "-n", "local@%h", "--without-gossip", "--without-mingle", "-l", "INFO"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
         port = free_port()
-        flower = subprocess.Popen([*celery, "flower", f"--broker={redis_server.url}", "--address=127.0.0.1",
-                                   f"--port={port}", "--basic-auth=user:secret-pass"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+        flower = subprocess.Popen([*celery, "flower", "--address=127.0.0.1", f"--port={port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env={**env, "FLOWER_BASIC_AUTH": "user:secret-pass"}, cwd=ROOT)
         try:
             lines: list[str] = []
             assert worker.stdout is not None
             wait_for(lambda: bool(lines.append(worker.stdout.readline()) or re.search(r"\bready\b", lines[-1])),
                      60, "the plain Celery worker to be ready", interval=0)
             assert any("batchscribe.transcribe" in line for line in lines), "the task is registered"
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
-            wait_for(lambda: _status(request) == 401, 30, "Flower to answer (and ask for a password)")
+            url = f"http://127.0.0.1:{port}/api/workers"
+            wait_for(lambda: _status(urllib.request.Request(url)) == 401, 30,
+                     "Flower to answer (and ask for a password)")
+            authorized = urllib.request.Request(f"{url}?refresh=1", headers={
+                "Authorization": "Basic " + base64.b64encode(b"user:secret-pass").decode()})
+            assert _status(authorized) == 200, "FLOWER_BASIC_AUTH sets Flower's credentials"
+            wait_for(lambda: "local@" in _body(authorized), 30,  # asked over the broker, i.e. the socket
+                     "Flower to see the worker through the socket")
         finally:
             for proc in (worker, flower):
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+def _body(request: urllib.request.Request) -> str:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def _status(request: urllib.request.Request) -> int:

@@ -50,6 +50,20 @@ def test_control_api_sets_faults_over_http_and_rejects_bad_modes() -> None:
         assert http_get(a, "/ready")[0] == 200
 
 
+@pytest.mark.parametrize("query", ["mode=refuse&for=nan", "mode=refuse&for=inf", "mode=refuse&for=-1",
+                                   "mode=refuse&for=soon", "mode=http429&rate=nan", "mode=http429&rate=-0.5",
+                                   "mode=http429&rate=inf", "mode=http429&count=-1"])
+def test_control_api_rejects_nan_infinite_and_negative_numbers(query: str) -> None:
+    """`for=nan` would leave a port refused for ever, `for=-1` lift it before it was set: 400, and
+    the port keeps its current fault (none: it still listens)."""
+    with running_emulator() as emu:
+        port = emu.ports[0]
+        status, body = http_get(port, f"/control/fault?{query}")
+        assert status == 400 and "must be" in body["error"], body
+        assert http_get(port, "/ready")[0] == 200
+        assert http_get(port, "/control/stats")[0] == 200
+
+
 def test_refuse_for_a_while_lifts_by_itself() -> None:
     with running_emulator() as emu:
         port = emu.ports[0]

@@ -158,6 +158,20 @@ def processes_with_env(marker: str) -> list[int]:
     return found
 
 
+def processes_in(folder: Path) -> list[int]:
+    """Processes working inside `folder` (e.g. a redis-server started with --dir there: it blanks
+    its environment when it retitles itself, so `processes_with_env` cannot see it)."""
+    found = []
+    for pid in _pids():
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            continue
+        if cwd == folder or folder in cwd.parents:
+            found.append(pid)
+    return found
+
+
 def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL) -> None:
     for pid in pids:
         try:

@@ -246,8 +246,12 @@ def test_flower_command_is_real_and_authenticated(services: dict[str, Any], dote
         assert token.startswith("--"), f"flower takes --name=value options, got {token!r}"
         name = token[2:].split("=", 1)[0].replace("_", "-")
         assert name in known, f"flower has no option --{name}"
-    auth = option_value(tokens, "--basic-auth") or option_value(tokens, "--basic_auth")
-    assert auth == f"{dotenv['FLOWER_USER']}:{dotenv['FLOWER_PASSWORD']}"
+    secrets = {dotenv["FLOWER_USER"], dotenv["FLOWER_PASSWORD"], dotenv["REDIS_PASSWORD"]}
+    assert not [t for t in tokens if any(secret in t for secret in secrets)], \
+        "credentials on a command line are visible to every user of the host in `ps`"
+    env = services["flower"]["environment"]
+    assert env.get("FLOWER_BASIC_AUTH") == f"{dotenv['FLOWER_USER']}:{dotenv['FLOWER_PASSWORD']}"
+    assert "basic-auth" in known  # FLOWER_<NAME> sets option <name> (test_packaging starts Flower so)
 
 
 # ---- settings agree with the code ----------------------------------------------------------------

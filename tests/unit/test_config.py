@@ -78,3 +78,38 @@ def test_default_local_endpoint_is_sized_to_the_machine() -> None:
     assert default_local_endpoints(2).endpoints[0].concurrency == 1
     big = default_local_endpoints(16).endpoints[0]
     assert big.engine == "local" and big.concurrency == 8 and big.cpu_threads == 2
+
+
+SECRET = "0123abcdSECRETvalue"
+
+
+@pytest.mark.parametrize("body", [
+    f"cloud:\n  region: westeurope\n  subscriptionKey: {SECRET}: oops\n",  # yaml quotes the line
+    f"cloud:\n  region: westeurope\n  subscriptionKey: \"{SECRET}\n",  # an unterminated quote
+    f"cloud:\n  region: westeurope\n subscriptionKey: {SECRET}\n",  # bad indentation
+    f"cloud:\n  subscriptionKey: *{SECRET}\n",  # read as an alias
+    f"cloud:\n  subscriptionKey: !!int {SECRET}\n",  # a tag that does not fit (ValueError in yaml)
+    f"cloud:\n  subscriptionKey: [{SECRET}]\n",  # the wrong type
+    f"cloud:\n  subscriptionKey={SECRET}\n",  # not a mapping at all
+])
+def test_errors_never_show_a_key(body: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_endpoints(body, "endpoints.yaml", {})
+    message = str(err.value)
+    assert message.startswith("endpoints.yaml") and SECRET not in message
+    # Nor in a traceback: yaml's own error (which quotes the line) is not chained to ours.
+    assert err.value.__cause__ is None and (err.value.__context__ is None or err.value.__suppress_context__)
+
+
+def test_yaml_errors_say_where() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_endpoints(f"cloud:\n  region: westeurope\n  subscriptionKey: {SECRET}: oops\n", "e.yaml", {})
+    assert str(err.value) == "e.yaml: not valid YAML at line 3, column 39: mapping values are not allowed here"
+
+
+def test_literal_keys_are_told_apart_from_variables() -> None:
+    text = (f"lit:\n  subscriptionKey: {SECRET}\n  region: westeurope\nold:\n  subscription: 12345\n"
+            "  region: westeurope\nvar:\n  subscriptionKey: $SPEECH_KEY\n  region: westeurope\n"
+            "braced:\n  subscriptionKey: ${SPEECH_KEY}\n  region: westeurope\nnone:\n  port: 5001\n")
+    endpoints = parse_endpoints(text, "e.yaml", {"SPEECH_KEY": "from-env"})
+    assert endpoints.literal_secrets == ("lit", "old")

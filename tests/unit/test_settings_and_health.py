@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from kombu import Connection
 
+from batchscribe.common.celery_app import kombu_broker_url
 from batchscribe.common.errors import ConfigError
 from batchscribe.common.settings import Settings, redact
 from batchscribe.worker.health import CircuitBreaker, HealthState, ProbeResult
@@ -30,9 +32,35 @@ def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
         Settings.from_env(env)
 
 
-def test_passwords_are_redacted() -> None:
-    assert redact("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
-    assert redact("redis://host:6379/0") == "redis://host:6379/0"
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://user:secret@host:6379/0", "redis://user:***@host:6379/0"),
+    ("redis://host:6379/0?password=secret&db=1", "redis://host:6379/0?password=***&db=1"),
+    ("rediss://host/0?ssl_keyfile=/k/secret.pem&ssl_cert_reqs=none",
+     "rediss://host/0?ssl_keyfile=***&ssl_cert_reqs=none"),
+    ("unix:///run/r/redis.sock?db=0&password=secret", "unix:///run/r/redis.sock?db=0&password=***"),
+    ("unix://:secret@/run/r/redis.sock", "unix://:***@/run/r/redis.sock"),
+    ("redis://host:6379/0", "redis://host:6379/0"),
+    ("redis://user@host/0", "redis://user@host/0"),
+])
+def test_passwords_are_redacted(url: str, shown: str) -> None:
+    assert redact(url) == shown and "secret" not in redact(url)
+
+
+@pytest.mark.parametrize("url, kombu", [
+    ("redis://:pw@h:6379/0", "redis://:pw@h:6379/0"),
+    ("unix:///run/r/redis.sock", "redis+socket:///run/r/redis.sock"),
+    ("unix:///run/r/redis.sock?db=2", "redis+socket:///run/r/redis.sock?virtual_host=2"),
+    ("unix://:pw@/run/r/redis.sock", "redis+socket://:pw@/run/r/redis.sock"),
+    ("redis://h:6379/0?password=p%40ss&db=3", "redis://:p%40ss@h:6379/3"),
+    ("redis://h/0?username=u&password=p", "redis://u:p@h/0"),
+])
+def test_broker_url_is_spelled_for_kombu(url: str, kombu: str) -> None:
+    """redis-py's URL forms (the settings') as kombu parses them: the socket of `run`'s private Redis,
+    and query parameters kombu would choke on."""
+    assert kombu_broker_url(url) == kombu
+    connection = Connection(kombu)  # parses as kombu's Redis transport
+    assert connection.transport_cls == "redis"
 
 
 def test_health_goes_down_after_two_failures_and_up_after_one_success() -> None:

@@ -1,0 +1,32 @@
+"""Another local user (`nobody`) trying to reach a Redis, as `redis-cli` would: the threat `run`'s
+private Redis must withstand (docs/design.md §The private Redis of `run`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+NOBODY = 65534
+
+
+def redis_address(pid: int) -> str:
+    """Where a running redis-server listens, from the title it gives itself (`/proc/PID/cmdline`):
+    `unixsocket:/path/redis.sock` or `127.0.0.1:6379`."""
+    title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").strip()
+    return title.split()[-1]
+
+
+def ping_as_another_user(address: str) -> subprocess.CompletedProcess[str]:
+    """`redis-cli PING` as user nobody against `unixsocket:PATH` or `HOST:PORT`; needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    if address.startswith("unixsocket:"):
+        target = ["-s", address.removeprefix("unixsocket:")]
+    else:
+        host, _, port = address.rpartition(":")
+        target = ["-h", host, "-p", port]
+    return subprocess.run(["redis-cli", *target, "PING"], capture_output=True, text=True, timeout=10,
+                          user=NOBODY, group=NOBODY, cwd="/")
