@@ -45,9 +45,12 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
+from kombu.exceptions import KombuError
 
 from batchscribe.common.errors import StateError
 from batchscribe.common.queues import TRANSCRIBE_TASK
+from batchscribe.common.settings import redact
+from batchscribe.common.state import describe
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
@@ -109,14 +112,22 @@ class Publisher:
     def publish(self, specs: Sequence[TaskSpec]) -> list[str]:
         """Publish in the given order (consumers take the first published first); returns task ids.
 
-        Raises `PublishError` (or the connection error) if a pipeline fails; never drops silently.
+        Raises `PublishError` if Redis fails on the way; never drops silently.
         """
         if not specs:
             return []
-        route = self._get_route()
-        queues = dict.fromkeys(s.queue for s in specs)
-        if route is None or any(self._queue_binding(route, q) is None for q in queues):
-            return self._publish_with_kombu(specs)
+        try:
+            route = self._get_route()
+            queues = dict.fromkeys(s.queue for s in specs)
+            fast = route is not None and all(self._queue_binding(route, q) is not None for q in queues)
+        except (redis.RedisError, KombuError) as exc:
+            raise PublishError(f"cannot publish tasks: {self._failure(exc)}", [], []) from exc
+        if route is None or not fast:
+            try:
+                return self._publish_with_kombu(specs)
+            except (redis.RedisError, KombuError) as exc:
+                raise PublishError(f"publishing tasks through kombu failed ({self._failure(exc)}); some may "
+                                   "or may not have been queued", [], []) from exc
         return self._publish_fast(route, specs)
 
     def close(self) -> None:
@@ -133,8 +144,7 @@ class Publisher:
         try:
             _ping(client)  # revive a connection closed while idle (a PING is safe to retry)
         except redis.RedisError as exc:
-            raise PublishError(f"cannot reach Redis to publish tasks ({type(exc).__name__}: {exc})",
-                               [], []) from exc
+            raise PublishError(f"cannot publish tasks: {self._failure(exc)}", [], []) from exc
         build = _MessageBuilder(self.app, self.hostname, self.sent_events)
         ids: list[str] = []
         done = 0  # ids[:done] are surely published
@@ -163,16 +173,19 @@ class Publisher:
             self._execute(pipe, ids, done)
         return ids
 
-    @staticmethod
-    def _execute(pipe: Any, ids: list[str], done: int) -> None:
+    def _execute(self, pipe: Any, ids: list[str], done: int) -> None:
         try:
             pipe.execute()
         except Exception as exc:
             pipe.reset()
             raise PublishError(
-                f"publishing tasks to Redis failed after {done} of them ({type(exc).__name__}: {exc}); "
+                f"publishing tasks to Redis failed after {done} of them ({self._failure(exc)}); "
                 f"{len(ids) - done} may or may not have been queued",
                 ids[:done], ids[done:]) from exc
+
+    def _failure(self, exc: BaseException) -> str:
+        """What went wrong, in the state boundary's words when Redis said it."""
+        return describe(exc, redact(str(self.app.conf.broker_url))) or f"{type(exc).__name__}: {exc}"
 
     def _get_route(self) -> _Route | None:
         with self._lock:
