@@ -149,6 +149,8 @@ KOMBU_KEYS = (
     KeyPattern(KOMBU_UNACKED_INDEX, "kombu: when each unacked delivery was last seen (zset)"),
     KeyPattern("unacked_mutex", "kombu: its restore sweep's lock (string)", ttl=KOMBU_UNACKED_MUTEX_EXPIRE),
     KeyPattern("_kombu.binding.*", "kombu: the queues bound to an exchange (set)"),
+    KeyPattern("_kombu.binding_permanent.*", "kombu: the bindings of an exchange that never expire (set)"),
+    KeyPattern("_kombu.binding_deadlines", "kombu: when each expiring binding lapses (zset)"),
     KeyPattern("ep.*", "kombu: an endpoint's queue (list)", transient=True),
     KeyPattern("pool.*", "kombu: a language pool's queue (list)", transient=True),
 )

@@ -28,5 +28,6 @@ def test_every_key_name_falls_in_its_own_family() -> None:
 
 def test_kombu_s_keys_and_our_queue_names_are_declared() -> None:
     queues = consumer_queues(Endpoint(name="gpu1", engine="azure", languages=("en-US", "de-DE")))
-    for key in [*queues, KOMBU_UNACKED_INDEX, "unacked", "unacked_mutex", "_kombu.binding.pool.en-US"]:
+    for key in [*queues, KOMBU_UNACKED_INDEX, "unacked", "unacked_mutex", "_kombu.binding.pool.en-US",
+                "_kombu.binding_permanent.ep.gpu1", "_kombu.binding_deadlines"]:
         assert pattern_of(key, KOMBU_KEYS) is not None, key
