@@ -116,18 +116,14 @@ class Publisher:
         """
         if not specs:
             return []
-        try:
+        queues = dict.fromkeys(s.queue for s in specs)
+        try:  # kombu connects here, the first time
             route = self._get_route()
-            queues = dict.fromkeys(s.queue for s in specs)
             fast = route is not None and all(self._queue_binding(route, q) is not None for q in queues)
         except (redis.RedisError, KombuError) as exc:
             raise PublishError(f"cannot publish tasks: {self._failure(exc)}", [], []) from exc
         if route is None or not fast:
-            try:
-                return self._publish_with_kombu(specs)
-            except (redis.RedisError, KombuError) as exc:
-                raise PublishError(f"publishing tasks through kombu failed ({self._failure(exc)}); some may "
-                                   "or may not have been queued", [], []) from exc
+            return self._publish_with_kombu(specs)
         return self._publish_fast(route, specs)
 
     def close(self) -> None:
@@ -209,15 +205,19 @@ class Publisher:
 
     def _publish_with_kombu(self, specs: Sequence[TaskSpec]) -> list[str]:
         ids: list[str] = []
-        with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
-            for spec in specs:
-                task_id = uuid.uuid4().hex
-                self.app.send_task(
-                    TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
-                    args=[spec.job_key, spec.options],
-                    kwargs={"path": spec.path, "duration": round(spec.duration, 3)},
-                )
-                ids.append(task_id)
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
+                for spec in specs:
+                    task_id = uuid.uuid4().hex
+                    self.app.send_task(
+                        TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
+                        args=[spec.job_key, spec.options],
+                        kwargs={"path": spec.path, "duration": round(spec.duration, 3)},
+                    )
+                    ids.append(task_id)
+        except (redis.RedisError, KombuError) as exc:
+            raise PublishError(f"publishing tasks through kombu failed ({self._failure(exc)}); any of them "
+                               "may or may not have been queued", [], ids) from exc
         return ids
 
 
