@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from celery import Celery
 
-from batchscribe.common.keys import KOMBU_UNACKED_INDEX
+from batchscribe.common.keys import KOMBU_UNACKED_INDEX, KOMBU_UNACKED_MUTEX_EXPIRE
 from batchscribe.common.settings import Settings
 
 
@@ -28,7 +28,7 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
         "unacked_index_key": KOMBU_UNACKED_INDEX,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
-        "unacked_mutex_expire": 15,
+        "unacked_mutex_expire": KOMBU_UNACKED_MUTEX_EXPIRE,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": True,

@@ -3,7 +3,12 @@
     BatchscribeError
     ├── ConfigError              bad endpoint YAML, bad settings (user fixes the file)
     ├── InputError               what was asked to submit does not exist / cannot be listed
-    ├── StateError               Redis unreachable or inconsistent
+    ├── StateError               Redis failed under us (translated at the state boundary, common.state)
+    │   ├── RedisUnavailableError    cannot connect, connection dropped, timed out, still loading: wait
+    │   ├── RedisCredentialsError    wrong or missing password (or the user lacks a permission)
+    │   ├── RedisOutOfMemoryError    maxmemory reached under noeviction: writes refused, reads work
+    │   ├── RedisReadOnlyError       the URL points at a read-only replica
+    │   └── PublishError             task messages may not all have been sent (common.publish)
     └── ProcessingError          one file's attempt failed; the subclass decides what happens next
         ├── TransientError       retry with backoff on any endpoint; spends the file's retry budget
         │   └── StallError       no progress within the watchdog time
@@ -42,7 +47,28 @@ class InputError(BatchscribeError):
 
 
 class StateError(BatchscribeError):
-    """Redis (the system of record) cannot be reached or answered unexpectedly."""
+    """Redis (the system of record) cannot be reached or answered unexpectedly.
+
+    Only `common.state` (and the task publisher) talk to Redis; they raise this tree, never
+    redis-py's exceptions, so callers decide by kind: wait for `RedisUnavailableError`, report
+    the others.
+    """
+
+
+class RedisUnavailableError(StateError):
+    """Not answering now (refused, dropped mid-command, timed out, loading its data): may come back."""
+
+
+class RedisCredentialsError(StateError):
+    """Redis refused the password (or user) in the URL; retrying cannot help."""
+
+
+class RedisOutOfMemoryError(StateError):
+    """Redis reached maxmemory under noeviction: it refuses writes until memory is freed."""
+
+
+class RedisReadOnlyError(StateError):
+    """The URL points at a read-only replica, not the primary."""
 
 
 class ProcessingError(BatchscribeError):

@@ -1,8 +1,35 @@
-"""Every Redis key batchscribe uses, spelled here and nowhere else."""
+"""Every Redis key batchscribe uses, spelled here and nowhere else (`common.lua`'s ``K`` helper
+mirrors the names scripts derive), and what each key family should look like in a live Redis.
+"""
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeyPattern:
+    """A family of keys: its SCAN pattern, what it holds and how long its keys live.
+
+    `ttl` None: the key never expires; a number: it always carries a TTL of at most that many
+    seconds. `transient`: the key exists only while work is queued or running, so it is gone when
+    the cluster is idle (anything else left over is a leak).
+    """
+
+    glob: str
+    holds: str
+    ttl: float | None = None
+    transient: bool = False
+
+    def matches(self, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, self.glob)
+
+
+def pattern_of(key: str, patterns: Iterable[KeyPattern]) -> KeyPattern | None:
+    """The first of `patterns` (most specific first) that `key` matches."""
+    return next((p for p in patterns if p.matches(key)), None)
 
 
 @dataclass(frozen=True)
@@ -85,7 +112,50 @@ class Keys:
         """Hash: job key -> JSON of the task to publish for a delayed job (queue, options, …)."""
         return f"{self.prefix}:delayed:specs"
 
+    def patterns(self, result_ttl: int, owner_ttl: float) -> list[KeyPattern]:
+        """Every key family above, most specific first, with the lifetime each must have.
+
+        `result_ttl` is Settings.result_ttl (0: results are kept forever); `owner_ttl` is the
+        ownership TTL the worker VMs run with.
+        """
+        p = self.prefix
+        return [
+            KeyPattern(f"{p}:batch:*:failed", "indexes of a batch's failed files (set)"),
+            KeyPattern(f"{p}:batch:*", "a batch's header and counters (hash)"),
+            KeyPattern(f"{p}:batches", "batch ids by creation time (zset)"),
+            KeyPattern(f"{p}:file:*", "one input of a batch (hash)"),
+            KeyPattern(f"{p}:outputs", "output paths running batches write (hash)", transient=True),
+            KeyPattern(f"{p}:job:*:targets", "inputs waiting for a job's result (list)", transient=True),
+            KeyPattern(f"{p}:job:*", "one unit of engine work (hash)"),
+            KeyPattern(f"{p}:result:*", "a job's cached transcript (string)", ttl=result_ttl or None),
+            KeyPattern(f"{p}:probe", "fingerprint cache of input files (hash)"),
+            KeyPattern(f"{p}:events", "the attempt log (capped stream)"),
+            KeyPattern(f"{p}:inflight:*", "deliveries running on an endpoint (zset)", transient=True),
+            KeyPattern(f"{p}:epstats:*", "an endpoint's counters (hash)"),
+            KeyPattern(f"{p}:endpoints", "the published endpoint set (hash)"),
+            KeyPattern(f"{p}:owner:*", "the VM that runs an endpoint's consumer (string)", ttl=owner_ttl),
+            KeyPattern(f"{p}:vms", "worker VMs by last heartbeat (zset)"),
+            KeyPattern(f"{p}:health", "each endpoint's health as its owner saw it (hash)"),
+            KeyPattern(f"{p}:delayed:claims", "delayed jobs being published (zset)", transient=True),
+            KeyPattern(f"{p}:delayed:specs", "the task of each delayed job (hash)", transient=True),
+            KeyPattern(f"{p}:delayed", "jobs waiting to run again (zset)", transient=True),
+        ]
+
 
 # Kombu's Redis transport keeps unacked deliveries here (not under our prefix). `make_app` passes
 # this name to kombu explicitly, so the lease keeper and kombu cannot disagree about it.
 KOMBU_UNACKED_INDEX = "unacked_index"
+KOMBU_UNACKED_MUTEX_EXPIRE = 15  # seconds: a consumer killed mid-sweep blocks sweeps this long
+
+# The keys kombu's Redis transport writes for us (Celery's broker), outside our prefix. The queue
+# lists are named by common.queues (endpoint_queue, pool_queue).
+KOMBU_KEYS = (
+    KeyPattern("unacked", "kombu: unacked deliveries (hash)"),
+    KeyPattern(KOMBU_UNACKED_INDEX, "kombu: when each unacked delivery was last seen (zset)"),
+    KeyPattern("unacked_mutex", "kombu: its restore sweep's lock (string)", ttl=KOMBU_UNACKED_MUTEX_EXPIRE),
+    KeyPattern("_kombu.binding.*", "kombu: the queues bound to an exchange (set)"),
+    KeyPattern("_kombu.binding_permanent.*", "kombu: the bindings of an exchange that never expire (set)"),
+    KeyPattern("_kombu.binding_deadlines", "kombu: when each expiring binding lapses (zset)"),
+    KeyPattern("ep.*", "kombu: an endpoint's queue (list)", transient=True),
+    KeyPattern("pool.*", "kombu: a language pool's queue (list)", transient=True),
+)

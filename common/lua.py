@@ -1,19 +1,48 @@
-"""The Lua scripts behind `common.state.StateStore`.
+"""Every Lua script batchscribe runs in Redis, behind `common.state.StateStore`.
 
-Each runs atomically inside Redis, so producers and workers see one order of events. They build
-keys from the prefix they are given (`common.keys.Keys` spells the same names in Python), which
-ties batchscribe to a single Redis primary rather than Redis Cluster.
+Each runs atomically inside Redis, so producers and workers see one order of events.
+
+One convention for all of them:
+
+* ``KEYS[1]`` is the key prefix (the keyspace). The store passes it; no script takes it in ARGV.
+* ``KEYS[2..]`` are the keys known before the call (the one job's hash, the delayed set, an owner
+  key, …), in the order each script's header lists them; the store spells them with
+  `common.keys.Keys`.
+* Keys that depend on data read inside the script (the file and batch of each of a job's
+  targets, the endpoint a dead delivery ran on) or on a variable-length list of items (the jobs of
+  a claim chunk) are derived with ``K``, the `KEYSPACE` helper below: the Lua mirror of
+  `common.keys.Keys`, and the only place a script builds a key name
+  (tests/integration/test_state.py checks that both spell the same names).
+* ARGV holds values only: ids, states, TTLs and ``now``, which comes from the store's clock so
+  tests can control time.
+
+Deriving keys inside scripts ties batchscribe to a single Redis primary, not Redis Cluster.
+"""
+
+# The key names of common.keys.Keys, from the prefix in KEYS[1]. Keep the two in step.
+KEYSPACE = r"""
+local K = {}
+do
+  local p = KEYS[1]
+  function K.batch(bid) return p .. ":batch:" .. bid end
+  function K.failed(bid) return p .. ":batch:" .. bid .. ":failed" end
+  function K.file(target) return p .. ":file:" .. target end  -- target = "batch_id:index"
+  function K.job(jk) return p .. ":job:" .. jk end
+  function K.targets(jk) return p .. ":job:" .. jk .. ":targets" end
+  function K.result(jk) return p .. ":result:" .. jk end
+  function K.inflight(endpoint) return p .. ":inflight:" .. endpoint end
+  function K.endpoint_stats(endpoint) return p .. ":epstats:" .. endpoint end
+end
 """
 
 # Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact.
 # Returns 1 when this move completed the batch (every file done or failed), else 0.
-_LUA_PRELUDE = r"""
-local function file_move(prefix, target, new_state, fields, now)
+_FILES = KEYSPACE + r"""
+local function file_move(target, new_state, fields, now)
   local sep = string.find(target, ":[^:]*$")
   local bid = string.sub(target, 1, sep - 1)
   local idx = string.sub(target, sep + 1)
-  local fkey = prefix .. ":file:" .. target
-  local bkey = prefix .. ":batch:" .. bid
+  local fkey, bkey = K.file(target), K.batch(bid)
   local old = redis.call("HGET", fkey, "state")
   if not old then return 0 end
   for i = 1, #fields, 2 do redis.call("HSET", fkey, fields[i], fields[i + 1]) end
@@ -26,8 +55,8 @@ local function file_move(prefix, target, new_state, fields, now)
     local dur = redis.call("HGET", fkey, "duration") or "0"
     redis.call("HINCRBYFLOAT", bkey, "audio_done", dur)
   end
-  if new_state == "failed" then redis.call("SADD", bkey .. ":failed", idx) end
-  if old == "failed" then redis.call("SREM", bkey .. ":failed", idx) end
+  if new_state == "failed" then redis.call("SADD", K.failed(bid), idx) end
+  if old == "failed" then redis.call("SREM", K.failed(bid), idx) end
   if new_state == "done" or new_state == "failed" then
     local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed")
     if tonumber(b[2] or 0) + tonumber(b[3] or 0) == tonumber(b[1] or -1) then
@@ -37,24 +66,53 @@ local function file_move(prefix, target, new_state, fields, now)
   end
   return 0
 end
-local function job_files(prefix, jkey, new_state, fields, now)
-  local targets = redis.call("LRANGE", jkey .. ":targets", 0, -1)
-  for _, t in ipairs(targets) do file_move(prefix, t, new_state, fields, now) end
+local function job_files(targets_key, new_state, fields, now)
+  local targets = redis.call("LRANGE", targets_key, 0, -1)
+  for _, t in ipairs(targets) do file_move(t, new_state, fields, now) end
   return targets
 end
 """
 
-# KEYS: none. ARGV: prefix, now, owner, claim_ttl, then (job_key, target, duration) triples.
+# Shared Lua: put a job in the delayed set. "force" overwrites the due time and the task spec; else
+# an existing entry wins (it will arrive anyway and look again).
+_DELAY = r"""
+local function delay_job(delayed, specs, jk, due, spec, force)
+  local added
+  if force then added = redis.call("ZADD", delayed, due, jk)
+  else added = redis.call("ZADD", delayed, "NX", due, jk) end
+  if force or added == 1 then redis.call("HSET", specs, jk, spec) end
+end
+local function undelay_job(delayed, specs, jk)
+  redis.call("ZREM", delayed, jk)
+  redis.call("HDEL", specs, jk)
+end
+"""
+
+# Shared Lua: an endpoint's in-flight entry (member: job key) is stale once its job no longer
+# runs there under a live lease: its consumer was SIGKILLed, or another delivery took the job over.
+_INFLIGHT = KEYSPACE + r"""
+local function prune_inflight(inflight, endpoint, now)
+  for _, jk in ipairs(redis.call("ZRANGE", inflight, 0, -1)) do
+    local j = redis.call("HMGET", K.job(jk), "state", "endpoint", "lease_until")
+    if j[1] ~= "running" or j[2] ~= endpoint or (tonumber(j[3]) or 0) < now then
+      redis.call("ZREM", inflight, jk)
+    end
+  end
+  return redis.call("ZCARD", inflight)
+end
+"""
+
+# KEYS: prefix. ARGV: now, owner, claim_ttl, then (job_key, target, duration) triples.
 # Per item: "claimed" (caller must publish), "attached" (someone else will), "done" (cached result).
-CLAIM = _LUA_PRELUDE + r"""
-local prefix, now, owner, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+CLAIM = KEYSPACE + r"""
+local now, owner, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
-for i = 5, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local jk, target, dur = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local jkey = prefix .. ":job:" .. jk
+  local jkey, tkey = K.job(jk), K.targets(jk)
   local j = redis.call("HMGET", jkey, "state", "claim_deadline")
   local st = j[1]
-  local has_result = redis.call("EXISTS", prefix .. ":result:" .. jk) == 1
+  local has_result = redis.call("EXISTS", K.result(jk)) == 1
   if st == "done" and has_result then
     out[#out + 1] = "done"
   else
@@ -68,50 +126,34 @@ for i = 5, #ARGV, 3 do
     else
       out[#out + 1] = "attached"
     end
-    if redis.call("LPOS", jkey .. ":targets", target) == false then
-      redis.call("RPUSH", jkey .. ":targets", target)
-    end
+    if redis.call("LPOS", tkey, target) == false then redis.call("RPUSH", tkey, target) end
   end
 end
 return out
 """
 
-# ARGV: prefix, owner, job keys... : claimed -> queued once the task is on the broker.
-PUBLISHED = r"""
-local prefix, owner = ARGV[1], ARGV[2]
-for i = 3, #ARGV do
-  local jkey = prefix .. ":job:" .. ARGV[i]
+# KEYS: prefix. ARGV: owner, job keys... : claimed -> queued once the task is on the broker.
+PUBLISHED = KEYSPACE + r"""
+local owner = ARGV[1]
+for i = 2, #ARGV do
+  local jkey = K.job(ARGV[i])
   local j = redis.call("HMGET", jkey, "state", "owner")
   if j[1] == "claimed" and j[2] == owner then redis.call("HSET", jkey, "state", "queued") end
 end
 return 1
 """
 
-# Shared Lua: put a job in the delayed set. "force" overwrites the due time and the task spec; else
-# an existing entry wins (it will arrive anyway and look again).
-_LUA_DELAY = r"""
-local function delay_job(prefix, jk, due, spec, force)
-  local added
-  if force then added = redis.call("ZADD", prefix .. ":delayed", due, jk)
-  else added = redis.call("ZADD", prefix .. ":delayed", "NX", due, jk) end
-  if force or added == 1 then redis.call("HSET", prefix .. ":delayed:specs", jk, spec) end
-end
-local function undelay_job(prefix, jk)
-  redis.call("ZREM", prefix .. ":delayed", jk)
-  redis.call("HDEL", prefix .. ":delayed:specs", jk)
-end
-"""
-
-# ARGV: prefix, job_key, endpoint, now, delivery_id, lease_ttl, spec (published again if not run),
+# KEYS: prefix, job hash, its targets list, delayed set, delayed specs hash.
+# ARGV: job_key, endpoint, now, delivery_id, lease_ttl, spec (published again if not run),
 # max_bounces, bounce_due.
 # Returns {verdict, attempts, crashes, reroutes, first_started_at, crashed_endpoint, lease_until,
 # targets...}; verdict is the previous state, or "deferred" when a live lease is held by another
 # delivery, or "bounced" when the job's last attempt failed on this very endpoint and it goes back
 # to the pool (at most max_bounces times per failure) so that another endpoint can take it.
-START = _LUA_PRELUDE + _LUA_DELAY + r"""
-local prefix, jk, endpoint, now, delivery = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local ttl, spec, max_bounces, bounce_due = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local jkey = prefix .. ":job:" .. jk
+START = _FILES + _DELAY + r"""
+local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local jk, endpoint, now, delivery = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local ttl, spec, max_bounces, bounce_due = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
 local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "delivery", "lease_until",
                      "reroutes", "first_started_at", "endpoint", "avoid", "bounces")
 local prev = j[1] or "missing"
@@ -122,43 +164,47 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
   return r
 end
 if prev == "done" or prev == "missing" or prev == "failed" then
-  return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", jkey .. ":targets", 0, -1))
+  return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", tkey, 0, -1))
 end
 if (prev == "retrying" or prev == "queued") and j[9] == endpoint
     and tonumber(j[10] or 0) < max_bounces then
   redis.call("HINCRBY", jkey, "bounces", 1)
-  delay_job(prefix, jk, bounce_due, spec, true)
+  delay_job(delayed, specs, jk, bounce_due, spec, true)
   return reply("bounced", j[2] or "0", j[3] or "0", "", 0, {})
 end
 local crashes, crashed = tonumber(j[3] or 0), ""
 if prev == "running" and j[4] and j[4] ~= "" and j[4] ~= delivery then
   local lease = tonumber(j[5] or 0) or 0
   if lease > now then   -- alive elsewhere: come back when its lease would have run out
-    delay_job(prefix, jk, lease + 1, spec, false)
+    delay_job(delayed, specs, jk, lease + 1, spec, false)
     return reply("deferred", j[2] or "0", crashes, "", lease, {})
   end
   crashes = crashes + 1   -- its lease ran out: the worker died mid-file
   crashed = j[8] or ""
   redis.call("HSET", jkey, "crashes", crashes)
-  if crashed ~= "" then redis.call("HINCRBY", prefix .. ":epstats:" .. crashed, "failed_crash", 1) end
+  if crashed ~= "" then
+    redis.call("HINCRBY", K.endpoint_stats(crashed), "failed_crash", 1)
+    redis.call("ZREM", K.inflight(crashed), jk)   -- the dead delivery never said it stopped
+  end
 end
-undelay_job(prefix, jk)   -- this delivery is the one that runs; an older delayed copy is moot
+undelay_job(delayed, specs, jk)   -- this delivery is the one that runs; an older delayed copy is moot
 local attempts = redis.call("HINCRBY", jkey, "attempts", 1)
 redis.call("HSET", jkey, "state", "running", "endpoint", endpoint, "started_at", now,
            "delivery", delivery, "lease_until", now + ttl)
 redis.call("HSETNX", jkey, "first_started_at", now)
-local targets = job_files(prefix, jkey, "running",
+local targets = job_files(tkey, "running",
   {"endpoint", endpoint, "started_at", now, "attempts", attempts}, now)
 return reply(prev, attempts, crashes, crashed, now + ttl, targets)
 """
 
-# ARGV: prefix, job_key, delivery_id, new job state (retrying|queued), error_class, reason, now,
-# spend(0|1), due, spec. Back to waiting and into the delayed set in one step, only if the job is
-# still held by this delivery. Returns the reroute count, or -1 when another delivery holds it.
-REQUEUE = _LUA_PRELUDE + _LUA_DELAY + r"""
-local prefix, jk, delivery, st = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local cls, reason, now, spend, due, spec = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local jkey = prefix .. ":job:" .. jk
+# KEYS: prefix, job hash, its targets list, delayed set, delayed specs hash.
+# ARGV: job_key, delivery_id, new job state (retrying|queued), error_class, reason, now, spend(0|1),
+# due, spec. Back to waiting and into the delayed set in one step, only if the job is still held by
+# this delivery. Returns the reroute count, or -1 when another delivery holds it.
+REQUEUE = _FILES + _DELAY + r"""
+local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local jk, delivery, st, cls, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local now, spend, due, spec = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if redis.call("HGET", jkey, "delivery") ~= delivery then return -1 end
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "",
            "lease_until", "", "avoid", redis.call("HGET", jkey, "endpoint") or "", "bounces", 0)
@@ -166,46 +212,45 @@ if spend == "0" then
   redis.call("HINCRBY", jkey, "attempts", -1)
   redis.call("HINCRBY", jkey, "reroutes", 1)
 end
-delay_job(prefix, jk, due, spec, true)
-job_files(prefix, jkey, st == "queued" and "queued" or "retrying",
-  {"error_class", cls, "reason", reason}, now)
+delay_job(delayed, specs, jk, due, spec, true)
+job_files(tkey, st == "queued" and "queued" or "retrying", {"error_class", cls, "reason", reason}, now)
 return tonumber(redis.call("HGET", jkey, "reroutes") or 0)
 """
 
-# ARGV: prefix, job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
-FINISH = _LUA_DELAY + r"""
-local prefix, jk, st, cls, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now, ttl = ARGV[6], tonumber(ARGV[7])
-local jkey = prefix .. ":job:" .. jk
+# KEYS: prefix, job hash, its targets list, its result key, delayed set, delayed specs hash.
+# ARGV: job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
+# Returns the job's targets (the inputs to write outputs for).
+FINISH = _DELAY + r"""
+local jkey, tkey, rkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local jk, st, cls, reason, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now,
            "delivery", "", "lease_until", "")
-undelay_job(prefix, jk)
+undelay_job(delayed, specs, jk)
 if st == "done" then
-  local rkey = prefix .. ":result:" .. jk
-  if ttl > 0 then redis.call("SET", rkey, ARGV[8], "EX", ttl) else redis.call("SET", rkey, ARGV[8]) end
+  if ttl > 0 then redis.call("SET", rkey, ARGV[7], "EX", ttl) else redis.call("SET", rkey, ARGV[7]) end
 end
-return redis.call("LRANGE", jkey .. ":targets", 0, -1)
+return redis.call("LRANGE", tkey, 0, -1)
 """
 
-# ARGV: prefix, target, new state, job_key ("" to keep targets), then field/value pairs.
-SETTLE = _LUA_PRELUDE + r"""
-local prefix, target, st, jk = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+# KEYS: prefix [, the targets list of the job to detach the input from].
+# ARGV: target, new state, now, then field/value pairs. Returns 1 when this completed the batch.
+SETTLE = _FILES + r"""
+local target, st, now = ARGV[1], ARGV[2], ARGV[3]
 local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local complete = file_move(prefix, target, st, fields, ARGV[6])
-if jk ~= "" then redis.call("LREM", prefix .. ":job:" .. jk .. ":targets", 0, target) end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local complete = file_move(target, st, fields, now)
+if KEYS[2] then redis.call("LREM", KEYS[2], 0, target) end
 return complete
 """
 
-
-# ARGV: prefix, now, lease_until, kombu unacked index key, then (job_key, delivery, tag) triples.
-# Extends each lease still held by its delivery and marks each delivery tag as seen now, so kombu
-# does not restore it. Returns per item {lease extended 0|1, tag refreshed 0|1}.
-EXTEND = r"""
-local prefix, now, lease, index = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+# KEYS: prefix, kombu's unacked index. ARGV: now, lease_until, then (job_key, delivery, tag)
+# triples. Extends each lease still held by its delivery and marks each delivery tag as seen now,
+# so kombu does not restore it. Returns per item {lease extended 0|1, tag refreshed 0|1}.
+EXTEND = KEYSPACE + r"""
+local index, now, lease = KEYS[2], ARGV[1], ARGV[2]
 local out = {}
-for i = 5, #ARGV, 3 do
-  local jkey = prefix .. ":job:" .. ARGV[i]
+for i = 3, #ARGV, 3 do
+  local jkey = K.job(ARGV[i])
   local ours = redis.call("HGET", jkey, "delivery") == ARGV[i + 1]
   if ours then redis.call("HSET", jkey, "lease_until", lease) end
   local seen = 0
@@ -216,12 +261,13 @@ end
 return out
 """
 
-# ARGV: prefix, now, claim deadline, limit. Expired claims (a promoter died mid-way) go back to
-# the delayed set first; then up to `limit` due entries move to the claims set until the deadline.
+# KEYS: prefix, delayed set, delayed claims set, delayed specs hash. ARGV: now, claim deadline,
+# limit. Expired claims (a promoter died mid-way) go back to the delayed set first; then up to
+# `limit` due entries move to the claims set until the deadline.
 # Returns {job_key, spec, ...} of the claimed entries.
 CLAIM_DUE = r"""
-local prefix, now, deadline, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local delayed, claims = prefix .. ":delayed", prefix .. ":delayed:claims"
+local delayed, claims, specs = KEYS[2], KEYS[3], KEYS[4]
+local now, deadline, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for _, jk in ipairs(redis.call("ZRANGEBYSCORE", claims, "-inf", now)) do
   redis.call("ZREM", claims, jk)
   redis.call("ZADD", delayed, "NX", now, jk)
@@ -231,46 +277,93 @@ for _, jk in ipairs(redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0
   redis.call("ZREM", delayed, jk)
   redis.call("ZADD", claims, deadline, jk)
   out[#out + 1] = jk
-  out[#out + 1] = redis.call("HGET", prefix .. ":delayed:specs", jk) or ""
+  out[#out + 1] = redis.call("HGET", specs, jk) or ""
 end
 return out
 """
 
-# ARGV: prefix, claim deadline, job keys... : drop this promoter's claims once published. A claim
-# re-taken by another promoter (other deadline) is left alone, and so is the spec of a job that
-# was delayed again meanwhile.
+# KEYS: prefix, delayed set, delayed claims set, delayed specs hash. ARGV: claim deadline, job
+# keys... : drop this promoter's claims once published. A claim re-taken by another promoter
+# (other deadline) is left alone, and so is the spec of a job that was delayed again meanwhile.
 RELEASE = r"""
-local prefix, deadline = ARGV[1], tonumber(ARGV[2])
-local delayed, claims = prefix .. ":delayed", prefix .. ":delayed:claims"
-for i = 3, #ARGV do
+local delayed, claims, specs = KEYS[2], KEYS[3], KEYS[4]
+local deadline = tonumber(ARGV[1])
+for i = 2, #ARGV do
   local jk = ARGV[i]
   if tonumber(redis.call("ZSCORE", claims, jk) or -1) == deadline then redis.call("ZREM", claims, jk) end
   if not redis.call("ZSCORE", delayed, jk) and not redis.call("ZSCORE", claims, jk) then
-    redis.call("HDEL", prefix .. ":delayed:specs", jk)
+    redis.call("HDEL", specs, jk)
   end
 end
 return 1
 """
 
-# ARGV: prefix, batch_id, then (output digest, input tag) pairs; tags are 16 bytes. A claim's
-# value is the input tag followed by the batch id. All or nothing: if a batch that is still running
-# (done + failed < total) holds an output for another input, nothing is written and the reply lists
-# {position (1-based), other batch, ...} of each clash; else every output is claimed, reply {}.
-# The same input submitted again (a re-run after Ctrl-C) takes its output over; a claim of a
-# finished or vanished batch is stale and taken over too.
-CLAIM_OUTPUTS = r"""
-local prefix, bid = ARGV[1], ARGV[2]
-local hkey = prefix .. ":outputs"
+# KEYS: prefix, the endpoint's in-flight set, its stats hash. ARGV: now, job_key, endpoint.
+# A delivery starts calling the engine: count it in flight (after dropping stale entries, so the
+# count is true) and keep the highest count seen. Returns the count.
+TRACK_INFLIGHT = _INFLIGHT + r"""
+local inflight, stats, now, jk, endpoint = KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[2], ARGV[3]
+prune_inflight(inflight, endpoint, now)
+redis.call("ZADD", inflight, now, jk)
+local n = redis.call("ZCARD", inflight)
+if n > tonumber(redis.call("HGET", stats, "max_inflight") or 0) then
+  redis.call("HSET", stats, "max_inflight", n)
+end
+return n
+"""
+
+# KEYS: prefix. ARGV: now, endpoint names... : drop each endpoint's stale in-flight entries.
+PRUNE_INFLIGHT = _INFLIGHT + r"""
+local now = tonumber(ARGV[1])
+for i = 2, #ARGV do prune_inflight(K.inflight(ARGV[i]), ARGV[i], now) end
+return 1
+"""
+
+# KEYS: prefix, the endpoint-set hash. ARGV: yaml, source, now. Publishes a new version unless
+# the text is the same as the current one. Returns the version.
+PUBLISH_ENDPOINTS = r"""
+local key = KEYS[2]
+local cur = redis.call("HMGET", key, "yaml", "version")
+if cur[1] == ARGV[1] then return tonumber(cur[2] or 0) end
+local v = redis.call("HINCRBY", key, "version", 1)
+redis.call("HSET", key, "yaml", ARGV[1], "source", ARGV[2], "applied_at", ARGV[3])
+return v
+"""
+
+# KEYS: prefix, an endpoint's owner key. ARGV: holder, ttl_ms, take_free (0|1). Renews the key
+# if `holder` owns it; takes it if it is free and take_free is 1. Returns 1 if `holder` owns it now.
+HOLD_ENDPOINT = r"""
+local cur = redis.call("GET", KEYS[2])
+if cur == ARGV[1] then redis.call("PEXPIRE", KEYS[2], ARGV[2]) return 1 end
+if (not cur) and ARGV[3] == "1" then redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2]) return 1 end
+return 0
+"""
+
+# KEYS: prefix, an endpoint's owner key. ARGV: holder. Deletes the key only if `holder` owns it.
+RELEASE_ENDPOINT = r"""
+if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) end
+return 0
+"""
+
+# Every script the store registers, by name.
+# KEYS: prefix, output claims hash. ARGV: batch_id, then (output digest, input tag) pairs; tags are
+# 16 bytes. A claim's value is the input tag followed by the batch id. All or nothing: if a batch
+# that is still running (done + failed < total) holds an output for another input, nothing is
+# written and the reply lists {position (1-based), other batch, ...} of each clash; else every
+# output is claimed, reply {}. The same input submitted again (a re-run after Ctrl-C) takes its
+# output over; a claim of a finished or vanished batch is stale and taken over too.
+CLAIM_OUTPUTS = KEYSPACE + r"""
+local hkey, bid = KEYS[2], ARGV[1]
 local live = {}
 local function running(other)
   if live[other] == nil then
-    local b = redis.call("HMGET", prefix .. ":batch:" .. other, "total", "n_done", "n_failed")
+    local b = redis.call("HMGET", K.batch(other), "total", "n_done", "n_failed")
     live[other] = (b[1] and tonumber(b[2] or 0) + tonumber(b[3] or 0) < tonumber(b[1])) or false
   end
   return live[other]
 end
 local clashes, position = {}, 0
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   position = position + 1
   local held = redis.call("HGET", hkey, ARGV[i])
   if held and string.sub(held, 1, 16) ~= ARGV[i + 1] then
@@ -282,16 +375,26 @@ for i = 3, #ARGV, 2 do
   end
 end
 if #clashes > 0 then return clashes end
-for i = 3, #ARGV, 2 do redis.call("HSET", hkey, ARGV[i], ARGV[i + 1] .. bid) end
+for i = 2, #ARGV, 2 do redis.call("HSET", hkey, ARGV[i], ARGV[i + 1] .. bid) end
 return clashes
 """
 
-# ARGV: prefix, batch_id, then output digests: drop the claims this batch still holds.
+# KEYS: prefix, output claims hash. ARGV: batch_id, then output digests: drop the claims this batch
+# still holds.
 RELEASE_OUTPUTS = r"""
-local hkey = ARGV[1] .. ":outputs"
-for i = 3, #ARGV do
+local hkey = KEYS[2]
+for i = 2, #ARGV do
   local held = redis.call("HGET", hkey, ARGV[i])
-  if held and string.sub(held, 17) == ARGV[2] then redis.call("HDEL", hkey, ARGV[i]) end
+  if held and string.sub(held, 17) == ARGV[1] then redis.call("HDEL", hkey, ARGV[i]) end
 end
 return 1
 """
+
+
+SCRIPTS = {
+    "claim": CLAIM, "published": PUBLISHED, "start": START, "requeue": REQUEUE, "finish": FINISH,
+    "settle": SETTLE, "extend": EXTEND, "claim_due": CLAIM_DUE, "release": RELEASE,
+    "track_inflight": TRACK_INFLIGHT, "prune_inflight": PRUNE_INFLIGHT,
+    "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
+    "release_endpoint": RELEASE_ENDPOINT, "claim_outputs": CLAIM_OUTPUTS, "release_outputs": RELEASE_OUTPUTS,
+}

@@ -13,7 +13,7 @@ from typing import Any
 
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.output import failure_document, success_document, write_document
-from batchscribe.common.state import StateStore, as_text, target_id
+from batchscribe.common.state import StateStore, target_id
 from batchscribe.common.summary import complete_batch
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 def _formats(store: StateStore, batch_id: str, cache: dict[str, list[str]]) -> list[str]:
     if batch_id not in cache:
-        raw = store.redis.hget(store.keys.batch(batch_id), "formats")
-        cache[batch_id] = (as_text(raw) or "json").split(",")
+        cache[batch_id] = store.batch_formats(batch_id)
     return cache[batch_id]
 
 

@@ -45,9 +45,12 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 from celery.utils.time import utcoffset
+from kombu.exceptions import KombuError
 
 from batchscribe.common.errors import StateError
 from batchscribe.common.queues import TRANSCRIBE_TASK
+from batchscribe.common.settings import redact
+from batchscribe.common.state import describe
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
@@ -109,13 +112,17 @@ class Publisher:
     def publish(self, specs: Sequence[TaskSpec]) -> list[str]:
         """Publish in the given order (consumers take the first published first); returns task ids.
 
-        Raises `PublishError` (or the connection error) if a pipeline fails; never drops silently.
+        Raises `PublishError` if Redis fails on the way; never drops silently.
         """
         if not specs:
             return []
-        route = self._get_route()
         queues = dict.fromkeys(s.queue for s in specs)
-        if route is None or any(self._queue_binding(route, q) is None for q in queues):
+        try:  # kombu connects here, the first time
+            route = self._get_route()
+            fast = route is not None and all(self._queue_binding(route, q) is not None for q in queues)
+        except (redis.RedisError, KombuError) as exc:
+            raise PublishError(f"cannot publish tasks: {self._failure(exc)}", [], []) from exc
+        if route is None or not fast:
             return self._publish_with_kombu(specs)
         return self._publish_fast(route, specs)
 
@@ -133,8 +140,7 @@ class Publisher:
         try:
             _ping(client)  # revive a connection closed while idle (a PING is safe to retry)
         except redis.RedisError as exc:
-            raise PublishError(f"cannot reach Redis to publish tasks ({type(exc).__name__}: {exc})",
-                               [], []) from exc
+            raise PublishError(f"cannot publish tasks: {self._failure(exc)}", [], []) from exc
         build = _MessageBuilder(self.app, self.hostname, self.sent_events)
         ids: list[str] = []
         done = 0  # ids[:done] are surely published
@@ -163,16 +169,19 @@ class Publisher:
             self._execute(pipe, ids, done)
         return ids
 
-    @staticmethod
-    def _execute(pipe: Any, ids: list[str], done: int) -> None:
+    def _execute(self, pipe: Any, ids: list[str], done: int) -> None:
         try:
             pipe.execute()
         except Exception as exc:
             pipe.reset()
             raise PublishError(
-                f"publishing tasks to Redis failed after {done} of them ({type(exc).__name__}: {exc}); "
+                f"publishing tasks to Redis failed after {done} of them ({self._failure(exc)}); "
                 f"{len(ids) - done} may or may not have been queued",
                 ids[:done], ids[done:]) from exc
+
+    def _failure(self, exc: BaseException) -> str:
+        """What went wrong, in the state boundary's words when Redis said it."""
+        return describe(exc, redact(str(self.app.conf.broker_url))) or f"{type(exc).__name__}: {exc}"
 
     def _get_route(self) -> _Route | None:
         with self._lock:
@@ -196,15 +205,19 @@ class Publisher:
 
     def _publish_with_kombu(self, specs: Sequence[TaskSpec]) -> list[str]:
         ids: list[str] = []
-        with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
-            for spec in specs:
-                task_id = uuid.uuid4().hex
-                self.app.send_task(
-                    TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
-                    args=[spec.job_key, spec.options],
-                    kwargs={"path": spec.path, "duration": round(spec.duration, 3)},
-                )
-                ids.append(task_id)
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
+                for spec in specs:
+                    task_id = uuid.uuid4().hex
+                    self.app.send_task(
+                        TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
+                        args=[spec.job_key, spec.options],
+                        kwargs={"path": spec.path, "duration": round(spec.duration, 3)},
+                    )
+                    ids.append(task_id)
+        except (redis.RedisError, KombuError) as exc:
+            raise PublishError(f"publishing tasks through kombu failed ({self._failure(exc)}); any of them "
+                               "may or may not have been queued", [], ids) from exc
         return ids
 
 

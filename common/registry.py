@@ -9,21 +9,11 @@ out is refused (`check_publishable`).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
 from batchscribe.common.config import EndpointSet, parse_endpoints
 from batchscribe.common.errors import ConfigError
-from batchscribe.common.state import StateStore, text_dict
-
-_PUBLISH = """
-local cur = redis.call("HGET", KEYS[1], "yaml")
-if cur == ARGV[1] then return tonumber(redis.call("HGET", KEYS[1], "version") or 0) end
-local v = redis.call("HINCRBY", KEYS[1], "version", 1)
-redis.call("HSET", KEYS[1], "yaml", ARGV[1], "source", ARGV[2], "applied_at", ARGV[3])
-return v
-"""
+from batchscribe.common.state import PublishedSet, StateStore
 
 
 class _LenientEnv(Mapping[str, str]):
@@ -47,14 +37,6 @@ class _LenientEnv(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self.base)
-
-
-@dataclass(frozen=True)
-class PublishedSet:
-    version: int
-    yaml: str
-    source: str
-    applied_at: float
 
 
 class LiteralSecretError(ConfigError):
@@ -84,22 +66,14 @@ def validate(text: str, source: str) -> tuple[EndpointSet, set[str]]:
 class EndpointRegistry:
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self._publish = store.redis.register_script(_PUBLISH)
 
     def publish(self, text: str, source: str) -> int:
         """Validate and publish; the same text again keeps its version. Raises ConfigError."""
         validate(text, source)
-        key = self.store.keys.endpoint_set()
-        return int(self._publish(keys=[key], args=[text, source, f"{time.time():.3f}"]))
+        return self.store.publish_endpoint_set(text, source)
 
     def version(self) -> int:
-        raw = self.store.redis.hget(self.store.keys.endpoint_set(), "version")
-        return int(raw or 0)
+        return self.store.endpoint_set_version()
 
     def current(self) -> PublishedSet | None:
-        raw = self.store.redis.hgetall(self.store.keys.endpoint_set())
-        if not raw or b"yaml" not in raw:
-            return None
-        data = text_dict(raw)
-        return PublishedSet(int(data.get("version", 0)), data["yaml"], data.get("source", ""),
-                            float(data.get("applied_at", 0) or 0))
+        return self.store.endpoint_set()

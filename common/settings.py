@@ -70,11 +70,7 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        scheme = urlsplit(self.redis_url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                f"broker URL must start with redis://, rediss:// or unix:// (got {redact(self.redis_url)!r})"
-            )
+        _check_redis_url(self.redis_url)
         # A live worker must refresh its deliveries and leases well before anyone gives up on them.
         if self.heartbeat <= 0 or self.heartbeat * 2 > self.visibility_timeout:
             raise ConfigError(f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat}) must be positive and at most half "
@@ -99,6 +95,21 @@ class Settings:
         env.update({var: str(getattr(self, name)) for name, var in _INT_VARS})
         env.update({var: str(getattr(self.retry, name)) for name, var, _ in _RETRY_VARS})
         return env
+
+
+def _check_redis_url(url: str) -> None:
+    """A malformed broker URL is a configuration error found now, not a traceback at first use."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"broker URL must start with redis://, rediss:// or unix:// (got {redact(url)!r})")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ConfigError(f"broker URL {redact(url)!r}: the port must be a number from 1 to 65535") from None
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError(f"broker URL {redact(url)!r}: the database after the last / must be a number, "
+                          f"got {db!r}")
 
 
 def _int(var: str, raw: str) -> int:

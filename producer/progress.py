@@ -6,8 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-import redis
-
+from batchscribe.common.errors import RedisUnavailableError
 from batchscribe.common.state import StateStore
 from batchscribe.producer.status import BatchView, fmt_duration, fmt_hours, load_view
 
@@ -49,7 +48,7 @@ def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr
     while True:
         try:
             view = load_view(store, batch_id)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # a Redis restart: wait it out
+        except RedisUnavailableError as exc:  # a Redis restart: wait it out
             stream.write(f"\nRedis unavailable ({exc}); retrying…\n")
             time.sleep(max(interval, 1.0))
             continue

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord
 from batchscribe.common.names import printable
-from batchscribe.common.state import StateStore, as_text
+from batchscribe.common.state import StateStore
 
 SHOW_FAILURES = 20
 SHOW_LINKS = 5  # symlinked folders named on one line
@@ -138,16 +138,15 @@ def render_endpoints(store: StateStore) -> str:
         names = [e.name for e in parse_endpoints(current.yaml, current.source, _AnyEnv())]
     except ConfigError as exc:
         return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
-    health = {as_text(k): json.loads(v) for k, v in store.redis.hgetall(store.keys.health()).items()}
+    health = store.health()
+    owners = store.owners(names)
     lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
     for name in names:
-        raw_owner = store.redis.get(store.keys.owner(name))
-        owner = as_text(raw_owner) or "-"
+        owner = owners[name] or "-"
         h = health.get(name, {})
         state = "up" if h.get("usable") else ("tripped" if h.get("up") else "down") if h else "?"
-        raw_stats = store.redis.hgetall(store.keys.endpoint_stats(name))
-        done = as_text(raw_stats.get(b"done", b"0"))
-        inflight = store.redis.zcard(store.keys.inflight(name))
+        stats = store.endpoint_stats(name)
+        done, inflight = stats.get("done", "0"), stats["in_flight"]
         lines.append(f"  {name:<16}{owner:<16}{state:<10}{inflight:>10}{done:>8}  {h.get('reason', '')}")
     return "\n".join(lines)
 

@@ -26,10 +26,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import redis
-
 from batchscribe.common.config import Endpoint
-from batchscribe.common.errors import ErrorClass, PermanentError, ProcessingError, TransientError
+from batchscribe.common.errors import (
+    ErrorClass,
+    PermanentError,
+    ProcessingError,
+    RedisUnavailableError,
+    TransientError,
+)
 from batchscribe.common.models import FileRecord, TranscriptionOptions
 from batchscribe.common.names import printable
 from batchscribe.common.outcomes import deliver_failure, deliver_success, records_for
@@ -42,15 +46,6 @@ from batchscribe.worker.engines.base import Engine
 from batchscribe.worker.health import CIRCUIT_THRESHOLD
 
 log = logging.getLogger(__name__)
-
-_TRACK_INFLIGHT = """
-redis.call("ZADD", KEYS[1], ARGV[1], ARGV[2])
-local n = redis.call("ZCARD", KEYS[1])
-local best = tonumber(redis.call("HGET", KEYS[2], "max_inflight") or 0)
-if n > best then redis.call("HSET", KEYS[2], "max_inflight", n) end
-return n
-"""
-
 
 REDIS_OUTAGE_PATIENCE = 60.0  # seconds a finished transcript waits for Redis to come back
 ENDPOINT_REQUEUE_DELAY = 0.5  # seconds: another endpoint gets the file, not a tight loop on this one
@@ -93,7 +88,7 @@ def durably(call: Callable[[], Any], what: str, patience: float = REDIS_OUTAGE_P
         try:
             call()
             return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except RedisUnavailableError as exc:
             if time.monotonic() > deadline:
                 raise
             log.warning("Redis unavailable while %s (%s); retrying in %.1f s", what, exc, delay)
@@ -118,7 +113,6 @@ class JobRunner:
         self.endpoint = endpoint
         self._engine = engine
         self._engine_lock = threading.Lock()
-        self._track = store.redis.register_script(_TRACK_INFLIGHT)
 
     @property
     def engine(self) -> Engine:
@@ -203,15 +197,14 @@ class JobRunner:
         from batchscribe.worker.audio import prepare  # ffmpeg side; imported lazily like the engines
 
         source = self._pick_input(records)
-        inflight = self.store.keys.inflight(self.endpoint.name)
-        self._track(keys=[inflight, self.store.keys.endpoint_stats(self.endpoint.name)],
-                    args=[time.time(), job_key])
+        endpoint = self.endpoint.name
+        self.store.track_inflight(endpoint, job_key)
         try:
             with tempfile.TemporaryDirectory(prefix="batchscribe-") as workdir:
                 audio = prepare(source, Path(workdir))
                 recognition = self.engine.transcribe(audio, opts)
         finally:
-            durably(lambda: self.store.redis.zrem(inflight, job_key), f"releasing {job_key}'s slot")
+            durably(lambda: self.store.release_inflight(endpoint, job_key), f"releasing {job_key}'s slot")
         return {"phrases": recognition.phrases, "duration": recognition.duration,
                 "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
                 "endpoint": self.endpoint.name, "options": opts.to_dict()}

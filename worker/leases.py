@@ -24,8 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import redis
-
+from batchscribe.common.errors import StateError
 from batchscribe.common.keys import KOMBU_UNACKED_INDEX
 from batchscribe.common.state import LeaseItem, StateStore
 
@@ -100,7 +99,7 @@ class LeaseKeeper:
             try:
                 self.beat()
                 failing_since = None
-            except redis.RedisError as exc:
+            except StateError as exc:
                 failing_since = failing_since or time.monotonic()
                 lapsed = time.monotonic() - failing_since > self.lease_ttl
                 (log.error if lapsed else log.warning)(

@@ -12,18 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from batchscribe.common.state import StateStore, as_text
-
-_CLAIM = """
-local cur = redis.call("GET", KEYS[1])
-if cur == ARGV[1] then redis.call("PEXPIRE", KEYS[1], ARGV[2]) return 1 end
-if (not cur) and ARGV[3] == "1" then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 end
-return 0
-"""
-_RELEASE = """
-if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
-return 0
-"""
+from batchscribe.common.state import StateStore
 
 
 class Ownership:
@@ -31,55 +20,41 @@ class Ownership:
         self.store = store
         self.hostname = hostname
         self.ttl = ttl
-        self._claim = store.redis.register_script(_CLAIM)
-        self._release = store.redis.register_script(_RELEASE)
         self._free_since: dict[str, float] = {}
 
     def heartbeat(self) -> int:
         """Say this VM is alive; returns how many VMs are."""
-        now = time.time()
-        key = self.store.keys.vms()
-        pipe = self.store.redis.pipeline()
-        pipe.zadd(key, {self.hostname: now})
-        pipe.zremrangebyscore(key, 0, now - 10 * self.ttl)
-        pipe.zcount(key, now - self.ttl, "+inf")
-        return int(pipe.execute()[2])
+        return self.store.vm_heartbeat(self.hostname, self.ttl)
 
     def sync(self, names: list[str]) -> set[str]:
         """Renew what we own, take free endpoints up to our fair share; returns what we own."""
         live = max(1, self.heartbeat())
         fair = math.ceil(len(names) / live)
-        ttl_ms = int(self.ttl * 1000)
-        owned = {n for n in names if self._claim(keys=[self.store.keys.owner(n)],
-                                                 args=[self.hostname, ttl_ms, "0"])}
+        owned = {n for n in names if self.store.hold_endpoint(n, self.hostname, self.ttl, take_free=False)}
+        holders = self.store.owners([n for n in names if n not in owned])
         now = time.monotonic()
-        for name in names:
-            if name in owned:
-                continue
-            holder = self.store.redis.get(self.store.keys.owner(name))
+        for name, holder in holders.items():
             if holder is not None:
                 self._free_since.pop(name, None)
                 continue
             free_for = now - self._free_since.setdefault(name, now)
             if len(owned) < fair or free_for > 2 * self.ttl:
-                if self._claim(keys=[self.store.keys.owner(name)], args=[self.hostname, ttl_ms, "1"]):
+                if self.store.hold_endpoint(name, self.hostname, self.ttl, take_free=True):
                     owned.add(name)
                     self._free_since.pop(name, None)
         return owned
 
     def fair_share(self, count: int) -> int:
         """How many of `count` endpoints this VM should own with the VMs alive now."""
-        live = max(1, int(self.store.redis.zcount(self.store.keys.vms(), time.time() - self.ttl, "+inf")))
-        return math.ceil(count / live)
+        return math.ceil(count / max(1, self.store.live_vms(self.ttl)))
 
     def owners(self, names: list[str]) -> dict[str, str | None]:
-        values = self.store.redis.mget([self.store.keys.owner(n) for n in names]) if names else []
-        return {n: as_text(v) or None for n, v in zip(names, values)}
+        return self.store.owners(names)
 
     def release(self, name: str) -> None:
-        self._release(keys=[self.store.keys.owner(name)], args=[self.hostname])
+        self.store.release_endpoint(name, self.hostname)
 
     def leave(self, names: list[str]) -> None:
         for name in names:
             self.release(name)
-        self.store.redis.zrem(self.store.keys.vms(), self.hostname)
+        self.store.vm_leave(self.hostname)

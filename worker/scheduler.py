@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 
+from batchscribe.common.errors import StateError
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.state import StateStore
+from batchscribe.worker.outage import RedisTrouble
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,16 @@ def run_promoter(stop: threading.Event, store: StateStore, publisher: Publisher,
     A full batch is followed at once by the next one, so a backlog drains quickly. Redis or
     broker errors are logged and retried on the next tick: a promoter must outlive outages.
     """
+    trouble = RedisTrouble(log, "promoter")
     while not stop.is_set():
+        promoted = 0
         try:
             promoted = promote_due(store, publisher, limit)
-        except Exception:  # keep promoting; the entries stay claimed or delayed meanwhile
+        except StateError as exc:  # keep promoting; the entries stay claimed or delayed meanwhile
+            trouble.failed(exc)
+        except Exception:
             log.exception("promoting delayed jobs failed; retrying in %.1f s", interval)
-            promoted = 0
+        else:
+            trouble.ok()
         if promoted < limit:
             stop.wait(interval)

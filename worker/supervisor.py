@@ -36,13 +36,14 @@ from pathlib import Path
 from typing import IO
 
 from batchscribe.common.config import Endpoint, EndpointSet, parse_endpoints
-from batchscribe.common.errors import ConfigError
+from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.processes import die_with_parent
 from batchscribe.common.queues import consumer_queues
 from batchscribe.common.registry import EndpointRegistry, LiteralSecretError, validate
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.worker.health import CircuitBreaker, HealthState, probe
+from batchscribe.worker.outage import RedisTrouble
 from batchscribe.worker.ownership import Ownership
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Supervisor:
         self._handing_off: str | None = None
         self._over_share = 0
         self._probe_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self._redis_trouble = RedisTrouble(log, "supervisor")
 
     # ---- the endpoint set ----------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class Supervisor:
         if view.breaker.observe(failures):
             log.warning("endpoint %s: %d files failed in a row; circuit open for %.0f s",
                         name, failures, view.breaker.open_until - time.time())
-            self.store.redis.hset(self.store.keys.endpoint_stats(name), "consecutive_failures", 0)
+            self.store.reset_consecutive_failures(name)
         return view.health.up and not view.breaker.is_open()
 
     def wanted(self) -> dict[str, Endpoint]:
@@ -228,7 +230,7 @@ class Supervisor:
         doc = {"up": view.health.up, "usable": usable, "reason": view.health.reason,
                "since": round(view.health.since, 3), "owner": self.hostname,
                "circuit_open_until": round(view.breaker.open_until, 3), "checked_at": round(time.time(), 3)}
-        self.store.redis.hset(self.store.keys.health(), name, json.dumps(doc))
+        self.store.publish_health(name, doc)
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -327,6 +329,8 @@ class Supervisor:
     def tick(self) -> None:
         self.refresh_desired()
         self.reconcile(self.wanted())
+        # In-flight entries of consumers that died mid-file, on any endpoint this VM knows of.
+        self.store.prune_inflight(sorted({e.name for e in self.desired} | set(self.consumers)))
 
     def run(self) -> None:
         """Supervise until request_stop() (signal handler or another thread)."""
@@ -346,8 +350,12 @@ class Supervisor:
     def _tick_safely(self) -> None:
         try:
             self.tick()
-        except Exception as exc:  # Redis away for a moment: keep consumers as they are, try again
+        except StateError as exc:  # Redis away or refusing writes: keep consumers as they are, try again
+            self._redis_trouble.failed(exc)
+        except Exception as exc:
             log.warning("supervisor tick failed (%s: %s); retrying", type(exc).__name__, exc)
+        else:
+            self._redis_trouble.ok()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -19,20 +19,20 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_ready
 
 from batchscribe.common.config import Endpoint, default_local_endpoints, load_endpoints
-from batchscribe.common.errors import ConfigError
+from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
-from batchscribe.common.settings import Settings
+from batchscribe.common.settings import Settings, redact
 from batchscribe.common.state import LeaseItem, StateStore
 from batchscribe.worker.jobs import Delivery, JobRunner
 from batchscribe.worker.leases import LeaseKeeper
+from batchscribe.worker.outage import redis_errors_in_one_line
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class ConsumerRuntime:
 def register(app: Celery, settings: Settings) -> ConsumerRuntime:
     """Attach the transcribe task and the startup hooks to `app`."""
     runtime = ConsumerRuntime(settings)
+    redis_errors_in_one_line(redact(settings.redis_url))
 
     @app.task(name=TRANSCRIBE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
               max_retries=None, ignore_result=True)
@@ -130,7 +131,7 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
         """
         try:
             runtime.run(delivery_of(self.request, job_key, options, path, duration))
-        except redis.RedisError as exc:
+        except StateError as exc:
             log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)
             raise Reject(exc, requeue=True) from exc
 

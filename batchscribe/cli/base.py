@@ -1,7 +1,7 @@
 """What every `batchscribe` command shares: exit codes, error translation, common options.
 
 Exit codes: 0 every file succeeded · 1 some files failed · 2 bad usage, input or config ·
-3 Redis unreachable.
+3 Redis unreachable or failing (refused credentials, out of memory, read-only replica).
 """
 
 from __future__ import annotations

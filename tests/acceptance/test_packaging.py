@@ -33,7 +33,7 @@ def test_install_adds_exactly_one_top_level_package(tmp_path: Path) -> None:
             (".dist-info", ".data"))}
         names = archive.namelist()
     assert top == {"batchscribe"}, top
-    for module in ("common/state.py", "producer/submit.py", "worker/tasks.py", "emulator/server.py",
+    for module in ("common/state/store.py", "producer/submit.py", "worker/tasks.py", "emulator/server.py",
                    "cli/__init__.py"):
         assert f"batchscribe/{module}" in names, f"{module} missing from the wheel"
 

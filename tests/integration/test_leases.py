@@ -26,6 +26,7 @@ from batchscribe.worker.engines.base import PreparedAudio, Recognition
 from batchscribe.worker.jobs import MAX_BOUNCES, Delivery, JobRunner
 from batchscribe.worker.leases import LeaseKeeper
 from batchscribe.worker.scheduler import promote_due
+from tests.support.clock import ManualClock
 from tests.support.emulator import tone_wav
 from tests.support.threads import run_concurrently
 
@@ -91,10 +92,12 @@ def test_a_duplicate_delivery_is_deferred_while_the_lease_is_live(store: StateSt
     assert TaskSpec.from_json(store.redis.hget(store.keys.delayed_specs(), "j").decode()).queue == QUEUE
 
 
-def test_an_expired_lease_is_a_crash_and_the_new_delivery_takes_over(store: StateStore) -> None:
+def test_an_expired_lease_is_a_crash_and_the_new_delivery_takes_over(settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     submitted(store)
     store.start_job("j", "ep1", "d1", lease_ttl=0.3)
-    time.sleep(0.4)
+    clock.advance(0.4)
     again = store.start_job("j", "ep2", "d2", lease_ttl=30)
     assert (again.previous, again.crashes, again.attempts, again.crashed_endpoint) == ("running", 1, 2, "ep1")
     assert store.job("j")["delivery"] == "d2"
@@ -102,13 +105,15 @@ def test_an_expired_lease_is_a_crash_and_the_new_delivery_takes_over(store: Stat
     assert store.job("j")["state"] == "running" and store.delayed() == []
 
 
-def test_poison_after_max_crashes_fails_with_class_crash(settings: Settings, store: StateStore) -> None:
+def test_poison_after_max_crashes_fails_with_class_crash(settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     submitted(store)
     runner, engine = runner_for(settings, store, max_crashes=2)
     store.start_job("j", "ep1", "d1", lease_ttl=0.2)
-    time.sleep(0.3)
+    clock.advance(0.3)
     store.start_job("j", "ep1", "d2", lease_ttl=0.2)  # crash 1
-    time.sleep(0.3)
+    clock.advance(0.3)
     assert runner.run(delivery(3)) == "failed"  # crash 2: poison
     assert engine.calls == 0
     job = store.job("j")

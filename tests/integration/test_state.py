@@ -1,12 +1,29 @@
-"""Redis state scripts against a real redis-server: dedupe claims, counters, takeover of dead claims."""
+"""Redis state scripts against a real redis-server: dedupe claims, counters, takeover of dead claims,
+in-flight bookkeeping, the scripts' key names, and Redis errors translated at the boundary."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+import pytest
+import redis
+
+from batchscribe.common.errors import (
+    RedisCredentialsError,
+    RedisOutOfMemoryError,
+    RedisReadOnlyError,
+    RedisUnavailableError,
+)
+from batchscribe.common.keys import Keys
+from batchscribe.common.lua import KEYSPACE
 from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore, target_id
+from batchscribe.private_redis import PrivateRedis
+from tests.support.clock import ManualClock
+from tests.support.netfault import RedisCut
 from tests.support.threads import run_concurrently
 
 
@@ -43,12 +60,14 @@ def test_two_producers_racing_claim_each_job_exactly_once(store: StateStore) -> 
         assert store.redis.llen(store.keys.targets(jobs[i])) == 2
 
 
-def test_expired_claim_is_taken_over_and_keeps_its_targets(store: StateStore) -> None:
+def test_expired_claim_is_taken_over_and_keeps_its_targets(settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     make_batch(store, "b1", 1, ["j"])
     make_batch(store, "b2", 1, ["j"])
     assert store.claim([("j", "b1:0", 1.0)], "dead-producer", ttl=1) == ["claimed"]
     assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=1) == ["attached"]
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=30) == ["claimed"]
     assert store.redis.lrange(store.keys.targets("j"), 0, -1) == [b"b1:0", b"b2:0"]
 
@@ -121,3 +140,101 @@ def test_names_that_are_not_utf8_survive_redis(store: StateStore) -> None:
                                                          output="/out/x.json")])
     assert store.files("b", [0])[0].path == name
     assert store.redis.hget(store.keys.file("b", 0), "path") == b"/in/caf\xe9.wav"  # the bytes themselves
+
+# ---- the clock, the scripts' key names ------------------------------------------------------------
+
+def test_every_time_written_comes_from_the_store_s_clock(settings: Settings) -> None:
+    clock = ManualClock(start=1_000_000.0)
+    store = StateStore.connect(settings, clock=clock)
+    make_batch(store, "b", 1, ["j"])
+    store.claim([("j", "b:0", 1.0)], "p", ttl=30)
+    clock.advance(5)
+    start = store.start_job("j", "ep1", "d1", lease_ttl=30)
+    assert float(store.batch("b")["created_at"]) == 1_000_000.0
+    assert float(store.job("j")["claim_deadline"]) == 1_000_030.0
+    assert start.lease_until == 1_000_035.0 and float(store.job("j")["started_at"]) == 1_000_005.0
+
+
+def test_the_scripts_spell_key_names_as_the_keys_module_does(store: StateStore) -> None:
+    keys = Keys("t1")
+    spelled = store.redis.eval(KEYSPACE + """
+return {K.batch(ARGV[1]), K.failed(ARGV[1]), K.file(ARGV[2]), K.job(ARGV[3]), K.targets(ARGV[3]),
+        K.result(ARGV[3]), K.inflight(ARGV[4]), K.endpoint_stats(ARGV[4])}""", 1, "t1", "b:x", "b:x:7", "jk", "ep")
+    assert [k.decode() for k in spelled] == [
+        keys.batch("b:x"), keys.failed("b:x"), keys.file("b:x", 7), keys.job("jk"), keys.targets("jk"),
+        keys.result("jk"), keys.inflight("ep"), keys.endpoint_stats("ep")]
+
+
+# ---- in flight: what runs on an endpoint now -------------------------------------------------------
+
+def running(settings: Settings) -> tuple[StateStore, ManualClock]:
+    """A store on a manual clock where delivery d1 runs job j on ep1 (lease 3 s), counted in flight."""
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
+    make_batch(store, "b", 1, ["j"])
+    store.claim([("j", "b:0", 1.0)], "p", ttl=30)
+    store.start_job("j", "ep1", "d1", lease_ttl=3)
+    store.track_inflight("ep1", "j")
+    return store, clock
+
+
+def test_a_dead_delivery_s_in_flight_entry_is_pruned_once_its_lease_expires(settings: Settings) -> None:
+    store, clock = running(settings)  # ... and its consumer is SIGKILLed: nobody releases the entry
+    store.prune_inflight(["ep1"])
+    assert store.endpoint_stats("ep1")["in_flight"] == "1"  # its lease is live: it may still run
+    clock.advance(4)
+    store.prune_inflight(["ep1", "ep-unknown"])
+    assert store.endpoint_stats("ep1")["in_flight"] == "0"
+
+
+def test_taking_over_a_dead_delivery_drops_its_in_flight_entry(settings: Settings) -> None:
+    store, clock = running(settings)
+    clock.advance(4)
+    store.start_job("j", "ep2", "d2")  # its endpoint need not be in anyone's set any more
+    assert store.endpoint_stats("ep1")["in_flight"] == "0"
+
+
+def test_in_flight_counts_only_live_deliveries(settings: Settings) -> None:
+    store, clock = running(settings)
+    clock.advance(4)
+    make_batch(store, "c", 1, ["k"])
+    store.claim([("k", "c:0", 1.0)], "p", ttl=30)
+    store.start_job("k", "ep1", "d2")
+    assert store.track_inflight("ep1", "k") == 1  # not 2: j's delivery died
+    assert store.endpoint_stats("ep1")["max_inflight"] == "1"
+
+
+# ---- Redis errors, translated at the boundary ------------------------------------------------------
+
+def test_out_of_memory_is_named_and_reads_still_work(store: StateStore, redis_server: PrivateRedis) -> None:
+    make_batch(store, "b", 1, ["j"])
+    redis.Redis(port=redis_server.port).config_set("maxmemory", "1")
+    with pytest.raises(RedisOutOfMemoryError, match=r"^Redis is out of memory \(maxmemory, noeviction\): "):
+        make_batch(store, "c", 1, ["k"])  # a pipeline
+    with pytest.raises(RedisOutOfMemoryError):
+        store.claim([("j", "b:0", 1.0)], "p", ttl=30)  # a script
+    assert store.batch("b")["total"] == "1"
+
+
+def test_a_read_only_replica_is_named(store: StateStore, redis_server: PrivateRedis, tmp_path: Path) -> None:
+    with PrivateRedis(data_dir=tmp_path / "replica") as replica:
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", redis_server.port)
+        on_replica = StateStore.connect(Settings.from_env({}, redis_url=replica.url))
+        with pytest.raises(RedisReadOnlyError, match="is a read-only replica"):
+            make_batch(on_replica, "b", 1, ["j"])
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_refused_credentials_are_named(redis_server: PrivateRedis, password: str | None) -> None:
+    redis.Redis(port=redis_server.port).config_set("requirepass", "s3cret")
+    url = f"redis://:{password}@127.0.0.1:{redis_server.port}/0" if password else redis_server.url
+    with pytest.raises(RedisCredentialsError, match="^Redis refused the credentials for redis://") as raised:
+        StateStore.connect(Settings.from_env({}, redis_url=url))
+    assert "wrong" not in str(raised.value)
+
+
+def test_a_connection_dropped_mid_command_is_unavailable(redis_server: PrivateRedis) -> None:
+    with RedisCut(redis_server.port, command="HGETALL") as cut:
+        store = StateStore.connect(Settings.from_env({}, redis_url=cut.url))
+        with pytest.raises(RedisUnavailableError, match="^cannot reach Redis at "):
+            store.batch("b")

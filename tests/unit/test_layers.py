@@ -75,3 +75,48 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     found = {_layer_of(m) for m in _imported(bad)}
     assert found == {"producer", "common"}
     assert "producer" not in ALLOWED["worker"]
+
+
+# ---- the state boundary: the only code that talks to Redis ------------------------------------------
+
+# Besides common/state/, the task publisher keeps its own connection on purpose (common/publish.py)
+# and the private redis-server launcher pings the server it starts.
+TALKS_TO_REDIS = ("common/state/", "common/publish.py", "batchscribe/private_redis.py")
+
+
+def _package_files() -> list[Path]:
+    """The package's modules, each once (rglob does not follow batchscribe/common etc., the symlinks)."""
+    return [p for top in ("common", "producer", "worker", "batchscribe") for p in sorted((ROOT / top).rglob("*.py"))]
+
+
+def _reaches_into_redis(path: Path) -> list[str]:
+    """Imports of redis-py, `x.redis` and `x.keys.y` (a store's raw client and key names) in `path`."""
+    found = [f"imports {m}" for m in sorted(_imported(path)) if m.split(".")[0] == "redis"]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr == "redis":
+            found.append(f"line {node.lineno}: .redis")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "keys":
+            found.append(f"line {node.lineno}: .keys.{node.attr}")
+    return found
+
+
+def test_only_the_state_boundary_talks_to_redis() -> None:
+    wrong = [f"{p.relative_to(ROOT)}: {what}" for p in _package_files()
+             if not p.relative_to(ROOT).as_posix().startswith(TALKS_TO_REDIS) for what in _reaches_into_redis(p)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_boundary_check_sees_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import redis\nstore.redis.hget(store.keys.batch('b'), 'x')\nd.keys()\n")
+    assert _reaches_into_redis(bad) == ["imports redis", "line 2: .redis", "line 2: .keys.batch"]
+
+
+def test_every_public_store_method_translates_redis_errors() -> None:
+    from batchscribe.common.state import StateStore
+
+    methods = [name for name in dir(StateStore) if not name.startswith("_")
+               and callable(getattr(StateStore, name)) and name != "connect"]
+    assert len(methods) > 30
+    unguarded = [name for name in methods if not getattr(getattr(StateStore, name), "__state_boundary__", False)]
+    assert not unguarded, f"not behind common.state.client.boundary: {unguarded}"

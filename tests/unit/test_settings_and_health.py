@@ -24,6 +24,9 @@ def test_settings_round_trip_through_the_environment() -> None:
 
 @pytest.mark.parametrize("env, message", [
     ({"BATCHSCRIBE_REDIS_URL": "http://x"}, "broker URL must start with redis://"),
+    ({"BATCHSCRIBE_REDIS_URL": "redis://127.0.0.1:abc/0"}, "the port must be a number"),
+    ({"BATCHSCRIBE_REDIS_URL": "redis://:pw@h:70000/0"}, r"'redis://:\*\*\*@h:70000/0': the port must be"),
+    ({"BATCHSCRIBE_REDIS_URL": "redis://h:6379/zero"}, "the database after the last / must be a number"),
     ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "soon"}, "BATCHSCRIBE_VISIBILITY_TIMEOUT must be"),
     ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "6"}, "at most half of BATCHSCRIBE_VISIBILITY_TIMEOUT"),
 ])

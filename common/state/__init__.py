@@ -1,0 +1,28 @@
+"""Redis as the system of record: batches, file records, dedupe jobs, cached results, the event
+log, the endpoint set and who runs what. This package is the state boundary: the only code that
+talks to Redis (the task publisher, `common.publish`, keeps its own connection on purpose), and
+the one place redis-py's errors become ours (`client.translate`).
+
+All multi-key transitions run as Lua scripts (`common.lua`) so two producers and any number of
+workers see one consistent order of events:
+
+* a **job** is one unit of engine work (content hash + result-changing options); inputs that want
+  its result are its **targets** (`jobs`);
+* a **file** is one input of one batch (`FileRecord`); its state follows its job. Batch counters
+  (n_queued, n_running, …) move only inside the file transition script, so they never drift
+  (`batches`);
+* a job that must run later sits in the **delayed** set (`delays`);
+* endpoints: the published set, counters, in-flight deliveries, health (`endpoints`), and which
+  VM owns each (`ownership`); attempt outcomes go to the event stream (`events`).
+
+Every `now` comes from the store's clock (`StateStore.connect(…, clock=…)`).
+"""
+
+from batchscribe.common.state.batches import split_target, target_id
+from batchscribe.common.state.client import as_text, describe, text_dict, translate
+from batchscribe.common.state.endpoints import PublishedSet
+from batchscribe.common.state.jobs import JobStart, LeaseItem, pack_result, unpack_result
+from batchscribe.common.state.store import StateStore
+
+__all__ = ["JobStart", "LeaseItem", "PublishedSet", "StateStore", "as_text", "describe", "pack_result",
+           "split_target", "target_id", "text_dict", "translate", "unpack_result"]

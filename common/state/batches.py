@@ -1,0 +1,144 @@
+"""Batches and their inputs: the batch header and counters, one record per input file, which
+inputs failed, and the fingerprint cache that lets a re-submit skip hashing unchanged files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.state.client import StoreBase, as_text, boundary, fields, stamp, text_dict
+
+
+def target_id(batch_id: str, index: int) -> str:
+    """How a job names one input that wants its result: "batch_id:index"."""
+    return f"{batch_id}:{index}"
+
+
+def split_target(target: str) -> tuple[str, int]:
+    batch_id, _, index = target.rpartition(":")
+    return batch_id, int(index)
+
+
+def _path_digest(path: str) -> bytes:
+    """A path as an output claim's field or input tag: 16 bytes whatever its length (file-system bytes)."""
+    return hashlib.sha256(os.fsencode(path)).digest()[:16]
+
+
+@boundary
+class Batches(StoreBase):
+    def create_batch(self, batch_id: str, header: dict[str, Any], records: Sequence[FileRecord]) -> None:
+        """Write the batch header, counters and every file record in pipelined round trips."""
+        now = self.clock()
+        head = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in header.items()}
+        head.update(id=batch_id, created_at=stamp(now), total=str(len(records)), audio_done="0",
+                    audio_total=f"{sum(r.duration for r in records):.3f}", finished_at="")
+        for state in FileState:
+            head[f"n_{state.value}"] = "0"
+        head["n_queued"] = str(len(records))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.batch(batch_id), mapping=fields(head))
+        pipe.zadd(self.keys.batches(), {batch_id: now})
+        for i, record in enumerate(records):
+            pipe.hset(self.keys.file(batch_id, record.index), mapping=fields(record.to_redis()))
+            if i % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+
+    def drop_batch(self, batch_id: str, size: int) -> None:
+        """Remove a batch refused before anything of it was queued: header, records, its place in the list."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.batches(), batch_id)
+        pipe.delete(self.keys.batch(batch_id), self.keys.failed(batch_id))
+        for index in range(size):
+            pipe.delete(self.keys.file(batch_id, index))
+            if index % 2000 == 1999:
+                pipe.execute()
+        pipe.execute()
+
+    def batch(self, batch_id: str) -> dict[str, str]:
+        return text_dict(self.redis.hgetall(self.keys.batch(batch_id)))
+
+    def batch_formats(self, batch_id: str) -> list[str]:
+        """The output formats the batch asked for (json, txt)."""
+        return (as_text(self.redis.hget(self.keys.batch(batch_id), "formats")) or "json").split(",")
+
+    def batch_ids(self, limit: int = 20) -> list[str]:
+        ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), 0, limit - 1))  # no scores
+        return [as_text(b) for b in ids]
+
+    def files(self, batch_id: str, indexes: Iterable[int]) -> list[FileRecord]:
+        pipe = self.redis.pipeline(transaction=False)
+        for i in indexes:
+            pipe.hgetall(self.keys.file(batch_id, i))
+        return [FileRecord.from_redis(text_dict(raw)) for raw in pipe.execute() if raw]
+
+    def records(self, targets: Sequence[str]) -> list[FileRecord]:
+        """The file records of "batch_id:index" targets, in one round trip; missing ones skipped."""
+        pipe = self.redis.pipeline(transaction=False)
+        for target in targets:
+            pipe.hgetall(self.keys.file(*split_target(target)))
+        return [FileRecord.from_redis(text_dict(raw)) for raw in pipe.execute() if raw]
+
+    def failed_indexes(self, batch_id: str) -> list[int]:
+        return sorted(int(i) for i in self.redis.smembers(self.keys.failed(batch_id)))
+
+    def settle_file(self, target: str, state: FileState, job_key: str = "", **values: Any) -> bool:
+        """Move one input to `state` (with its fields) and detach it from `job_key`'s targets;
+        True if that completed its batch."""
+        now = stamp(self.clock())
+        pairs: list[str] = ["finished_at", now]
+        for k, v in values.items():
+            pairs += [k, f"{v:.3f}" if isinstance(v, float) else str(v)]
+        detach = [self.keys.targets(job_key)] if job_key else []
+        return bool(self._run("settle", detach, [target, state.value, now, *pairs]))
+
+    # ---- output claims: no two running batches write one file ------------------------
+
+    def claim_outputs(self, batch_id: str, outputs: Sequence[tuple[str, str]],
+                      chunk: int = 5000) -> list[tuple[str, str]]:
+        """Claim each (output path, input path) for `batch_id`; returns the clashes (output, batch
+        holding it for another input).
+
+        A clash means a batch that is still running writes that file for another input: then this
+        batch keeps no claim (each chunk's script is all-or-nothing; earlier chunks are released,
+        and an output taken over from a batch with the same input is left unclaimed by that). The
+        same input submitted again takes its output over. A claim is one field of one hash (16-byte
+        digest → 16-byte input tag + batch id, ~120 bytes) until `release_outputs`; a completed
+        batch's leftover claims are stale and simply taken over.
+        """
+        digests = [_path_digest(o) for o, _ in outputs]
+        pairs = [x for (_, path), digest in zip(outputs, digests) for x in (digest, _path_digest(path))]
+        for start in range(0, len(digests), chunk):
+            reply = [as_text(x) for x in self._run("claim_outputs", [self.keys.output_claims()],
+                                                   [batch_id, *pairs[2 * start:2 * (start + chunk)]])]
+            if reply:
+                self._release_digests(batch_id, digests[:start], chunk)
+                return [(outputs[start + int(pos) - 1][0], other)
+                        for pos, other in zip(reply[0::2], reply[1::2])]
+        return []
+
+    def release_outputs(self, batch_id: str, outputs: Sequence[str], chunk: int = 5000) -> None:
+        """Drop the claims `batch_id` still holds on these output paths (it completed)."""
+        self._release_digests(batch_id, [_path_digest(o) for o in outputs], chunk)
+
+    def _release_digests(self, batch_id: str, digests: Sequence[bytes], chunk: int) -> None:
+        for start in range(0, len(digests), chunk):
+            self._run("release_outputs", [self.keys.output_claims()],
+                      [batch_id, *digests[start:start + chunk]])
+
+    # ---- fingerprint cache (hash + duration of unchanged files) ---------------------------
+
+    def probe_lookup(self, fingerprints: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for start in range(0, len(fingerprints), 5000):
+            chunk = fingerprints[start:start + 5000]
+            out += [as_text(v) or None for v in self.redis.hmget(self.keys.probe_cache(), chunk)]
+        return out
+
+    def probe_store(self, entries: dict[str, str]) -> None:
+        if entries:
+            self.redis.hset(self.keys.probe_cache(), mapping=fields(entries))
