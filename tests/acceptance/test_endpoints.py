@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from batchscribe.common.state import StateStore
@@ -125,7 +127,7 @@ def test_hot_swap_apply_file_edit_and_invalid_sets(tmp_path: Path, redis_server,
 
 def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, redis_server,
                                                             store: StateStore, start_worker) -> None:
-    with running_emulator(ports=2, rtf=0) as emu:
+    with running_emulator(ports=2, rtf=0) as emu, ConsumerSampler(redis_server.url) as sampler:
         config = tmp_path / "eps.yaml"
         config.write_text(yaml_for(dict(zip(("a", "b"), emu.ports))))
         vm1 = start_worker(config, hostname="vm1")
@@ -136,17 +138,50 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
                     if node.startswith(name + "@")}
 
         wait_for(lambda: len(owners()) == 2 and len(consumers(redis_server.url)) == 2, 40, what="one consumer per endpoint")
-        time.sleep(3)
-        assert len(consumers(redis_server.url)) == 2  # never two consumers of one endpoint, cluster-wide
         os.killpg(vm1.proc.pid, signal.SIGKILL)  # the whole VM dies
         died = time.monotonic()
         wait_for(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
         assert time.monotonic() - died <= 30
+    # never two consumers of one endpoint, cluster-wide: every sample, start-up and takeover included
+    assert sampler.samples > 50
+    assert sampler.most == {"a": 1, "b": 1}, sampler.most
+
+
+class ConsumerSampler:
+    """Counts this test's consumers per endpoint every 0.1 s in a thread; `most` is the largest count
+    seen for each endpoint (a context manager: sampling stops on exit)."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker = broker
+        self.most: dict[str, int] = {}
+        self.samples = 0
+        self.changes = 0  # how often the set of running consumers changed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last: set[str] = set()
+        while not self._stop.wait(0.1):
+            nodes = set(consumers(self.broker))
+            self.changes += nodes != last
+            last = nodes
+            counts = Counter(node.split("@", 1)[0] for node in nodes)
+            for name, count in counts.items():
+                self.most[name] = max(self.most.get(name, 0), count)
+            self.samples += 1
+
+    def __enter__(self) -> ConsumerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server, store: StateStore,
                                                   start_worker) -> None:
-    with running_emulator(ports=2, rtf=0) as emu:
+    with running_emulator(ports=2, rtf=0) as emu, ConsumerSampler(redis_server.url) as sampler:
         config = tmp_path / "eps.yaml"
         config.write_text(yaml_for(dict(zip(("a", "b"), emu.ports))))
         start_worker(config, hostname="vm1")
@@ -157,8 +192,10 @@ def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server,
             return sorted(node.split("@")[1] for node in consumers(redis_server.url))
 
         wait_for(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
+        moves = sampler.changes
         time.sleep(3)
-        assert hosts() == ["vm1", "vm2"]  # stable: no ping-pong
+        assert hosts() == ["vm1", "vm2"] and sampler.changes == moves  # stable: no ping-pong
+    assert sampler.most == {"a": 1, "b": 1}, "the hand-over never ran an endpoint on two VMs at once"
 
 
 SECRET_KEY = "f00dfeedSECRETkey0123"
