@@ -79,6 +79,8 @@ def test_plain_celery_worker_and_flower_start_with_the_namespaced_app() -> None:
             for proc in (worker, flower):
                 proc.terminate()
                 proc.wait(timeout=30)
+                if proc.stdout is not None:
+                    proc.stdout.close()
 
 
 def _body(request: urllib.request.Request) -> str:

@@ -123,6 +123,7 @@ class EmulatorProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+        self._close_output()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,6 +132,15 @@ class EmulatorProcess:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_output()
+
+    def _close_output(self) -> None:
+        """The pipe ends with the process: let the copier finish, then close our end."""
+        drain = getattr(self, "_drain", None)
+        if drain is not None and drain.is_alive():
+            drain.join(timeout=5)
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
 
     def __enter__(self) -> EmulatorProcess:
         return self
