@@ -107,7 +107,10 @@ def _segment(phrase: dict[str, Any], language: str, nbest: int) -> dict[str, Any
 
 def _combined(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tops = [s["NBest"][0] for s in segments if s.get("NBest")]
-    field = lambda name: " ".join(t.get(name, "") for t in tops if t.get(name))  # noqa: E731
+
+    def field(name: str) -> str:
+        return " ".join(t.get(name, "") for t in tops if t.get(name))
+
     return [{"ChannelNumber": None, "Lexical": field("Lexical"), "ITN": field("ITN"),
              "MaskedITN": field("MaskedITN"), "Display": field("Display")}]
 

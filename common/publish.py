@@ -367,14 +367,14 @@ class _MessageBuilder:
             fast = f"['{job_key}', {tail}"
             if len(fast) <= _REPR_MAX:
                 return fast
-        return saferepr([job_key, options], 1024, maxlevels=self.maxlevels)
+        return str(saferepr([job_key, options], 1024, maxlevels=self.maxlevels))
 
     def _kwargs_repr(self, path: str, duration: float) -> str:
         if _plain(path):
             fast = f"{{'path': '{path}', 'duration': {duration!r}}}"
             if len(fast) <= _REPR_MAX:
                 return fast
-        return saferepr({"path": path, "duration": duration}, 1024, maxlevels=self.maxlevels)
+        return str(saferepr({"path": path, "duration": duration}, 1024, maxlevels=self.maxlevels))
 
 
 def _plain(text: Any) -> bool:

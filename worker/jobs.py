@@ -100,7 +100,7 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     """Exponential with jitter, capped. Delays wait in Redis, so any length is safe."""
     rng = rng or random.Random()
     raw = min(policy.backoff_cap, policy.backoff_base * (2 ** max(0, attempt - 1)))
-    return max(0.0, raw * (1 + rng.uniform(-policy.jitter, policy.jitter)))
+    return max(0.0, float(raw) * (1 + rng.uniform(-policy.jitter, policy.jitter)))
 
 
 class JobRunner:

@@ -79,7 +79,7 @@ def _translated(method: Callable[Concatenate[StoreBase, P], R]) -> Callable[Conc
             raise translate(exc, self.url) from exc
 
     wrapper.__state_boundary__ = True  # type: ignore[attr-defined]
-    return wrapper
+    return cast("Callable[Concatenate[StoreBase, P], R]", wrapper)
 
 
 def boundary(cls: C) -> C:

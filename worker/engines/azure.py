@@ -145,7 +145,7 @@ _DIARIZE = _Driver(final="transcribed", partial="transcribing", start="start_tra
                    stop="stop_transcribing_async")
 
 
-class _PullReader(sdk.audio.PullAudioInputStreamCallback):
+class _PullReader(sdk.audio.PullAudioInputStreamCallback):  # type: ignore[misc]  # the SDK ships no types
     """Feeds the SDK from the WAV's PCM on demand: bounded memory, no extra thread."""
 
     def __init__(self, wav: wave.Wave_read) -> None:
