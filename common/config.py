@@ -268,6 +268,38 @@ def _yaml_problem(exc: Exception) -> str:
     return f"{where}: {what}" if what else where
 
 
+class _PlaceholderEnv(Mapping[str, str]):
+    """The environment where secrets may be missing: a $VAR that is not set reads as a
+    placeholder, and is remembered in `missing`."""
+
+    def __init__(self, base: Mapping[str, str]) -> None:
+        self.base = base
+        self.missing: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self.base:
+            self.missing.add(key)
+            return "unset-here"
+        return self.base[key]
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def parse_without_secrets(text: str, source: str, environ: Mapping[str, str] | None = None
+                          ) -> tuple[EndpointSet, set[str]]:
+    """Parse a set where its `$VAR`s need not be set (validation before publishing, `status`):
+    returns the set and the variables this machine does not have."""
+    env = _PlaceholderEnv(os.environ if environ is None else environ)
+    return parse_endpoints(text, source, env), env.missing
+
+
 def load_endpoints(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> EndpointSet:
     """Read an endpoint file; a missing or unreadable file is a ConfigError naming it."""
     p = Path(path)

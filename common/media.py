@@ -18,7 +18,7 @@ import re
 import stat
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ MEDIA_EXTENSIONS = AUDIO_EXTENSIONS | VIDEO_EXTENSIONS
 
 CUT_SHORT_HINT = " (still being copied? fix it and use retry-failed)"
 PROBE_TIMEOUT = 30.0  # seconds; ffprobe reads headers only, so this is generous even on NFS
+HEAD_BYTES = 1 << 16  # the start of a file read once for its header (and hashed with the rest)
 _STREAMING_SIZES = (0, 0xFFFFFFFF)  # data sizes written by recorders that never came back to fix them
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 _PCM_TAGS = (1, 3)  # integer PCM, IEEE float
@@ -153,16 +154,8 @@ def probe_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT,
     """
     size = check_file(path)
     with Path(path).open("rb") as fh:
-        head = fh.read(12)
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        info = read_wav_header(path, size)
-        if strict and info.warning:
-            raise AudioError(info.warning + CUT_SHORT_HINT)
-        if info.exact:
-            return info.duration
-    if Path(path).suffix.lower() in (".wav", ".wave") and _sniff(head) is None:
-        raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like(path)}")
-    return ffprobe_duration(path, timeout)
+        head = fh.read(HEAD_BYTES)
+    return probe_duration_from_head(path, head, size, timeout, strict)
 
 
 def probe_duration_from_head(path: str | os.PathLike[str], head: bytes, size: int,
@@ -185,23 +178,58 @@ def probe_duration_from_head(path: str | os.PathLike[str], head: bytes, size: in
     return ffprobe_duration(path, timeout)
 
 
+# Reads `n` bytes at `offset` for the chunk walker; None when they are not at hand (bytes beyond
+# what the caller has read).
+_ReadAt = Callable[[int, int], "bytes | None"]
+
+
 def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
     """`read_wav_header` on bytes already read: None if the chunks before `data` go beyond `head`.
 
     Same checks and errors as `read_wav_header`; `size` is the file's size (from `stat`).
     """
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like_head(head[:512])}")
     whole = len(head) >= size
+
+    def read_at(offset: int, n: int) -> bytes | None:
+        if offset + n <= len(head) or whole:
+            return head[offset:offset + n]
+        return None
+
+    return _walk_chunks(read_at, size, lambda: _looks_like_head(head[:512]))
+
+
+def read_wav_header(path: str | os.PathLike[str], size: int | None = None) -> WavInfo:
+    """What the RIFF header of a WAV file says (see `_walk_chunks`)."""
+    size = Path(path).stat().st_size if size is None else size
+    with Path(path).open("rb") as fh:
+        def read_at(offset: int, n: int) -> bytes:
+            fh.seek(offset)
+            return fh.read(n)
+
+        info = _walk_chunks(read_at, size, lambda: _looks_like(path))
+    assert info is not None  # a file reader always has the bytes
+    return info
+
+
+def _walk_chunks(read_at: _ReadAt, size: int, looks_like: Callable[[], str]) -> WavInfo | None:
+    """Walk the RIFF chunks up to `data`, reading only the chunk headers, `fmt ` and `fact`
+    (LIST, bext, JUNK chunks of possibly megabytes are skipped); an odd-sized chunk is followed by
+    one pad byte. None when `read_at` lacks bytes it needs."""
+    riff = read_at(0, 12)
+    if riff is None:
+        return None
+    if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+        raise AudioError(f"not a WAV file (no RIFF header): looks like {looks_like()}")
     pos = 12
     fmt: tuple[int, int, int, int, int] | None = None
     frames: int | None = None
     while True:
-        if pos + 8 > len(head):
-            if whole:
-                raise AudioError("truncated WAV: the file ends before its audio data starts")
+        chunk = read_at(pos, 8)
+        if chunk is None:
             return None
-        chunk_id, chunk_size = struct.unpack_from("<4sI", head, pos)
+        if len(chunk) < 8:
+            raise AudioError("truncated WAV: the file ends before its audio data starts")
+        chunk_id, chunk_size = struct.unpack("<4sI", chunk)
         pos += 8
         if chunk_id == b"data":
             break
@@ -209,13 +237,15 @@ def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
         if end > size:
             raise AudioError("truncated WAV: the file ends before its audio data starts")
         if chunk_id == b"fmt ":
-            if pos + chunk_size > len(head):
+            body = read_at(pos, chunk_size)
+            if body is None:
                 return None
-            fmt = _parse_fmt(head[pos:pos + chunk_size])
+            fmt = _parse_fmt(body)
         elif chunk_id == b"fact" and chunk_size >= 4:
-            if pos + 4 > len(head):
+            body = read_at(pos, 4)
+            if body is None:
                 return None
-            frames = struct.unpack_from("<I", head, pos)[0]
+            frames = struct.unpack("<I", body)[0]
         pos = end
     if fmt is None:
         raise AudioError("corrupt WAV: no 'fmt ' chunk before the audio data")
@@ -223,39 +253,6 @@ def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
     held = present if chunk_size in _STREAMING_SIZES else min(chunk_size, present)
     tag, channels, rate, byte_rate, bits = fmt
     return WavInfo(tag, channels, rate, bits, byte_rate, pos, max(held, 0), chunk_size, frames)
-
-
-def read_wav_header(path: str | os.PathLike[str], size: int | None = None) -> WavInfo:
-    """Walk the RIFF chunks up to `data`; an odd-sized chunk is followed by one pad byte."""
-    size = Path(path).stat().st_size if size is None else size
-    with Path(path).open("rb") as fh:
-        head = fh.read(12)
-        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            raise AudioError(f"not a WAV file (no RIFF header): looks like {_looks_like(path)}")
-        fmt: tuple[int, int, int, int, int] | None = None
-        frames: int | None = None
-        while True:
-            chunk = fh.read(8)
-            if len(chunk) < 8:
-                raise AudioError("truncated WAV: the file ends before its audio data starts")
-            chunk_id, chunk_size = struct.unpack("<4sI", chunk)
-            if chunk_id == b"data":
-                break
-            end = fh.tell() + chunk_size + (chunk_size & 1)
-            if end > size:
-                raise AudioError("truncated WAV: the file ends before its audio data starts")
-            if chunk_id == b"fmt ":
-                fmt = _parse_fmt(fh.read(chunk_size))
-            elif chunk_id == b"fact" and chunk_size >= 4:
-                frames = struct.unpack("<I", fh.read(4))[0]
-            fh.seek(end)  # skip anything else unread (LIST, bext, JUNK: possibly megabytes)
-        if fmt is None:
-            raise AudioError("corrupt WAV: no 'fmt ' chunk before the audio data")
-        data_offset = fh.tell()
-    present = size - data_offset
-    held = present if chunk_size in _STREAMING_SIZES else min(chunk_size, present)
-    tag, channels, rate, byte_rate, bits = fmt
-    return WavInfo(tag, channels, rate, bits, byte_rate, data_offset, max(held, 0), chunk_size, frames)
 
 
 def _parse_fmt(body: bytes) -> tuple[int, int, int, int, int]:

@@ -18,17 +18,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import secrets
 from pathlib import Path
 from typing import Any
 
 from batchscribe.common.models import FileRecord
 from batchscribe.common.names import output_name
+from batchscribe.common.phrases import lexical, seconds
 
-TICKS = 10_000_000
 TEMP_PREFIX = ".bs-"  # hidden temp files of `write_atomic`: `.bs-<random>.tmp`
-_PUNCT = re.compile(r"[^\w\s']+")
 
 
 def output_path(out_dir: str | Path, rel: str) -> Path:
@@ -79,14 +77,10 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
 def _with_seconds(entry: dict[str, Any], shift: int = 0) -> dict[str, Any]:
     if "Offset" in entry:
         entry["Offset"] = int(entry["Offset"]) + shift
-        entry["OffsetInSeconds"] = round(entry["Offset"] / TICKS, 3)
+        entry["OffsetInSeconds"] = seconds(entry["Offset"])
     if "Duration" in entry:
-        entry["DurationInSeconds"] = round(int(entry["Duration"]) / TICKS, 3)
+        entry["DurationInSeconds"] = seconds(entry["Duration"])
     return entry
-
-
-def lexical(text: str) -> str:
-    return " ".join(_PUNCT.sub(" ", text).lower().split())
 
 
 def _segment(phrase: dict[str, Any], language: str, nbest: int) -> dict[str, Any]:

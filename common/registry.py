@@ -8,35 +8,9 @@ out is refused (`check_publishable`).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-
-from batchscribe.common.config import EndpointSet, parse_endpoints
+from batchscribe.common.config import EndpointSet, parse_without_secrets
 from batchscribe.common.errors import ConfigError
 from batchscribe.common.state import PublishedSet, StateStore
-
-
-class _LenientEnv(Mapping[str, str]):
-    """For validation where the secrets are not set: a missing $VAR reads as a placeholder."""
-
-    def __init__(self, base: Mapping[str, str]) -> None:
-        self.base = base
-        self.missing: set[str] = set()
-
-    def __getitem__(self, key: str) -> str:
-        if key not in self.base:
-            self.missing.add(key)
-            return "unset-here"
-        return self.base[key]
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.base)
-
-    def __len__(self) -> int:
-        return len(self.base)
 
 
 class LiteralSecretError(ConfigError):
@@ -57,10 +31,9 @@ def check_publishable(endpoints: EndpointSet) -> None:
 def validate(text: str, source: str) -> tuple[EndpointSet, set[str]]:
     """Parse as the workers will and check that the set may be published; returns the set and the
     $VARs this machine does not have. Raises ConfigError (LiteralSecretError for a written-out key)."""
-    env = _LenientEnv(os.environ)
-    endpoints = parse_endpoints(text, source, env)
+    endpoints, missing = parse_without_secrets(text, source)
     check_publishable(endpoints)
-    return endpoints, env.missing
+    return endpoints, missing
 
 
 class EndpointRegistry:

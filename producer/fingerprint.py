@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from batchscribe.common.errors import ProcessingError
-from batchscribe.common.media import not_found_reason, probe_duration_from_head
+from batchscribe.common.media import HEAD_BYTES, not_found_reason, probe_duration_from_head
 from batchscribe.common.state import StateStore
 
 CHUNK = 1 << 20
-HEAD = 1 << 16  # bytes of the first block kept for the header parser
+HEAD = HEAD_BYTES  # bytes of the first block kept for the header parser
 _local = threading.local()
 
 

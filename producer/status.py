@@ -125,7 +125,7 @@ def render_recent(store: StateStore, limit: int = 10) -> str:
 
 def render_endpoints(store: StateStore) -> str:
     """The published endpoint set with each endpoint's owner, health and counters."""
-    from batchscribe.common.config import parse_endpoints
+    from batchscribe.common.config import parse_without_secrets
     from batchscribe.common.errors import ConfigError
     from batchscribe.common.registry import EndpointRegistry
 
@@ -135,7 +135,7 @@ def render_endpoints(store: StateStore) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.applied_at))
     lines = [f"endpoint set v{current.version} from {current.source}, applied {when}"]
     try:
-        names = [e.name for e in parse_endpoints(current.yaml, current.source, _AnyEnv())]
+        names = [e.name for e in parse_without_secrets(current.yaml, current.source)[0]]
     except ConfigError as exc:
         return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
     health = store.health()
@@ -149,13 +149,3 @@ def render_endpoints(store: StateStore) -> str:
         done, inflight = stats.get("done", "0"), stats["in_flight"]
         lines.append(f"  {name:<16}{owner:<16}{state:<10}{inflight:>10}{done:>8}  {h.get('reason', '')}")
     return "\n".join(lines)
-
-
-class _AnyEnv(dict[str, str]):
-    """Status only needs names: any $VAR reads as a placeholder."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> str:
-        return "x"

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from batchscribe.common.phrases import TICKS_PER_SECOND
+
 SAMPLE_RATE = 16000
 BYTES_PER_SAMPLE = 2
 WAV_HEADER_BYTES = 44
-TICKS_PER_SECOND = 10_000_000
 TICKS_PER_MS = 10_000
 BYTES_PER_SECOND = SAMPLE_RATE * BYTES_PER_SAMPLE
 BYTES_PER_MS = BYTES_PER_SECOND // 1000

@@ -7,13 +7,13 @@ audio received: otherwise the SDK opens a second turn and replays the tail.
 from __future__ import annotations
 
 import asyncio
-import re
 import tempfile
 import wave
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchscribe.common.phrases import lexical
 from batchscribe.emulator.protocol import SAMPLE_RATE, AudioTurn
 
 TRANSCRIBE_MODES = ("duration", "fixed", "local")
@@ -33,10 +33,6 @@ class Transcriber(Protocol):
         ...
 
 
-def _lexical(text: str) -> str:
-    return re.sub(r"[^\w\s'.-]", "", text).lower().strip()
-
-
 def _words(lexical: str, offset: int, duration: int) -> list[dict[str, Any]]:
     tokens = lexical.split() or [""]
     step = max(1, duration // len(tokens))
@@ -46,11 +42,11 @@ def _words(lexical: str, offset: int, duration: int) -> list[dict[str, Any]]:
 
 def text_phrase(text: str, offset: int, duration: int) -> dict[str, Any]:
     """A Success phrase in the detailed shape, NBest alternatives with decreasing confidence."""
-    lexical = _lexical(text)
+    words = lexical(text)
     nbest = []
     for rank in range(NBEST_ALTERNATIVES):
         variant_text = text if rank == 0 else f"{text} ({rank})"
-        variant_lex = lexical if rank == 0 else f"{lexical} {rank}"
+        variant_lex = words if rank == 0 else f"{words} {rank}"
         nbest.append({"Confidence": round(0.9 - 0.2 * rank, 2), "Lexical": variant_lex, "ITN": variant_lex,
                       "MaskedITN": variant_lex, "Display": variant_text,
                       "Words": _words(variant_lex, offset, duration)})

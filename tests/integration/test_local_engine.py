@@ -12,9 +12,10 @@ import pytest
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import ConfigError, PermanentError
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.phrases import TICKS_PER_SECOND, lexical
 from batchscribe.worker.audio import prepare, run_ffmpeg
-from batchscribe.worker.engines.base import TICKS_PER_SECOND, PreparedAudio, Recognition
-from batchscribe.worker.engines.local import LocalEngine, lexical_form
+from batchscribe.worker.engines.base import PreparedAudio, Recognition
+from batchscribe.worker.engines.local import LocalEngine
 from tests.support.speech import synthesize
 from tests.support.wer import wer
 
@@ -77,7 +78,7 @@ def test_phrases_have_the_speech_service_shape(engine: LocalEngine, speech: Prep
         [best] = phrase["NBest"]
         assert 0.0 <= best["Confidence"] <= 1.0
         assert best["Display"] == best["ITN"] == best["MaskedITN"] == phrase["DisplayText"]
-        assert best["Lexical"] == lexical_form(best["Display"]) and best["Lexical"].islower()
+        assert best["Lexical"] == lexical(best["Display"]) and best["Lexical"].islower()
         assert "Words" not in best
     assert end <= (speech.duration + 0.05) * TICKS_PER_SECOND
 

@@ -41,7 +41,8 @@ from batchscribe.common.errors import (
     TransientError,
 )
 from batchscribe.common.models import TranscriptionOptions
-from batchscribe.worker.engines.base import TICKS_PER_SECOND, PreparedAudio, ProgressCallback, Recognition
+from batchscribe.common.phrases import TICKS_PER_SECOND
+from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from typing import Any, Protocol
 from batchscribe.common.config import Endpoint
 from batchscribe.common.models import TranscriptionOptions
 
-TICKS_PER_SECOND = 10_000_000
-
 # Called with the number of seconds of audio the engine has finished so far (for watchdogs, progress).
 ProgressCallback = Callable[[float], None]
 
@@ -57,7 +55,3 @@ class Engine(Protocol):
                    progress: ProgressCallback | None = None) -> Recognition: ...
 
     def close(self) -> None: ...
-
-
-def ticks(seconds: float) -> int:
-    return int(round(seconds * TICKS_PER_SECOND))

