@@ -12,7 +12,7 @@ then, with no workers running (tasks only land in the queue), times:
                  hashing or dedupe; its first message and event are checked against Celery's own
   cold submit    `Submitter.submit` with nothing cached (fresh Redis): stat + sha256 + WAV header
                  + batch records + claim (Lua) + publish + mark published
-  warm re-submit the same files again as a new batch (same Redis): the probe cache replaces
+  warm re-submit the same files again as a new batch (same Redis): the fingerprint cache replaces
                  hashing, every job is still queued so every file is "attached", nothing published
 
 and prints files/s, the ratio to the plain loop, client round trips per file and Redis commands per

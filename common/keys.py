@@ -68,9 +68,9 @@ class Keys:
         """String: the job's transcript (zlib JSON), kept for dedupe hits."""
         return f"{self.prefix}:result:{job_key}"
 
-    def probe_cache(self) -> str:
+    def fingerprints(self) -> str:
         """Hash: "path|size|mtime_ns" -> "sha256|duration", so re-submits skip hashing."""
-        return f"{self.prefix}:probe"
+        return f"{self.prefix}:fingerprints"
 
     def events(self) -> str:
         """Stream: one entry per attempt outcome (the real-time log)."""
@@ -128,7 +128,7 @@ class Keys:
             KeyPattern(f"{p}:job:*:targets", "inputs waiting for a job's result (list)", transient=True),
             KeyPattern(f"{p}:job:*", "one unit of engine work (hash)"),
             KeyPattern(f"{p}:result:*", "a job's cached transcript (string)", ttl=result_ttl or None),
-            KeyPattern(f"{p}:probe", "fingerprint cache of input files (hash)"),
+            KeyPattern(f"{p}:fingerprints", "fingerprint cache of input files (hash)"),
             KeyPattern(f"{p}:events", "the attempt log (capped stream)"),
             KeyPattern(f"{p}:inflight:*", "deliveries running on an endpoint (zset)", transient=True),
             KeyPattern(f"{p}:epstats:*", "an endpoint's counters (hash)"),

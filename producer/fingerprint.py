@@ -90,7 +90,7 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
     """Fingerprints in input order; unchanged files come from the cache without reading them."""
     stats = [_stat(p) for p in paths]
     keys = [f"{p}|{st.st_size}|{st.st_mtime_ns}" if st else "" for p, (st, _) in zip(paths, stats)]
-    cached = store.probe_lookup([k for k in keys if k]) if store else []
+    cached = store.fingerprint_lookup([k for k in keys if k]) if store else []
     hits = dict(zip([k for k in keys if k], cached))
     out: list[Fingerprint | None] = [None] * len(paths)
     todo: list[int] = []
@@ -116,6 +116,6 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
             for i, fp in zip(chunk, measured):
                 out[i] = fp
     if store:
-        store.probe_store({keys[i]: f"{out[i].sha256}|{out[i].duration:.3f}"  # type: ignore[union-attr]
+        store.fingerprint_store({keys[i]: f"{out[i].sha256}|{out[i].duration:.3f}"  # type: ignore[union-attr]
                            for i in todo if not out[i].error})  # type: ignore[union-attr]
     return [fp or Fingerprint(error="internal: not measured") for fp in out]

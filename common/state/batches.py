@@ -132,13 +132,13 @@ class Batches(StoreBase):
 
     # ---- fingerprint cache (hash + duration of unchanged files) ---------------------------
 
-    def probe_lookup(self, fingerprints: Sequence[str]) -> list[str | None]:
+    def fingerprint_lookup(self, fingerprints: Sequence[str]) -> list[str | None]:
         out: list[str | None] = []
         for start in range(0, len(fingerprints), 5000):
             chunk = fingerprints[start:start + 5000]
-            out += [as_text(v) or None for v in self.redis.hmget(self.keys.probe_cache(), chunk)]
+            out += [as_text(v) or None for v in self.redis.hmget(self.keys.fingerprints(), chunk)]
         return out
 
-    def probe_store(self, entries: dict[str, str]) -> None:
+    def fingerprint_store(self, entries: dict[str, str]) -> None:
         if entries:
-            self.redis.hset(self.keys.probe_cache(), mapping=fields(entries))
+            self.redis.hset(self.keys.fingerprints(), mapping=fields(entries))

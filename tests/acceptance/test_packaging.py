@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -20,14 +21,18 @@ from tests.support.poll import wait_for
 
 
 def _wheel(tmp_path: Path) -> Path:
-    """`pip wheel .` with this venv's setuptools (no network, no build isolation)."""
+    """`pip wheel .` of a copy of the checkout (setuptools builds in the source folder) with this
+    venv's setuptools: no network, no build isolation, nothing left in the working tree."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=180)
-    return next(tmp_path.glob("batchscribe-*.whl"))
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=180)
+    return next((tmp_path / "dist").glob("batchscribe-*.whl"))
 
 
 def test_install_adds_exactly_one_top_level_package(tmp_path: Path) -> None:
-    wheel = _wheel(tmp_path / "dist")
+    wheel = _wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         top = {name.split("/", 1)[0] for name in archive.namelist() if not name.split("/", 1)[0].endswith(
             (".dist-info", ".data"))}

@@ -14,7 +14,7 @@ def test_every_key_name_falls_in_its_own_family() -> None:
     spelled = {
         keys.batch("20240101-000000-abc"): "bs:batch:*", keys.batches(): "bs:batches",
         keys.file("b", 3): "bs:file:*", keys.failed("b"): "bs:batch:*:failed", keys.job("h.o"): "bs:job:*",
-        keys.targets("h.o"): "bs:job:*:targets", keys.result("h.o"): "bs:result:*", keys.probe_cache(): "bs:probe",
+        keys.targets("h.o"): "bs:job:*:targets", keys.result("h.o"): "bs:result:*", keys.fingerprints(): "bs:fingerprints",
         keys.events(): "bs:events", keys.inflight("a"): "bs:inflight:*", keys.endpoint_stats("a"): "bs:epstats:*",
         keys.endpoint_set(): "bs:endpoints", keys.owner("a"): "bs:owner:*", keys.vms(): "bs:vms",
         keys.health(): "bs:health", keys.delayed(): "bs:delayed", keys.delayed_claims(): "bs:delayed:claims",
