@@ -166,11 +166,11 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
   for _, t in ipairs(targets) do r[#r + 1] = t end
   return r
 end
-if prev == "done" or prev == "missing" or prev == "failed" or prev == "cancelled" then
+if prev == "done" or prev == "missing" or prev == "failed" then
   return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", tkey, 0, -1))
 end
 if redis.call("LLEN", tkey) == 0 and (prev ~= "running" or (tonumber(j[5] or 0) or 0) < now) then
-  -- waiting (or its delivery died) after every input that wanted it was cancelled
+  -- cancelled, or waiting (or its delivery died) when every input that wanted it was cancelled
   redis.call("HSET", jkey, "state", "cancelled", "delivery", "", "lease_until", "")
   undelay_job(delayed, specs, jk)
   return reply("cancelled", j[2] or "0", j[3] or "0", "", 0, {})
