@@ -55,6 +55,7 @@ class ApiServer:
         if tokens is not None:
             env["BATCHSCRIBE_API_TOKENS"] = tokens
         self.log_path = log_path
+        self.banner = ""  # the line serve prints when it listens
         self.proc = subprocess.Popen([str(BIN), "serve", "--port", "0", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.url = self._read_url(timeout)
@@ -71,6 +72,7 @@ class ApiServer:
                 break
             seen.append(line)
             if match := re.search(r"batchscribe serve: (http://\S+)", line):
+                self.banner = line
                 return match.group(1)
         self.stop()
         raise RuntimeError(f"serve did not start (exit {self.proc.poll()}):\n{''.join(seen)}")
