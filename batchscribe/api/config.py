@@ -95,6 +95,9 @@ class ApiConfig:
         resolved = tuple(Path(os.path.realpath(r)) for r in roots)
         if not resolved:
             raise ConfigError("give at least one --allow-root DIR: the folders the API may read and write")
+        missing = [str(r) for r, real in zip(roots, resolved) if not real.is_dir()]
+        if missing:
+            raise ConfigError(f"--allow-root {missing[0]}: not a folder")
         out = Path(os.path.realpath(batchkit_out)) if batchkit_out else resolved[0] / BATCHKIT_FOLDER
         if not any(out == r or r in out.parents for r in resolved):
             raise ConfigError(f"--batchkit-out {out} must be inside one of the --allow-root folders")

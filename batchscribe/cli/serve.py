@@ -24,7 +24,7 @@ from batchscribe.common.state import StateStore
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port (0: a free one, printed at start).")
 @click.option("--allow-root", "allow_roots", multiple=True, required=True,
-              type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              type=click.Path(file_okay=False), metavar="DIR",
               help="A folder requests may read inputs from and write outputs to; repeat for more. "
               "Anything outside (after symlinks and '..') is refused.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
