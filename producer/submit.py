@@ -138,6 +138,9 @@ class Submitter:
         header = self.store.batch(batch_id)
         if not header:
             raise InputError(f"no batch {batch_id!r} in this Redis")
+        if header.get("cancelled_at"):
+            raise InputError(f"batch {batch_id} was cancelled: submit its inputs again as a new batch "
+                             "(what was transcribed comes from the cache)")
         options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
         records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
                    if error_class is None or r.error_class == error_class]

@@ -28,6 +28,7 @@ from batchscribe.producer.cancel import cancel as cancel_batch
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.results import FORMATS, iter_results, write_results
 from batchscribe.producer.status import (
+    BatchView,
     batch_document,
     links_note,
     load_view,
@@ -67,7 +68,15 @@ def follow(store: StateStore, batch_id: str) -> int:
     view = wait_for_batch(store, batch_id)
     for line in render_failures(view):
         click.echo(line, err=True)
-    return EXIT_FAILED_FILES if view.counts.get("failed") else 0
+    if view.status == "cancelled":
+        cancelled = view.counts.get("cancelled", 0)
+        click.echo(f"batch {batch_id} was cancelled: {cancelled} file(s) not transcribed", err=True)
+    return exit_code(view)
+
+
+def exit_code(view: BatchView) -> int:
+    """0 when every file succeeded; 1 when some failed or were cancelled."""
+    return EXIT_FAILED_FILES if view.counts.get("failed") or view.counts.get("cancelled") else 0
 
 
 @click.command()
@@ -93,7 +102,7 @@ def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, 
 @broker_option
 @guarded
 def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -> None:
-    """Show a batch (or the recent batches); exits 1 if any of its files failed."""
+    """Show a batch (or the recent batches); exits 1 if any of its files failed or was cancelled."""
     store = StateStore.connect(settings_for(broker))
     if as_json:
         ids = [batch_id] if batch_id else store.batch_ids(last)
@@ -101,7 +110,7 @@ def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -
         documents = [batch_document(v) for v in views]
         document = documents[0] if batch_id else {"batches": documents}
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
-        sys.exit(EXIT_FAILED_FILES if batch_id and views[0].counts.get("failed") else 0)
+        sys.exit(exit_code(views[0]) if batch_id else 0)
     if batch_id is None:
         click.echo(render_recent(store, last))
         click.echo("")
@@ -109,7 +118,7 @@ def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -
         return
     view = load_view(store, batch_id)
     click.echo(render_status(view))
-    sys.exit(EXIT_FAILED_FILES if view.counts.get("failed") else 0)
+    sys.exit(exit_code(view))
 
 
 @click.command("log")

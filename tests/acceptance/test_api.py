@@ -261,7 +261,10 @@ def test_cancel_leaves_nothing_queued_or_running(tmp_path: Path, root: Path, red
     again = run_cli("cancel", a, broker=redis_server.url)
     assert again.returncode == 0 and "already cancelled" in again.stderr
     shown = run_cli("status", a, broker=redis_server.url)
+    assert shown.returncode == 1, "a cancelled batch did not succeed"
     assert "(complete: cancelled)" in shown.stdout and "4 file(s) had not finished" in shown.stdout
+    retried = run_cli("retry-failed", a, broker=redis_server.url)
+    assert retried.returncode == 2 and "was cancelled: submit its inputs again" in retried.stderr
 
 
 def test_serve_refuses_to_start_without_a_token_and_no_auth_stays_on_localhost(root: Path,
