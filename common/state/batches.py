@@ -83,9 +83,6 @@ class Batches(StoreBase):
         ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), offset, offset + limit - 1))
         return [as_text(b) for b in ids]
 
-    def batch_count(self) -> int:
-        return int(self.redis.zcard(self.keys.batches()))
-
     def mark_batch(self, batch_id: str, **values: str) -> None:
         """Set header fields the counters do not depend on (e.g. `deleted_at`)."""
         self.redis.hset(self.keys.batch(batch_id), mapping=fields(values))
