@@ -3,6 +3,8 @@
     BatchscribeError
     ├── ConfigError              bad endpoint YAML, bad settings (user fixes the file)
     ├── InputError               what was asked to submit does not exist / cannot be listed
+    │   ├── PathNotAllowedError      a path outside the folders `serve` may read and write (--allow-root)
+    │   └── OutputConflictError      an output another running batch writes for another input
     ├── StateError               Redis failed under us (translated at the state boundary, common.state)
     │   ├── RedisUnavailableError    cannot connect, connection dropped, timed out, still loading: wait
     │   ├── RedisCredentialsError    wrong or missing password (or the user lacks a permission)
@@ -44,6 +46,14 @@ class ConfigError(BatchscribeError):
 
 class InputError(BatchscribeError):
     """The paths given to submit/run cannot be used (missing, not a folder or file)."""
+
+
+class PathNotAllowedError(InputError):
+    """An input or output path lies outside the allowed roots (after resolving symlinks and '..')."""
+
+
+class OutputConflictError(InputError):
+    """A batch still running writes one of this batch's outputs for another input."""
 
 
 class StateError(BatchscribeError):

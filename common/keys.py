@@ -112,6 +112,14 @@ class Keys:
         """Hash: job key -> JSON of the task to publish for a delayed job (queue, options, …)."""
         return f"{self.prefix}:delayed:specs"
 
+    def batchkit_ids(self) -> str:
+        """Hash: batch-processing-kit's integer batch id -> our batch id (`batchscribe serve`)."""
+        return f"{self.prefix}:batchkit:ids"
+
+    def batchkit_next(self) -> str:
+        """String: the last integer batch id given out to a batch-processing-kit client."""
+        return f"{self.prefix}:batchkit:next"
+
     def patterns(self, result_ttl: int, owner_ttl: float) -> list[KeyPattern]:
         """Every key family above, most specific first, with the lifetime each must have.
 
@@ -139,6 +147,8 @@ class Keys:
             KeyPattern(f"{p}:delayed:claims", "delayed jobs being published (zset)", transient=True),
             KeyPattern(f"{p}:delayed:specs", "the task of each delayed job (hash)", transient=True),
             KeyPattern(f"{p}:delayed", "jobs waiting to run again (zset)", transient=True),
+            KeyPattern(f"{p}:batchkit:ids", "batch-kit integer ids -> batch ids (hash)"),
+            KeyPattern(f"{p}:batchkit:next", "the last batch-kit integer id given out (string)"),
         ]
 
 

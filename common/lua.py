@@ -36,7 +36,8 @@ end
 """
 
 # Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact.
-# Returns 1 when this move completed the batch (every file done or failed), else 0.
+# Returns 1 when this move completed the batch (every file done, failed or cancelled), else 0.
+# A cancelled file stays cancelled (nothing is written into its record) unless it is queued again.
 _FILES = KEYSPACE + r"""
 local function file_move(target, new_state, fields, now)
   local sep = string.find(target, ":[^:]*$")
@@ -45,6 +46,7 @@ local function file_move(target, new_state, fields, now)
   local fkey, bkey = K.file(target), K.batch(bid)
   local old = redis.call("HGET", fkey, "state")
   if not old then return 0 end
+  if old == "cancelled" and new_state ~= "queued" then return 0 end
   for i = 1, #fields, 2 do redis.call("HSET", fkey, fields[i], fields[i + 1]) end
   if old == new_state then return 0 end
   if old == "done" and new_state ~= "queued" then return 0 end
@@ -57,9 +59,9 @@ local function file_move(target, new_state, fields, now)
   end
   if new_state == "failed" then redis.call("SADD", K.failed(bid), idx) end
   if old == "failed" then redis.call("SREM", K.failed(bid), idx) end
-  if new_state == "done" or new_state == "failed" then
-    local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed")
-    if tonumber(b[2] or 0) + tonumber(b[3] or 0) == tonumber(b[1] or -1) then
+  if new_state == "done" or new_state == "failed" or new_state == "cancelled" then
+    local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed", "n_cancelled")
+    if tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0) == tonumber(b[1] or -1) then
       redis.call("HSET", bkey, "finished_at", now)
       return 1
     end
@@ -116,7 +118,7 @@ for i = 4, #ARGV, 3 do
   if st == "done" and has_result then
     out[#out + 1] = "done"
   else
-    local claimable = (not st) or st == "failed" or (st == "done")
+    local claimable = (not st) or st == "failed" or (st == "done") or st == "cancelled"
         or (st == "claimed" and tonumber(j[2] or 0) < now)
     if claimable then
       redis.call("HSET", jkey, "state", "claimed", "owner", owner, "claim_deadline", now + ttl,
@@ -149,7 +151,8 @@ return 1
 # Returns {verdict, attempts, crashes, reroutes, first_started_at, crashed_endpoint, lease_until,
 # targets...}; verdict is the previous state, or "deferred" when a live lease is held by another
 # delivery, or "bounced" when the job's last attempt failed on this very endpoint and it goes back
-# to the pool (at most max_bounces times per failure) so that another endpoint can take it.
+# to the pool (at most max_bounces times per failure) so that another endpoint can take it, or
+# "cancelled" when no input wants the job any more (its batches were cancelled): nothing runs.
 START = _FILES + _DELAY + r"""
 local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local jk, endpoint, now, delivery = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -165,6 +168,12 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
 end
 if prev == "done" or prev == "missing" or prev == "failed" then
   return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", tkey, 0, -1))
+end
+if redis.call("LLEN", tkey) == 0 and (prev ~= "running" or (tonumber(j[5] or 0) or 0) < now) then
+  -- cancelled, or waiting (or its delivery died) when every input that wanted it was cancelled
+  redis.call("HSET", jkey, "state", "cancelled", "delivery", "", "lease_until", "")
+  undelay_job(delayed, specs, jk)
+  return reply("cancelled", j[2] or "0", j[3] or "0", "", 0, {})
 end
 if (prev == "retrying" or prev == "queued") and j[9] == endpoint
     and tonumber(j[10] or 0) < max_bounces then
@@ -200,12 +209,18 @@ return reply(prev, attempts, crashes, crashed, now + ttl, targets)
 # KEYS: prefix, job hash, its targets list, delayed set, delayed specs hash.
 # ARGV: job_key, delivery_id, new job state (retrying|queued), error_class, reason, now, spend(0|1),
 # due, spec. Back to waiting and into the delayed set in one step, only if the job is still held by
-# this delivery. Returns the reroute count, or -1 when another delivery holds it.
+# this delivery. Returns the reroute count, or -1 when another delivery holds it, or -2 when no
+# input wants it any more (its batches were cancelled while it ran): then it is cancelled instead.
 REQUEUE = _FILES + _DELAY + r"""
 local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local jk, delivery, st, cls, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now, spend, due, spec = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 if redis.call("HGET", jkey, "delivery") ~= delivery then return -1 end
+if redis.call("LLEN", tkey) == 0 then
+  redis.call("HSET", jkey, "state", "cancelled", "delivery", "", "lease_until", "", "finished_at", now)
+  undelay_job(delayed, specs, jk)
+  return -2
+end
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "",
            "lease_until", "", "avoid", redis.call("HGET", jkey, "endpoint") or "", "bounces", 0)
 if spend == "0" then
@@ -348,7 +363,7 @@ return 0
 # Every script the store registers, by name.
 # KEYS: prefix, output claims hash. ARGV: batch_id, then (output digest, input tag) pairs; tags are
 # 16 bytes. A claim's value is the input tag followed by the batch id. All or nothing: if a batch
-# that is still running (done + failed < total) holds an output for another input, nothing is
+# that is still running (done + failed + cancelled < total) holds an output for another input, nothing is
 # written and the reply lists {position (1-based), other batch, ...} of each clash; else every
 # output is claimed, reply {}. The same input submitted again (a re-run after Ctrl-C) takes its
 # output over; a claim of a finished or vanished batch is stale and taken over too.
@@ -357,8 +372,9 @@ local hkey, bid = KEYS[2], ARGV[1]
 local live = {}
 local function running(other)
   if live[other] == nil then
-    local b = redis.call("HMGET", K.batch(other), "total", "n_done", "n_failed")
-    live[other] = (b[1] and tonumber(b[2] or 0) + tonumber(b[3] or 0) < tonumber(b[1])) or false
+    local b = redis.call("HMGET", K.batch(other), "total", "n_done", "n_failed", "n_cancelled")
+    local settled = tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0)
+    live[other] = (b[1] and settled < tonumber(b[1])) or false
   end
   return live[other]
 end
@@ -390,6 +406,47 @@ end
 return 1
 """
 
+# KEYS: prefix, the batch hash, delayed set, delayed specs hash. ARGV: batch_id, now, file indexes...
+# Cancel (part of) a batch: the first call marks it (cancelled_at); each listed file that has not
+# finished becomes cancelled and leaves its job's targets. A job no input wants any more that is
+# waiting (claimed, queued, retrying) is cancelled and leaves the delayed set: a delivery of it
+# still on the broker finds it cancelled and is dropped without an engine call (START). A running
+# one runs to its end for nobody: its transcript is cached, no output is written (REQUEUE cancels
+# it if it fails). A job another batch still wants is left alone. A batch that had finished before
+# its first call is left as it was. Returns {verdict, completed 0|1, files cancelled, jobs cancelled};
+# verdict "finished" (nothing done) or "cancelled".
+CANCEL = _FILES + _DELAY + r"""
+local bkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4]
+local bid, now = ARGV[1], ARGV[2]
+local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed", "n_cancelled", "cancelled_at")
+if not b[1] then return {"missing", 0, 0, 0} end
+if (not b[5] or b[5] == "")
+    and tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0) >= tonumber(b[1]) then
+  return {"finished", 0, 0, 0}
+end
+redis.call("HSETNX", bkey, "cancelled_at", now)
+local completed, files, jobs = 0, 0, 0
+for i = 3, #ARGV do
+  local target = bid .. ":" .. ARGV[i]
+  local f = redis.call("HMGET", K.file(target), "state", "job")
+  if f[1] == "queued" or f[1] == "running" or f[1] == "retrying" then
+    completed = math.max(completed, file_move(target, "cancelled", {"finished_at", now}, now))
+    files = files + 1
+    local jk = f[2] or ""
+    if jk ~= "" then
+      local tkey, jkey = K.targets(jk), K.job(jk)
+      redis.call("LREM", tkey, 0, target)
+      local st = redis.call("HGET", jkey, "state")
+      if redis.call("LLEN", tkey) == 0 and (st == "claimed" or st == "queued" or st == "retrying") then
+        redis.call("HSET", jkey, "state", "cancelled", "finished_at", now)
+        undelay_job(delayed, specs, jk)
+        jobs = jobs + 1
+      end
+    end
+  end
+end
+return {"cancelled", completed, files, jobs}
+"""
 
 SCRIPTS = {
     "claim": CLAIM, "published": PUBLISHED, "start": START, "requeue": REQUEUE, "finish": FINISH,
@@ -397,4 +454,5 @@ SCRIPTS = {
     "track_inflight": TRACK_INFLIGHT, "prune_inflight": PRUNE_INFLIGHT,
     "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
     "release_endpoint": RELEASE_ENDPOINT, "claim_outputs": CLAIM_OUTPUTS, "release_outputs": RELEASE_OUTPUTS,
+    "cancel": CANCEL,
 }

@@ -17,10 +17,11 @@ class FileState(str, Enum):
     RETRYING = "retrying"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # its batch was cancelled before it finished (`producer.cancel`)
 
     @property
     def terminal(self) -> bool:
-        return self in (FileState.DONE, FileState.FAILED)
+        return self in (FileState.DONE, FileState.FAILED, FileState.CANCELLED)
 
 
 @dataclass(frozen=True)

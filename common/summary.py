@@ -31,6 +31,8 @@ def build_summary(header: dict[str, str], records: list[FileRecord]) -> dict[str
             "total_files": len(records),
             "succeeded": len(done),
             "failed": len(failed),
+            "cancelled": sum(1 for r in records if r.state is FileState.CANCELLED),
+            "cancelled_at": float(header.get("cancelled_at") or 0) or None,
             "failed_by_class": by_class,
             "skipped_not_media": int(header.get("skipped", 0) or 0),
             "skipped_symlinked_folders": int(header.get("links", 0) or 0),

@@ -68,6 +68,18 @@ def discover(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -
     return found
 
 
+def outside_roots(paths: Sequence[str | Path], roots: Sequence[Path]) -> list[str]:
+    """The `paths` that are not under one of `roots` once symlinks and '..' are resolved (roots are
+    resolved too). A path that does not exist yet (an output folder) is judged by what it would be."""
+    real_roots = [os.path.realpath(r) for r in roots]
+
+    def inside(path: str | Path) -> bool:
+        real = os.path.realpath(path)
+        return any(real == r or real.startswith(r.rstrip("/") + "/") for r in real_roots)
+
+    return [str(p) for p in paths if not inside(p)]
+
+
 def root_labels(roots: Sequence[Path]) -> list[str]:
     """Per root, the shortest tail of its path that no other root's path ends with.
 

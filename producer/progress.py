@@ -20,23 +20,15 @@ def progress_line(view: BatchView) -> str:
     line = (f"[{bar}] {view.settled}/{view.total} files · {fmt_hours(view.audio_done)}/"
             f"{fmt_hours(view.audio_total)} audio · {speed:.1f}× real time")
     if not view.complete:
-        eta = _eta(view)
+        eta = view.eta
         line += f" · ETA {fmt_duration(eta)}" if eta is not None else " · ETA …"
+    if view.counts.get("cancelled"):
+        line += f" · cancelled {view.counts['cancelled']}"
     failed = view.counts.get("failed", 0)
     if failed:
-        classes = ", ".join(f"{cls} {len(r)}" for cls, r in sorted(view.failures.items()))
+        classes = ", ".join(f"{cls} {n}" for cls, n in sorted(view.failed_by_class.items()))
         line += f" · failed {failed}" + (f" ({classes})" if classes else "")
     return line
-
-
-def _eta(view: BatchView) -> float | None:
-    """By audio when durations are known (long files dominate), else by file count; None until
-    something has finished."""
-    if view.audio_done > 0 and view.audio_total > 0:
-        return (view.audio_total - view.audio_done) / (view.audio_done / view.elapsed)
-    if view.settled:
-        return (view.total - view.settled) * view.elapsed / view.settled
-    return None
 
 
 def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr,

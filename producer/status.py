@@ -1,19 +1,28 @@
-"""What a batch looks like now: counts, audio, speed, failures grouped by error class."""
+"""What a batch looks like now: its status, counts, audio, speed, ETA, failures grouped by error
+class; as text (`status`) and as a JSON document (`status --json`, the HTTP API)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
 
 from batchscribe.common.errors import InputError
-from batchscribe.common.models import FileRecord
+from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
 from batchscribe.common.names import printable
 from batchscribe.common.state import StateStore
 
-SHOW_FAILURES = 20
+SHOW_FAILURES = 20  # failed files kept (and shown) per error class; all are counted
 SHOW_LINKS = 5  # symlinked folders named on one line
+PAGE = 1000  # file records read per round trip when a batch is read in full
+
+# What a batch is, as `status --json` and the HTTP API say: waiting, under way, or finished
+# (every file done; some failed; cancelled before the end).
+BATCH_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -24,11 +33,22 @@ class BatchView:
     total: int
     audio_total: float
     audio_done: float
-    failures: dict[str, list[FileRecord]] = field(default_factory=dict)
+    failures: dict[str, list[FileRecord]] = field(default_factory=dict)  # the first SHOW_FAILURES per class
+    failed_by_class: dict[str, int] = field(default_factory=dict)
 
     @property
     def settled(self) -> int:
-        return self.counts.get("done", 0) + self.counts.get("failed", 0)
+        return sum(self.counts.get(s.value, 0) for s in FileState if s.terminal)
+
+    @property
+    def status(self) -> str:
+        """One of BATCH_STATUSES."""
+        if self.header.get("cancelled_at"):
+            return "cancelled"
+        if self.complete:
+            return "failed" if self.counts.get("failed") else "succeeded"
+        started = any(self.counts.get(s) for s in ("running", "retrying", "done", "failed"))
+        return "running" if started else "queued"
 
     @property
     def complete(self) -> bool:
@@ -40,20 +60,91 @@ class BatchView:
         finished = float(self.header.get("finished_at") or 0)
         return max(1e-6, (finished if finished and self.complete else time.time()) - created)
 
+    @property
+    def eta(self) -> float | None:
+        """Seconds left: by audio when durations are known (long files dominate), else by file
+        count; None until something has finished, or when the batch has."""
+        if self.complete:
+            return None
+        if self.audio_done > 0 and self.audio_total > 0:
+            return (self.audio_total - self.audio_done) / (self.audio_done / self.elapsed)
+        if self.settled:
+            return (self.total - self.settled) * self.elapsed / self.settled
+        return None
+
+
+class NoSuchBatch(InputError):
+    """The batch id is not in this Redis."""
+
 
 def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> BatchView:
     header = store.batch(batch_id)
     if not header:
-        raise InputError(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
+        raise NoSuchBatch(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
     counts = {k[2:]: int(v) for k, v in header.items() if k.startswith("n_")}
     view = BatchView(batch_id, header, counts, int(header.get("total", 0)),
                      float(header.get("audio_total") or 0), float(header.get("audio_done") or 0))
     if with_failures and counts.get("failed"):
-        grouped: dict[str, list[FileRecord]] = defaultdict(list)
-        for record in store.files(batch_id, store.failed_indexes(batch_id)):
-            grouped[record.error_class or "unknown"].append(record)
-        view.failures = dict(grouped)
+        for record in iter_records(store, batch_id, store.failed_indexes(batch_id)):
+            cls = record.error_class or "unknown"
+            view.failed_by_class[cls] = view.failed_by_class.get(cls, 0) + 1
+            samples = view.failures.setdefault(cls, [])
+            if len(samples) < SHOW_FAILURES:
+                samples.append(record)
     return view
+
+
+def iter_records(store: StateStore, batch_id: str, indexes: range | list[int],
+                 page: int = PAGE) -> Iterator[FileRecord]:
+    """The batch's records at `indexes`, read `page` at a time: a batch of any size in bounded memory."""
+    for start in range(0, len(indexes), page):
+        yield from store.files(batch_id, indexes[start:start + page])
+
+
+def iso_time(stamp: str | float | None) -> str | None:
+    """A Redis time stamp as ISO 8601 UTC (what the Azure APIs write), or None when unset."""
+    seconds = float(stamp or 0)
+    if not seconds:
+        return None
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def camel(name: str) -> str:
+    """``word_timestamps`` → ``wordTimestamps``: the JSON spelling of our field names."""
+    return re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)
+
+
+def options_document(header: dict[str, str]) -> dict[str, Any]:
+    """The batch's options as the API takes them (camelCase, plus `txt`)."""
+    options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}")).to_dict()
+    document = {camel(k): v for k, v in options.items()}
+    document["txt"] = "txt" in (header.get("formats") or "").split(",")
+    return document
+
+
+def batch_document(view: BatchView) -> dict[str, Any]:
+    """The batch as JSON: `status --json` prints it; the HTTP API adds its links."""
+    h = view.header
+    eta = view.eta
+    return {
+        "id": view.batch_id,
+        "displayName": h.get("display_name") or None,
+        "status": view.status,
+        "createdDateTime": iso_time(h.get("created_at")),
+        "finishedDateTime": iso_time(h.get("finished_at")) if view.complete else None,
+        "cancelledDateTime": iso_time(h.get("cancelled_at")),
+        "input": h.get("input", ""),
+        "output": h.get("out", ""),
+        "options": options_document(h),
+        "counts": {"total": view.total, **{s.value: view.counts.get(s.value, 0) for s in FileState}},
+        "failures": dict(sorted(view.failed_by_class.items())),
+        "audioSeconds": {"total": round(view.audio_total, 3), "done": round(view.audio_done, 3)},
+        "speedTimesRealTime": round(view.audio_done / view.elapsed, 3),
+        "etaSeconds": None if eta is None else round(eta, 1),
+        "skipped": {"notMedia": int(h.get("skipped", 0) or 0),
+                    "symlinkedFolders": int(h.get("links", 0) or 0)},
+    }
 
 
 def fmt_hours(seconds: float) -> str:
@@ -69,7 +160,7 @@ def render_status(view: BatchView) -> str:
     c = view.counts
     speed = view.audio_done / view.elapsed
     lines = [
-        f"batch    {view.batch_id}   ({'complete' if view.complete else 'in progress'})",
+        f"batch    {view.batch_id}   ({'complete' if view.complete else 'in progress'}: {view.status})",
         f"input    {printable(view.header.get('input', ''))}",
         f"output   {printable(view.header.get('out', ''))}",
         "",
@@ -80,6 +171,9 @@ def render_status(view: BatchView) -> str:
         f"audio    {fmt_hours(view.audio_done)} of {fmt_hours(view.audio_total)} transcribed; "
         f"{speed:.1f}× real time over {fmt_duration(view.elapsed)}",
     ]
+    if view.header.get("cancelled_at"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(view.header["cancelled_at"])))
+        lines.append(f"cancelled at {when}: {c.get('cancelled', 0)} file(s) had not finished")
     skipped = int(view.header.get("skipped", 0) or 0)
     if skipped:
         lines.append(f"skipped  {skipped} file(s) that are not audio or video")
@@ -103,22 +197,24 @@ def render_failures(view: BatchView) -> list[str]:
         return []
     lines = ["", f"failed files ({view.counts.get('failed', 0)}), by error class:"]
     for cls, records in sorted(view.failures.items()):
-        lines.append(f"  {cls} ({len(records)}):")
+        count = view.failed_by_class.get(cls, len(records))
+        lines.append(f"  {cls} ({count}):")
         for record in records[:SHOW_FAILURES]:
             lines.append(f"    {printable(record.path)}: {printable(record.reason)}")
-        if len(records) > SHOW_FAILURES:
-            lines.append(f"    … and {len(records) - SHOW_FAILURES} more (see run_summary.json)")
+        if count > len(records):
+            lines.append(f"    … and {count - len(records)} more (see run_summary.json)")
     return lines
 
 
 def render_recent(store: StateStore, limit: int = 10) -> str:
+    """The `limit` newest batches, one line each."""
     ids = store.batch_ids(limit)
     if not ids:
         return "no batches yet"
-    rows = [f"{'batch':<26}{'files':>8}{'done':>8}{'failed':>8}  input"]
+    rows = [f"{'batch':<26}{'status':<11}{'files':>8}{'done':>8}{'failed':>8}  input"]
     for batch_id in ids:
         view = load_view(store, batch_id, with_failures=False)
-        rows.append(f"{batch_id:<26}{view.total:>8}{view.counts.get('done', 0):>8}"
+        rows.append(f"{batch_id:<26}{view.status:<11}{view.total:>8}{view.counts.get('done', 0):>8}"
                     f"{view.counts.get('failed', 0):>8}  {printable(view.header.get('input', ''))}")
     return "\n".join(rows)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchscribe.common.errors import InputError
+from batchscribe.common.errors import InputError, OutputConflictError, PathNotAllowedError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions, job_key
 from batchscribe.common.names import printable
 from batchscribe.common.outcomes import deliver_failure, deliver_success
@@ -27,7 +27,7 @@ from batchscribe.common.output import output_path
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore, target_id
-from batchscribe.producer.discover import discover
+from batchscribe.producer.discover import discover, outside_roots
 from batchscribe.producer.fingerprint import fingerprint_files
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,21 @@ def unique_outputs(out: Path, files: Sequence[tuple[str, str]]) -> list[str]:
     return outputs
 
 
-def output_clash(clashes: Sequence[tuple[str, str]]) -> InputError:
+def output_clash(clashes: Sequence[tuple[str, str]]) -> OutputConflictError:
     """The refusal when outputs are being written by another running batch (`StateStore.claim_outputs`)."""
     output, other = clashes[0]
     more = f" (and {len(clashes) - 1} more of its outputs)" if len(clashes) > 1 else ""
-    return InputError(f"{output} is being written by batch {other}, which is still running{more}; "
+    return OutputConflictError(f"{output} is being written by batch {other}, which is still running{more}; "
                       f"wait for it (batchscribe status {other}) or choose another --out")
+
+
+def confined(roots: Sequence[Path], paths: Sequence[str | Path]) -> None:
+    """Raise `PathNotAllowedError` naming the first of `paths` outside `roots` (and how many more)."""
+    outside = outside_roots(paths, roots)
+    if outside:
+        more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+        raise PathNotAllowedError(f"{outside[0]}{more} is outside the folders this server may use "
+                                  f"(--allow-root: {', '.join(str(r) for r in roots)})")
 
 
 def new_batch_id() -> str:
@@ -84,10 +93,18 @@ class Submitter:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: TranscriptionOptions,
-               formats: Sequence[str] = ("json",), batch_id: str | None = None) -> SubmitReport:
+               formats: Sequence[str] = ("json",), batch_id: str | None = None, display_name: str = "",
+               confine: Sequence[Path] = ()) -> SubmitReport:
+        """`confine` (`batchscribe serve`'s allowed roots): refuse the batch, before anything is
+        written, if an input, a file found under one (a symlink inside a folder) or the output
+        folder is outside them."""
         began = time.monotonic()
         out = Path(out_dir).expanduser().resolve()
+        if confine:
+            confined(confine, [*inputs, out])
         found = discover(inputs, exclude=[out])
+        if confine:
+            confined(confine, [path for path, _ in found.files])
         report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped, links=found.links)
         outputs = unique_outputs(out, found.files)
         prints = fingerprint_files([p for p, _ in found.files], self.store)
@@ -98,7 +115,8 @@ class Submitter:
         report.files = len(records)
         header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
                   "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner,
-                  "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS]}
+                  "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS],
+                  "display_name": display_name}
         self.store.create_batch(report.batch_id, header, records)
         clashes = self.store.claim_outputs(report.batch_id, [(r.output, r.path) for r in records])
         if clashes:  # refused before anything was written or queued: leave no trace
@@ -120,6 +138,9 @@ class Submitter:
         header = self.store.batch(batch_id)
         if not header:
             raise InputError(f"no batch {batch_id!r} in this Redis")
+        if header.get("cancelled_at"):
+            raise InputError(f"batch {batch_id} was cancelled: submit its inputs again as a new batch "
+                             "(what was transcribed comes from the cache)")
         options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
         records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
                    if error_class is None or r.error_class == error_class]

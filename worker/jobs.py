@@ -55,7 +55,8 @@ MAX_BOUNCES = 3
 BOUNCE_DELAY = 0.3
 
 # What became of one delivery (for logs and tests).
-Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded"]
+Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded",
+                  "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,9 @@ class JobRunner:
             log.info("job %s last failed on %s; back to the pool for another endpoint", delivery.job_key,
                      self.endpoint.name)
             return "bounced"
+        if start.previous == "cancelled":  # every batch that wanted it was cancelled (`producer.cancel`)
+            log.info("job %s was cancelled; dropping its delivery", delivery.job_key)
+            return "cancelled"
         if start.previous == "failed":  # a stale copy: a failed job runs again only if re-submitted
             log.info("job %s already failed; dropping a stale delivery", delivery.job_key)
             return "stale"
@@ -254,6 +258,9 @@ class JobRunner:
         spec = delivery.spec(pool_queue(opts.language, opts.engine))
         held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
                                       time.time() + delay, spec.to_json())
+        if held == -2:
+            log.info("job %s: its batches were cancelled while it ran; not requeued", delivery.job_key)
+            return "cancelled"
         if held < 0:
             log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
                         delivery.job_key, delivery.id)

@@ -10,10 +10,11 @@ import logging
 
 import click
 
-from batchscribe.cli.batches import log_cmd, retry_failed, status, submit
+from batchscribe.cli.batches import cancel, log_cmd, results, retry_failed, status, submit
 from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
 from batchscribe.cli.run import run
+from batchscribe.cli.serve import serve
 from batchscribe.cli.worker import worker
 
 
@@ -25,7 +26,8 @@ def root(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, status, log_cmd, retry_failed, worker, endpoints, run, emulator_command):
+for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, endpoints, run, serve,
+                emulator_command):
     root.add_command(command)
 
 

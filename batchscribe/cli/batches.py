@@ -1,7 +1,8 @@
-"""Commands on batches: `submit`, `status`, `log`, `retry-failed`."""
+"""Commands on batches: `submit`, `status`, `log`, `retry-failed`, `cancel`, `results`."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,8 +24,12 @@ from batchscribe.common.names import printable
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
+from batchscribe.producer.cancel import cancel as cancel_batch
 from batchscribe.producer.progress import wait_for_batch
+from batchscribe.producer.results import FORMATS, iter_results, write_results
 from batchscribe.producer.status import (
+    BatchView,
+    batch_document,
     links_note,
     load_view,
     render_endpoints,
@@ -63,7 +68,15 @@ def follow(store: StateStore, batch_id: str) -> int:
     view = wait_for_batch(store, batch_id)
     for line in render_failures(view):
         click.echo(line, err=True)
-    return EXIT_FAILED_FILES if view.counts.get("failed") else 0
+    if view.status == "cancelled":
+        cancelled = view.counts.get("cancelled", 0)
+        click.echo(f"batch {batch_id} was cancelled: {cancelled} file(s) not transcribed", err=True)
+    return exit_code(view)
+
+
+def exit_code(view: BatchView) -> int:
+    """0 when every file succeeded; 1 when some failed or were cancelled."""
+    return EXIT_FAILED_FILES if view.counts.get("failed") or view.counts.get("cancelled") else 0
 
 
 @click.command()
@@ -83,19 +96,29 @@ def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, 
 
 @click.command()
 @click.argument("batch_id", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the batch (or the recent batches) as JSON, as the HTTP API shows it.")
+@click.option("--last", default=10, show_default=True, help="How many recent batches to list.")
 @broker_option
 @guarded
-def status(batch_id: str | None, broker: str | None) -> None:
-    """Show a batch (or the recent batches); exits 1 if any of its files failed."""
+def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -> None:
+    """Show a batch (or the recent batches); exits 1 if any of its files failed or was cancelled."""
     store = StateStore.connect(settings_for(broker))
+    if as_json:
+        ids = [batch_id] if batch_id else store.batch_ids(last)
+        views = [load_view(store, b) for b in ids]
+        documents = [batch_document(v) for v in views]
+        document = documents[0] if batch_id else {"batches": documents}
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        sys.exit(exit_code(views[0]) if batch_id else 0)
     if batch_id is None:
-        click.echo(render_recent(store))
+        click.echo(render_recent(store, last))
         click.echo("")
         click.echo(render_endpoints(store))
         return
     view = load_view(store, batch_id)
     click.echo(render_status(view))
-    sys.exit(EXIT_FAILED_FILES if view.counts.get("failed") else 0)
+    sys.exit(exit_code(view))
 
 
 @click.command("log")
@@ -139,3 +162,42 @@ def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str
                f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable", err=True)
     if wait:
         sys.exit(follow(store, batch_id))
+
+
+@click.command()
+@click.argument("batch_id")
+@broker_option
+@guarded
+def cancel(batch_id: str, broker: str | None) -> None:
+    """Cancel a batch: queued files never start, running ones finish without writing an output for
+    it (their transcript stays cached), files shared with another running batch go on for it."""
+    store = StateStore.connect(settings_for(broker))
+    report = cancel_batch(store, batch_id)
+    if report.files == 0:
+        click.echo(f"batch {batch_id} was already cancelled", err=True)
+        return
+    c = report.view.counts
+    click.echo(f"batch {batch_id} cancelled: {report.files} file(s) had not finished ({report.jobs} queued "
+               f"task(s) will be dropped unstarted); {c.get('done', 0)} done and {c.get('failed', 0)} failed "
+               "before", err=True)
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="json", show_default=True,
+              help="json: one array; jsonl: one object per line; csv: for spreadsheets; txt: for reading.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to FILE instead of standard output.")
+@broker_option
+@guarded
+def results(batch_id: str, fmt: str, out_path: str | None, broker: str | None) -> None:
+    """Every file of a batch: its status and transcript text, or why it failed (streamed, page by page)."""
+    store = StateStore.connect(settings_for(broker))
+    view = load_view(store, batch_id, with_failures=False)
+    rows = iter_results(store, batch_id, view.total)
+    if out_path is None:
+        write_results(rows, fmt, sys.stdout.buffer, terminal=sys.stdout.isatty())
+        return
+    with open(out_path, "wb") as stream:
+        count = write_results(rows, fmt, stream)
+    click.echo(f"{count} file(s) of batch {batch_id} written to {printable(out_path)}", err=True)

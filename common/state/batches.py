@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from batchscribe.common.models import FileRecord, FileState
@@ -26,6 +27,17 @@ def split_target(target: str) -> tuple[str, int]:
 def _path_digest(path: str) -> bytes:
     """A path as an output claim's field or input tag: 16 bytes whatever its length (file-system bytes)."""
     return hashlib.sha256(os.fsencode(path)).digest()[:16]
+
+
+@dataclass
+class CancelOutcome:
+    """What `Batches.cancel_batch` did: `verdict` "cancelled" (or "finished", "missing": nothing
+    done); `completed`: this cancel settled the batch's last file (the caller writes its summary)."""
+
+    verdict: str
+    completed: bool = False
+    files: int = 0
+    jobs: int = 0
 
 
 @boundary
@@ -66,9 +78,14 @@ class Batches(StoreBase):
         """The output formats the batch asked for (json, txt)."""
         return (as_text(self.redis.hget(self.keys.batch(batch_id), "formats")) or "json").split(",")
 
-    def batch_ids(self, limit: int = 20) -> list[str]:
-        ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), 0, limit - 1))  # no scores
+    def batch_ids(self, limit: int = 20, offset: int = 0) -> list[str]:
+        """Batch ids, newest first: `limit` of them after skipping `offset`."""
+        ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), offset, offset + limit - 1))
         return [as_text(b) for b in ids]
+
+    def mark_batch(self, batch_id: str, **values: str) -> None:
+        """Set header fields the counters do not depend on (e.g. `deleted_at`)."""
+        self.redis.hset(self.keys.batch(batch_id), mapping=fields(values))
 
     def files(self, batch_id: str, indexes: Iterable[int]) -> list[FileRecord]:
         pipe = self.redis.pipeline(transaction=False)
@@ -85,6 +102,24 @@ class Batches(StoreBase):
 
     def failed_indexes(self, batch_id: str) -> list[int]:
         return sorted(int(i) for i in self.redis.smembers(self.keys.failed(batch_id)))
+
+    def cancel_batch(self, batch_id: str, size: int, chunk: int = 1000) -> CancelOutcome:
+        """Cancel every file of the batch that has not finished, `chunk` files per script call
+        (`common.lua.CANCEL` says what becomes of their jobs). Finished or unknown batches are
+        left alone (`verdict` "finished" / "missing")."""
+        k = self.keys
+        outcome = CancelOutcome("cancelled" if size else "finished")
+        for start in range(0, max(size, 1), chunk):
+            indexes = range(start, min(size, start + chunk))
+            reply = self._run("cancel", [k.batch(batch_id), k.delayed(), k.delayed_specs()],
+                              [batch_id, stamp(self.clock()), *indexes])
+            verdict, completed, files, jobs = as_text(reply[0]), *(int(x) for x in reply[1:])
+            if verdict != "cancelled":
+                return CancelOutcome(verdict)
+            outcome.completed |= bool(completed)
+            outcome.files += files
+            outcome.jobs += jobs
+        return outcome
 
     def settle_file(self, target: str, state: FileState, job_key: str = "", **values: Any) -> bool:
         """Move one input to `state` (with its fields) and detach it from `job_key`'s targets;

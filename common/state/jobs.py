@@ -25,7 +25,8 @@ class JobStart:
     """What the worker learns when it starts a job's delivery.
 
     `previous` is the job's state before (done/missing/failed: nothing to run), or "deferred"
-    when another delivery holds a live lease (the job is in the delayed set until `lease_until`).
+    when another delivery holds a live lease (the job is in the delayed set until `lease_until`),
+    or "cancelled" when no input wants it any more (dropped without an engine call).
     """
 
     previous: str
@@ -39,7 +40,7 @@ class JobStart:
 
     @property
     def runs(self) -> bool:
-        return self.previous not in ("done", "missing", "failed", "deferred", "bounced")
+        return self.previous not in ("done", "missing", "failed", "deferred", "bounced", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,8 @@ class Jobs(StoreBase):
         """Job goes back to waiting (retrying or queued) and into the delayed set, atomically.
 
         Returns how often it was rerouted, or -1 when `delivery` no longer holds the job (another
-        delivery took it over: leave its state alone).
+        delivery took it over: leave its state alone), or -2 when no input wants it any more (its
+        batches were cancelled while it ran): it is cancelled, not requeued.
         """
         state = "retrying" if spend_attempt else "queued"
         return int(self._run("requeue", self._job_keys(job_key),

@@ -9,6 +9,7 @@ import redis
 
 from batchscribe.common.keys import Keys
 from batchscribe.common.settings import Settings, redact
+from batchscribe.common.state.aliases import Aliases
 from batchscribe.common.state.batches import Batches
 from batchscribe.common.state.delays import Delays
 from batchscribe.common.state.endpoints import Endpoints
@@ -17,7 +18,7 @@ from batchscribe.common.state.jobs import Jobs
 from batchscribe.common.state.ownership import Ownership
 
 
-class StateStore(Batches, Jobs, Delays, Endpoints, Ownership, Events):
+class StateStore(Batches, Jobs, Delays, Endpoints, Ownership, Events, Aliases):
     """The only code that talks to Redis (besides the task publisher, `common.publish`).
 
     One instance per process is enough. Every method raises `StateError` subclasses, never

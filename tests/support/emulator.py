@@ -12,9 +12,6 @@ import json
 import math
 import re
 import struct
-import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 import wave
@@ -26,6 +23,7 @@ from batchscribe.common.config import Endpoint
 from batchscribe.emulator import Emulator, EmulatorConfig
 from batchscribe.worker.engines.base import PreparedAudio
 from tests.support.cli import BIN, cli_env
+from tests.support.service import ServiceProcess
 from tests.support.speech import synthesize
 
 LOOPBACK = "127.0.0.1"
@@ -46,48 +44,19 @@ def endpoint_for(port: int, name: str = "emu", **fields: Any) -> Endpoint:
     return Endpoint(name=name, engine="azure", host=LOOPBACK, port=port, **fields)
 
 
-class EmulatorProcess:
+class EmulatorProcess(ServiceProcess):
     """`batchscribe emulator` on `ports` free ports, as its own process (it outlives workers and
     Redis restarts); faults and counters through its HTTP control API. A context manager.
 
     A port under `refuse` closes its listener, so control requests go through another port of the
-    same process (`port=P` addresses the target). Its output is copied to `log_path` (a full pipe
-    would block it)."""
+    same process (`port=P` addresses the target)."""
 
     def __init__(self, *args: str, ports: int = 1, log_path: Path | None = None, timeout: float = 15.0) -> None:
-        cmd = [str(BIN), "emulator", *args, *["--port", "0"] * ports]
-        self.log_path = log_path
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=cli_env())
+        super().__init__([str(BIN), "emulator", *args, *["--port", "0"] * ports],
+                         r"listening on ws://[\d.]+:(\d+)", cli_env(), count=ports, log_path=log_path,
+                         timeout=timeout)
+        self.ports = [int(match.group(1)) for match in self.announced]
         self._refused: set[int] = set()
-        self.ports = self._read_ports(ports, timeout)
-        self._drain = threading.Thread(target=self._copy_output, daemon=True)
-        self._drain.start()
-
-    def _read_ports(self, count: int, timeout: float) -> list[int]:
-        found: list[int] = []
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while len(found) < count and time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode(errors="replace")
-            if not line and self.proc.poll() is not None:
-                break
-            if match := re.search(r"listening on ws://[\d.]+:(\d+)", line):
-                found.append(int(match.group(1)))
-        if len(found) < count:
-            self.kill()
-            raise RuntimeError(f"emulator did not start (exit {self.proc.poll()})")
-        return found
-
-    def _copy_output(self) -> None:
-        assert self.proc.stdout is not None
-        if self.log_path is None:
-            for _line in self.proc.stdout:
-                pass
-            return
-        with open(self.log_path, "ab") as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                log.flush()
 
     def _control(self, path: str, port: int) -> Any:
         via = next((p for p in self.ports if p not in self._refused), None)
@@ -117,36 +86,6 @@ class EmulatorProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: the endpoint dies with its sessions (in-flight files see the connection drop)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._close_output()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._close_output()
-
-    def _close_output(self) -> None:
-        """The pipe ends with the process: let the copier finish, then close our end."""
-        drain = getattr(self, "_drain", None)
-        if drain is not None and drain.is_alive():
-            drain.join(timeout=5)
-        if self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> EmulatorProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def http_get(port: int, path: str) -> tuple[int, Any]:

@@ -32,8 +32,8 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 ENDPOINTS_EXAMPLE = DEPLOY / "endpoints.example.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 
-EXPECTED_SERVICES = {"redis", "worker", "flower", "emulator"}
-REQUIRED_SECRETS = ("REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD")
+EXPECTED_SERVICES = {"redis", "worker", "flower", "api", "emulator"}
+REQUIRED_SECRETS = ("REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD", "API_TOKENS")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 # ---- helpers: .env, compose interpolation, ports ------------------------------------------------
@@ -150,7 +150,7 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 # ---- shape ---------------------------------------------------------------------------------------
 
 def test_services_and_profiles(services: dict[str, Any]) -> None:
-    assert set(services) == EXPECTED_SERVICES  # no `api` until `batchscribe serve` exists
+    assert set(services) == EXPECTED_SERVICES
     assert services["emulator"].get("profiles") == ["demo"], "the emulator is an optional demo"
     for name in EXPECTED_SERVICES - {"emulator"}:
         assert not services[name].get("profiles"), f"{name} must start without a profile"
@@ -169,7 +169,7 @@ def test_every_variable_comes_from_env_example_or_has_a_default(raw: dict[str, A
 
 
 def test_build_context_and_dockerfile_exist(services: dict[str, Any]) -> None:
-    for name in ("worker", "flower", "emulator"):
+    for name in ("worker", "flower", "api", "emulator"):
         build = services[name]["build"]
         context = (DEPLOY / build["context"]).resolve()
         assert context == ROOT, f"{name}: build from the repository root"
@@ -202,7 +202,7 @@ def test_batchscribe_commands_parse(services: dict[str, Any]) -> None:
         if tokens[0] == "batchscribe":
             _check_batchscribe_command(name, tokens)
             checked.add(name)
-    assert checked == {"worker", "emulator"}
+    assert checked == {"worker", "api", "emulator"}
 
 
 def test_worker_command_reads_the_mounted_config(services: dict[str, Any]) -> None:
@@ -277,9 +277,13 @@ class _Recording(dict):  # type: ignore[type-arg]
 
 
 def settings_env_vars() -> set[str]:
+    """What Settings.from_env reads, and the API tokens `serve` reads (api.config.load_tokens)."""
+    from batchscribe.api.config import load_tokens
+
     env = _Recording()
     Settings.from_env(env)
-    assert "BATCHSCRIBE_REDIS_URL" in env.seen
+    load_tokens(env, None)
+    assert {"BATCHSCRIBE_REDIS_URL", "BATCHSCRIBE_API_TOKENS"} <= env.seen
     return {k for k in env.seen if k.startswith("BATCHSCRIBE_")}
 
 
@@ -294,12 +298,27 @@ def test_batchscribe_variables_are_ones_settings_reads(raw: dict[str, Any],
 
 
 def test_redis_url_points_at_the_redis_service(services: dict[str, Any], dotenv: dict[str, str]) -> None:
-    for name in ("worker", "flower"):
+    for name in ("worker", "flower", "api"):
         env = services[name]["environment"]
         settings = Settings.from_env(env)  # validates the URL
         url = urlsplit(settings.redis_url)
         assert url.scheme == "redis" and url.hostname == "redis" and url.port == 6379, name
         assert url.password == dotenv["REDIS_PASSWORD"], f"{name} authenticates to Redis"
+
+
+def test_api_serves_the_shared_folder_with_tokens_from_env(services: dict[str, Any],
+                                                           dotenv: dict[str, str]) -> None:
+    from batchscribe.api.config import load_tokens
+
+    api = services["api"]
+    ctx = _check_batchscribe_command("api", command_of(api))
+    assert ctx.params["allow_roots"] == ("/data",), "the API reads and writes the shared folder only"
+    assert not ctx.params["no_auth"] and not ctx.params["token_file"]
+    assert load_tokens(api["environment"], None) == dotenv["API_TOKENS"].split(","), "tokens come from .env"
+    assert str(ctx.params["port"]) in [p.split(":")[-1] for p in api["ports"]]
+    assert any(str(v).split(":")[1] == "/data" for v in api["volumes"])
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
 
 
 # ---- Redis and Flower are locked down ------------------------------------------------------------
@@ -322,6 +341,7 @@ def test_no_port_is_published_beyond_loopback(services: dict[str, Any]) -> None:
             assert host_ip in LOOPBACK, f"{name}: port {port} is published on every interface"
     assert not list(published_ports(services["redis"])), "Redis stays on the compose network"
     assert [p for _, p in published_ports(services["flower"])] == ["5555"]
+    assert [p for _, p in published_ports(services["api"])] == ["8000"]
 
 
 # ---- the endpoint example and the Dockerfile -----------------------------------------------------

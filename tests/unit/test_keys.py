@@ -18,7 +18,8 @@ def test_every_key_name_falls_in_its_own_family() -> None:
         keys.events(): "bs:events", keys.inflight("a"): "bs:inflight:*", keys.endpoint_stats("a"): "bs:epstats:*",
         keys.endpoint_set(): "bs:endpoints", keys.owner("a"): "bs:owner:*", keys.vms(): "bs:vms",
         keys.health(): "bs:health", keys.delayed(): "bs:delayed", keys.delayed_claims(): "bs:delayed:claims",
-        keys.delayed_specs(): "bs:delayed:specs",
+        keys.delayed_specs(): "bs:delayed:specs", keys.batchkit_ids(): "bs:batchkit:ids",
+        keys.batchkit_next(): "bs:batchkit:next",
     }
     assert {key: getattr(pattern_of(key, patterns), "glob", None) for key in spelled} == spelled
     assert pattern_of("bs:something-new", patterns) is None

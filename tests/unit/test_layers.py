@@ -4,6 +4,7 @@
     batchscribe.producer    imports only common
     batchscribe.worker      imports only common
     batchscribe.emulator    imports only common (its local transcriber is passed in)
+    batchscribe.api         the HTTP API: imports common and producer (never the worker or the CLI)
     batchscribe.cli, the rest of batchscribe    on top: may import everything
 """
 
@@ -17,12 +18,13 @@ import pytest
 from tests.support.cli import ROOT
 
 PACKAGE = ROOT / "batchscribe"
-LAYERS = {"common", "producer", "worker", "emulator"}
+LAYERS = {"common", "producer", "worker", "emulator", "api"}
 ALLOWED = {  # layer -> the other layers it may import
     "common": set(),
     "producer": {"common"},
     "worker": {"common"},
     "emulator": {"common"},
+    "api": {"common", "producer"},
 }
 
 
