@@ -20,10 +20,12 @@ ignores them.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -51,6 +53,7 @@ class WatchPolicy:
     quiet_period: float = 5.0  # seconds a file's size and mtime must hold still
     batch_window: float = 2.0  # at most one batch per this many seconds ...
     batch_files: int = 500  # ... or at once when this many files are ready
+    seen_late: float = 0.0  # how late a change may be noticed (the poll interval when polling)
 
 
 def stat_signature(path: str) -> Signature | None:
@@ -63,13 +66,23 @@ def stat_signature(path: str) -> Signature | None:
 
 
 class Settling:
-    """Files seen appearing or changing, until they have held still for the quiet period."""
+    """Files seen appearing or changing, until they have held still for the quiet period.
 
-    def __init__(self, quiet_period: float, clock: Clock, stat: Stat = stat_signature) -> None:
+    The quiet period runs from when a version was first seen, or from its mtime when that is
+    earlier by at most `seen_late` seconds: a poll sees a file up to one interval after it landed,
+    and its mtime says how long it has held still since. The cap bounds what a clock skew between
+    a file server and this machine can take off the quiet period.
+    """
+
+    def __init__(self, quiet_period: float, clock: Clock, stat: Stat = stat_signature, seen_late: float = 0.0,
+                 wall: Clock = time.time) -> None:
         self.quiet_period = quiet_period
         self.clock = clock
         self.stat = stat
-        self._pending: dict[str, tuple[Signature, float]] = {}  # path -> (signature, since); oldest first
+        self.seen_late = seen_late
+        self.wall = wall  # the clock mtimes are on
+        self._pending: dict[str, tuple[Signature, float]] = {}  # path -> (signature, since)
+        self._queue: list[tuple[float, str]] = []  # heap of (since, path); entries since replaced: skipped
         self._submitted: dict[str, Signature] = {}  # the version of each file handed on
 
     def __len__(self) -> int:
@@ -90,31 +103,34 @@ class Settling:
             return
         if held is None and self._submitted.get(path) == signature:
             return  # an event for the version already handed on
-        self._pending.pop(path, None)  # re-inserted last: the dict stays ordered by `since`
-        self._pending[path] = (signature, self.clock())
+        age = self.wall() - signature[1] / 1e9
+        self._hold(path, signature, self.clock() - min(max(age, 0.0), self.seen_late))
 
     def settled(self) -> list[str]:
         """Files unchanged for the quiet period (checked once more now), each version once."""
         now = self.clock()
-        due = [path for path, _ in self._due(now)]
-        ready = []
-        for path in due:
-            signature, _ = self._pending.pop(path)
+        ready, rewritten = [], []
+        while self._queue and now - self._queue[0][0] >= self.quiet_period:
+            since, path = heapq.heappop(self._queue)
+            held = self._pending.get(path)
+            if held is None or held[1] != since:
+                continue  # replaced by a later version, or gone
+            del self._pending[path]
             current = self.stat(path)
             if current is None:
                 self._submitted.pop(path, None)
-            elif current != signature:  # still being written: wait a full quiet period again
-                self._pending[path] = (current, now)
+            elif current != held[0]:  # still being written: a full quiet period again
+                rewritten.append((path, current))
             else:
-                self._submitted[path] = signature
+                self._submitted[path] = current
                 ready.append(path)
+        for path, signature in rewritten:
+            self._hold(path, signature, now)
         return ready
 
-    def _due(self, now: float) -> Iterator[tuple[str, tuple[Signature, float]]]:
-        for path, held in self._pending.items():
-            if now - held[1] < self.quiet_period:
-                return  # ordered by `since`: the rest are younger
-            yield path, held
+    def _hold(self, path: str, signature: Signature, since: float) -> None:
+        self._pending[path] = (signature, since)
+        heapq.heappush(self._queue, (since, path))
 
 
 class Batching:
@@ -157,7 +173,7 @@ class Watcher:
         self.labels = root_labels(self.roots) if len(self.roots) > 1 else [""]
         self.out = str(Path(out).expanduser().resolve())
         self.submit = submit
-        self.settling = Settling(policy.quiet_period, clock, stat)
+        self.settling = Settling(policy.quiet_period, clock, stat, policy.seen_late)
         self.batching = Batching(policy.batch_window, policy.batch_files, clock)
 
     def run(self, events: Iterable[Iterable[str]], stop: threading.Event) -> None:

@@ -94,9 +94,9 @@ def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | 
     if broker and config_path:
         raise InputError("--config starts workers on this machine, which `watch --broker` does not: "
                          "the cluster's workers transcribe (give them --config)")
-    policy = WatchPolicy(quiet_period, batch_window, batch_files)
-    follow = _Follow(roots, out, opts, ["json", "txt"] if txt else ["json"], policy, _polling(roots, poll),
-                     poll_interval)
+    polling = _polling(roots, poll)
+    policy = WatchPolicy(quiet_period, batch_window, batch_files, seen_late=poll_interval if polling else 0.0)
+    follow = _Follow(roots, out, opts, ["json", "txt"] if txt else ["json"], policy, polling, poll_interval)
     if broker:
         with StopSignals(follow.stop_on, waiting="finishing the batch being submitted"):
             follow(settings_for(broker))

@@ -84,6 +84,25 @@ def test_a_file_gone_before_it_settled_is_dropped(tmp_path: Path) -> None:
     assert settling.settled() == [] and len(settling) == 0
 
 
+def test_a_poll_that_sees_a_file_late_counts_its_mtime_age_up_to_the_poll_interval(tmp_path: Path) -> None:
+    clock, wall = ManualClock(0), ManualClock(10_000)
+    settling = Settling(QUIET, clock, seen_late=1.0, wall=wall)
+    landed_earlier = write(tmp_path / "a.wav")
+    os.utime(landed_earlier, (wall.now - 0.6, wall.now - 0.6))  # unchanged for 0.6 s when first seen
+    landed_long_ago = write(tmp_path / "b.wav")
+    os.utime(landed_long_ago, (wall.now - 3600, wall.now - 3600))  # credited 1 s at most
+    written_now = write(tmp_path / "c.wav")
+    os.utime(written_now, (wall.now + 30, wall.now + 30))  # a file server's clock ahead: no credit
+    for path in (landed_earlier, landed_long_ago, written_now):
+        settling.note(path)
+    clock.advance(QUIET - 1.0)
+    assert settling.settled() == [landed_long_ago]
+    clock.advance(0.5)
+    assert settling.settled() == [landed_earlier]  # due at 4.4
+    clock.advance(0.5)
+    assert settling.settled() == [written_now]
+
+
 def test_batches_leave_at_most_once_per_window_or_at_once_when_full() -> None:
     clock = ManualClock(0)
     batching = Batching(window=10, max_files=3, clock=clock)
@@ -122,8 +141,8 @@ def test_the_watcher_hands_on_what_submit_would_find_with_the_same_relative_path
     watcher.run([set()], threading.Event())
     clock.advance(QUIET)
     watcher.tick()
-    assert batches == [discover(folders, exclude=[out]).files]
-    assert [rel for _, rel in batches[0]] == ["a/in/x.wav", "a/in/sub/y.mp3", "b/in/x.wav"]
+    assert len(batches) == 1 and sorted(batches[0]) == sorted(discover(folders, exclude=[out]).files)
+    assert sorted(rel for _, rel in batches[0]) == ["a/in/sub/y.mp3", "a/in/x.wav", "b/in/x.wav"]
 
 
 def test_events_renames_and_new_folders_reach_the_batch_once(tmp_path: Path) -> None:
