@@ -172,6 +172,9 @@ class Watcher:
         self.roots = watched_folders(folders)
         self.labels = root_labels(self.roots) if len(self.roots) > 1 else [""]
         self.out = str(Path(out).expanduser().resolve())
+        # as in `discover`: the output folder is left out where it sits inside a watched folder
+        self.skipped = self.out if any(_within(self.out, str(r)) and self.out != str(r) for r in self.roots) \
+            else None
         self.submit = submit
         self.settling = Settling(policy.quiet_period, clock, stat, policy.seen_late)
         self.batching = Batching(policy.batch_window, policy.batch_files, clock)
@@ -222,9 +225,8 @@ class Watcher:
     def rel(self, path: str) -> str:
         """The relative output path `submit` gives a file found under the watched folders."""
         for root, label in zip(self.roots, self.labels):
-            rel = os.path.relpath(path, root)
-            if not rel.startswith(os.pardir):
-                return os.path.join(label, rel)
+            if _within(path, str(root)):
+                return os.path.join(label, os.path.relpath(path, root))
         raise ValueError(f"{path} is not under a watched folder")
 
     def _watched(self, path: str) -> bool:
@@ -232,9 +234,14 @@ class Watcher:
         parent = os.path.dirname(path)
         if os.path.realpath(parent) != parent:
             return False
-        if path == self.out or path.startswith(self.out + os.sep):
+        if self.skipped is not None and _within(path, self.skipped):
             return False
-        return any(not os.path.relpath(path, root).startswith(os.pardir) for root in self.roots)
+        return any(_within(path, str(root)) for root in self.roots)
+
+
+def _within(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies under it (absolute, normalised paths)."""
+    return os.path.commonpath([path, folder]) == folder
 
 
 def watched_folders(folders: Sequence[str | Path]) -> list[Path]:
@@ -274,8 +281,7 @@ def network_mounts(folders: Sequence[Path], mounts: str) -> list[tuple[Path, str
             table.append((_unescape_mount(fields[1]), fields[2]))
     found = []
     for folder in folders:
-        under = [(point, kind) for point, kind in table
-                 if not os.path.relpath(folder, point).startswith(os.pardir)]
+        under = [(point, kind) for point, kind in table if _within(str(folder), point)]
         if under:
             # the innermost mount holds it; of two on one point, the later one (mounted over)
             _, kind = max(reversed(under), key=lambda entry: len(entry[0]))

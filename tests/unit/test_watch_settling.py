@@ -172,6 +172,19 @@ def test_events_renames_and_new_folders_reach_the_batch_once(tmp_path: Path) -> 
     assert len(batches) == 1
 
 
+def test_outputs_written_into_the_watched_folder_itself_do_not_stop_it_being_watched(tmp_path: Path) -> None:
+    """batch-kit users may give one folder as input and output: `submit` walks it, so `watch` does."""
+    root = tmp_path / "calls"
+    clock, batches = ManualClock(0), []
+    root.mkdir()
+    watcher = _watcher(tmp_path, [root], root, batches, clock)
+    path = write(root / "..odd name.wav")
+    watcher.changed({path, str(root / "..odd name_wav.json")})
+    clock.advance(QUIET)
+    watcher.tick()
+    assert batches == [[(path, "..odd name.wav")]]
+
+
 def test_a_file_changed_again_while_waiting_for_its_batch_waits_for_its_new_version(tmp_path: Path) -> None:
     root = tmp_path / "in"
     clock, batches = ManualClock(0), []
