@@ -194,6 +194,10 @@ class Watcher:
             self.tick(stop)
             if stop.is_set():
                 return
+            gone = [str(root) for root in self.roots if not root.is_dir()]
+            if gone:  # its watch went with it: nothing more would ever be seen there
+                raise InputError(f"the watched folder {', '.join(gone)} went away; start watch again once "
+                                 "it is back")
 
     def scan(self, folders: Sequence[str | Path]) -> None:
         """Note every media file under `folders` as `submit` finds it (no symlinked folders, no --out)."""
@@ -264,12 +268,17 @@ def file_events(folders: Sequence[Path], poll: bool, stop: threading.Event, tick
     """
     import watchfiles
 
-    for changes in watchfiles.watch(*folders, watch_filter=None, debounce=500, step=50, stop_event=stop,
-                                    rust_timeout=max(1, int(tick * 1000)), yield_on_timeout=True,
-                                    raise_interrupt=False, force_polling=poll,
-                                    poll_delay_ms=max(1, int(poll_interval * 1000)),
-                                    ignore_permission_denied=True):
-        yield {path for _, path in changes}
+    try:
+        for changes in watchfiles.watch(*folders, watch_filter=None, debounce=500, step=50, stop_event=stop,
+                                        rust_timeout=max(1, int(tick * 1000)), yield_on_timeout=True,
+                                        raise_interrupt=False, force_polling=poll,
+                                        poll_delay_ms=max(1, int(poll_interval * 1000)),
+                                        ignore_permission_denied=True):
+            yield {path for _, path in changes}
+    except OSError as exc:  # e.g. out of inotify watches on a huge tree
+        hint = "" if poll else " (too many folders for inotify? raise fs.inotify.max_user_watches, or --poll)"
+        where = ", ".join(map(str, folders))
+        raise InputError(f"cannot watch {where}: {exc.strerror or exc}{hint}") from None
 
 
 def network_mounts(folders: Sequence[Path], mounts: str) -> list[tuple[Path, str]]:

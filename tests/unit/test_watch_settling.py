@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,20 @@ def test_a_stop_ends_the_loop_and_holds_back_a_backlog(tmp_path: Path) -> None:
     watcher = Watcher([root], tmp_path / "out", submit, WatchPolicy(0, 0, 2), clock)
     watcher.run([set(), set(), set()], stop)
     assert len(batches) == 1
+
+
+def test_a_watched_folder_that_goes_away_ends_the_watch_with_a_clear_message(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    root.mkdir()
+    watcher = _watcher(tmp_path, [root], tmp_path / "out", [], ManualClock(0))
+
+    def events() -> Iterator[set[str]]:
+        yield set()
+        root.rmdir()  # unmounted, or removed
+        yield {str(root)}
+
+    with pytest.raises(InputError, match=f"the watched folder {root} went away"):
+        watcher.run(events(), threading.Event())
 
 
 def test_watch_takes_folders_only(tmp_path: Path) -> None:
