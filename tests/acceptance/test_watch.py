@@ -89,6 +89,8 @@ def test_files_landing_in_a_watched_folder_are_each_transcribed_once_and_a_resta
             first = watcher.log()
         assert "SIGTERM: stopping watch" in first and "stopped watching" in first, first
         assert "Traceback" not in first, first
+        batches = [line for line in first.splitlines() if line.startswith("batch ")]
+        assert batches and all(" 0 unusable" in line for line in batches), first  # no half copy submitted
         for rel, length in seconds.items():
             entry = transcript(out, rel)
             assert entry["TranscriptionStatus"] == "Succeeded", (rel, entry)
