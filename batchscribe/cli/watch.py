@@ -107,8 +107,8 @@ def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | 
         with only_watch_of(folder, out), StopSignals(follow.stop_on) as stop:
             with local_workers(folder, stop, endpoints, config_path, None, append_log=True) as settings:
                 follow(settings)
-        click.echo(f"stopped: workers, then Redis; queued files stay queued in {folder} for the next "
-                   f"`watch` to {printable(out)}", err=True)
+        click.echo(f"stopped: workers, then Redis; queued files stay queued in {printable(str(folder))} "
+                   f"for the next `watch` to {printable(out)}", err=True)
     sys.exit(EXIT_OK)
 
 
