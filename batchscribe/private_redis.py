@@ -29,7 +29,7 @@ from batchscribe.common.errors import StateError
 from batchscribe.common.processes import die_with_parent
 
 SOCKET_NAME = "redis.sock"
-_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
+SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
 
 def _terminate_with_parent() -> None:
@@ -73,7 +73,7 @@ class PrivateRedis:
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.unix_socket:
             os.chmod(self.data_dir, 0o700)  # the socket's only guard: nobody else may enter the folder
-            if len(os.fsencode(self.socket_path)) > _SOCKET_PATH_MAX:
+            if len(os.fsencode(self.socket_path)) > SOCKET_PATH_MAX:
                 raise StateError(f"the private Redis socket path {self.socket_path} is too long for a unix "
                                  "socket; set TMPDIR to a shorter folder (e.g. /tmp)")
 

@@ -27,7 +27,7 @@ from batchscribe.common.output import output_path
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore, target_id
-from batchscribe.producer.discover import discover, outside_roots
+from batchscribe.producer.discover import Discovered, discover, outside_roots
 from batchscribe.producer.fingerprint import fingerprint_files
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,17 @@ class Submitter:
         found = discover(inputs, exclude=[out])
         if confine:
             confined(confine, [path for path, _ in found.files])
+        report = self.submit_found(found, inputs, out, options, formats, batch_id, display_name)
+        report.seconds = time.monotonic() - began
+        return report
+
+    def submit_found(self, found: Discovered, inputs: Sequence[str | Path], out_dir: str | Path,
+                     options: TranscriptionOptions, formats: Sequence[str] = ("json",),
+                     batch_id: str | None = None, display_name: str = "") -> SubmitReport:
+        """Submit files already found, each with its relative output path; `inputs` names them in the
+        batch header. `watch` gives the files that landed, with the paths `submit DIR…` would give."""
+        began = time.monotonic()
+        out = Path(out_dir).expanduser().resolve()
         report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped, links=found.links)
         outputs = unique_outputs(out, found.files)
         prints = fingerprint_files([p for p, _ in found.files], self.store)

@@ -15,6 +15,7 @@ from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
 from batchscribe.cli.run import run
 from batchscribe.cli.serve import serve
+from batchscribe.cli.watch import watch
 from batchscribe.cli.worker import worker
 
 
@@ -26,7 +27,7 @@ def root(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, endpoints, run, serve,
+for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, endpoints, run, watch, serve,
                 emulator_command):
     root.add_command(command)
 

@@ -37,7 +37,7 @@ from batchscribe.producer.status import (
     render_recent,
     render_status,
 )
-from batchscribe.producer.submit import Submitter
+from batchscribe.producer.submit import SubmitReport, Submitter
 
 
 def submitter_for(settings: Settings, store: StateStore) -> Submitter:
@@ -50,17 +50,22 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Tr
     store = StateStore.connect(settings)
     report = submitter_for(settings, store).submit(
         inputs, out, opts, formats=["json", "txt"] if txt else ["json"], batch_id=batch_id)
-    links = f", {links_note(report.links, len(report.links))}" if report.links else ""
-    click.echo(f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
-               f"{report.duplicates} duplicate(s), {report.attached} already in progress elsewhere, "
-               f"{report.cached} from cache, {report.failed_now} unusable; {len(report.skipped)} skipped "
-               f"(not audio/video){links} [{report.seconds:.1f}s]", err=True)
+    click.echo(submit_line(report), err=True)
     if not wait:
         click.echo(report.batch_id)
         return 0
     code = follow(store, report.batch_id)
     click.echo(f"outputs in {printable(str(Path(out).resolve()))} (summary: run_summary.json)", err=True)
     return code
+
+
+def submit_line(report: SubmitReport) -> str:
+    """What a submitted batch holds, in one line (`submit`, `run`, each batch of `watch`)."""
+    links = f", {links_note(report.links, len(report.links))}" if report.links else ""
+    return (f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
+            f"{report.duplicates} duplicate(s), {report.attached} already in progress elsewhere, "
+            f"{report.cached} from cache, {report.failed_now} unusable; {len(report.skipped)} skipped "
+            f"(not audio/video){links} [{report.seconds:.1f}s]")
 
 
 def follow(store: StateStore, batch_id: str) -> int:

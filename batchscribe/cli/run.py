@@ -17,7 +17,8 @@ import signal
 import sys
 import tempfile
 import threading
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -37,6 +38,7 @@ from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import StateError
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.settings import Settings
 
 LOG_NAME = "worker.log"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -61,7 +63,7 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
-    with _StopSignals() as stop:
+    with StopSignals() as stop:
         try:
             code = _run_in(folder, stop, inputs, out, opts, txt, endpoints, config_path, broker)
         except Interrupted as exc:
@@ -76,12 +78,21 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     sys.exit(code)
 
 
-def _run_in(folder: Path, stop: _StopSignals, inputs: tuple[str, ...], out: str,
+def _run_in(folder: Path, stop: StopSignals, inputs: tuple[str, ...], out: str,
             opts: TranscriptionOptions, txt: bool, endpoints: EndpointSet, config_path: str | None,
             broker: str | None) -> int:
-    """Start Redis (unless --broker), the supervisor and its consumers; submit and follow the batch.
+    with local_workers(folder, stop, endpoints, config_path, broker) as settings:
+        return submit_batch(settings, inputs, out, opts, txt, None, wait=True)
+
+
+@contextmanager
+def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, config_path: str | None,
+                  broker: str | None, append_log: bool = False) -> Iterator[Settings]:
+    """Start Redis in `folder` (unless `broker`), the supervisor and its consumers (log:
+    `folder/worker.log`); yield the settings; stop them in reverse order (`run`, `watch`).
 
     Each part registers its stop before it starts, so whatever happens next unwinds it.
+    `append_log`: `watch` keeps one log across restarts in its own 0700 folder.
     """
     from batchscribe.private_redis import PrivateRedis
     from batchscribe.worker.supervisor import Supervisor
@@ -94,7 +105,7 @@ def _run_in(folder: Path, stop: _StopSignals, inputs: tuple[str, ...], out: str,
             if private is not None:
                 stack.callback(private.close)
                 private.start()
-            log_file = stack.enter_context(open(log_path, "xb"))  # noqa: SIM115 - new, in our 0700 folder
+            log_file = stack.enter_context(open(log_path, "ab" if append_log else "xb"))  # noqa: SIM115
             supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file,
                                     grace=10, follow_registry=False)
             thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
@@ -103,7 +114,7 @@ def _run_in(folder: Path, stop: _StopSignals, inputs: tuple[str, ...], out: str,
             click.echo(f"{len(endpoints)} endpoint(s): "
                        f"{', '.join(f'{e.name} ({e.engine}, {e.concurrency} at once)' for e in endpoints)}; "
                        f"worker log: {log_path}", err=True)
-            return submit_batch(settings, inputs, out, opts, txt, None, wait=True)
+            yield settings
         finally:
             stop.disarm()  # whatever ends the run, a signal can no longer cut the cleanup short
 
@@ -135,15 +146,19 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class _StopSignals:
-    """The first stop signal unwinds `run` (Interrupted); once the cleanup has begun, signals are
-    acknowledged but not obeyed, so workers still stop before Redis."""
+class StopSignals:
+    """The first stop signal unwinds `run` (Interrupted) or, given `on_stop`, calls it (`watch` ends
+    its loop); after that, signals are acknowledged (`waiting` says what the stop waits for) but not
+    obeyed, so workers still stop before Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stop: Callable[[int], None] | None = None,
+                 waiting: str = "workers first, then Redis") -> None:
         self.armed = True
+        self.on_stop = on_stop
+        self.waiting = waiting
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopSignals:
+    def __enter__(self) -> StopSignals:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
         return self
 
@@ -158,5 +173,8 @@ class _StopSignals:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.armed:
             self.armed = False
-            raise Interrupted(signum)
-        click.echo("\nstopping: workers first, then Redis; please wait", err=True)
+            if self.on_stop is None:
+                raise Interrupted(signum)
+            self.on_stop(signum)
+            return
+        click.echo(f"\nstopping: {self.waiting}; please wait", err=True)

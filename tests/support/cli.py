@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -55,15 +56,20 @@ class WorkerProcess:
             os.kill(self.proc.pid, sig)
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        end_process(self.proc, lambda: os.killpg(self.proc.pid, signal.SIGTERM), timeout)
         if not self._log.closed:
             self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def end_process(proc: subprocess.Popen[bytes], ask: Callable[[], None], timeout: float) -> None:
+    """`ask` a process (in its own session) to stop and wait; SIGKILL its group after `timeout` s."""
+    if proc.poll() is None:
+        ask()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
