@@ -138,7 +138,7 @@ def render_endpoints(store: StateStore) -> str:
         names = [e.name for e in parse_endpoints(current.yaml, current.source, _AnyEnv())]
     except ConfigError as exc:
         return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
-    health = store.health()
+    health = store.health(names)
     owners = store.owners(names)
     lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
     for name in names:

@@ -13,6 +13,7 @@ import click
 from batchscribe.cli.batches import log_cmd, retry_failed, status, submit
 from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
+from batchscribe.cli.health import health
 from batchscribe.cli.run import run
 from batchscribe.cli.worker import worker
 
@@ -25,7 +26,7 @@ def root(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, status, log_cmd, retry_failed, worker, endpoints, run, emulator_command):
+for command in (submit, status, log_cmd, retry_failed, worker, endpoints, run, emulator_command, health):
     root.add_command(command)
 
 

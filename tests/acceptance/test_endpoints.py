@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -40,8 +39,7 @@ def yaml_for(ports: dict[str, int], concurrency: int = 1) -> str:
 
 
 def health(store: StateStore, name: str) -> dict:
-    raw = store.redis.hget(store.keys.health(), name)
-    return json.loads(raw) if raw else {}
+    return store.health([name]).get(name, {})
 
 
 def test_a_failing_endpoint_stops_taking_work_and_comes_back(tmp_path: Path, redis_server,
