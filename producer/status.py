@@ -8,9 +8,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from batchscribe.common.errors import InputError
-from batchscribe.common.models import FileRecord
+from batchscribe.common.models import FileRecord, TranscriptionOptions
 from batchscribe.common.names import printable
-from batchscribe.common.state import StateStore
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.state import StateStore, served_queues
 
 SHOW_FAILURES = 20
 SHOW_LINKS = 5  # symlinked folders named on one line
@@ -25,6 +26,7 @@ class BatchView:
     audio_total: float
     audio_done: float
     failures: dict[str, list[FileRecord]] = field(default_factory=dict)
+    unserved: str = ""  # why nothing will take the batch's files now ("" = a live worker serves it)
 
     @property
     def settled(self) -> int:
@@ -41,7 +43,9 @@ class BatchView:
         return max(1e-6, (finished if finished and self.complete else time.time()) - created)
 
 
-def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> BatchView:
+def load_view(store: StateStore, batch_id: str, with_failures: bool = True,
+              check_workers: bool = False) -> BatchView:
+    """The batch now; `check_workers`: also whether a live worker serves its queue (while unfinished)."""
     header = store.batch(batch_id)
     if not header:
         raise InputError(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
@@ -53,7 +57,21 @@ def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> B
         for record in store.files(batch_id, store.failed_indexes(batch_id)):
             grouped[record.error_class or "unknown"].append(record)
         view.failures = dict(grouped)
+    if check_workers and not view.complete:
+        options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
+        view.unserved = unserved(store, options)
     return view
+
+
+def unserved(store: StateStore, options: TranscriptionOptions) -> str:
+    """"" when some live consumer (by its heartbeat) takes files with these options, else a one-line
+    explanation: such a batch waits until a worker that serves it starts."""
+    queue = pool_queue(options.language, options.engine)
+    if queue in served_queues(store.consumer_beats()):
+        return ""
+    engine = f" with engine {options.engine}" if options.engine else ""
+    return (f"no live worker serves language {options.language}{engine} (queue {queue}): its files wait "
+            "until a worker whose endpoints serve it starts (endpoint `languages`, `engine`)")
 
 
 def fmt_hours(seconds: float) -> str:
@@ -80,6 +98,8 @@ def render_status(view: BatchView) -> str:
         f"audio    {fmt_hours(view.audio_done)} of {fmt_hours(view.audio_total)} transcribed; "
         f"{speed:.1f}× real time over {fmt_duration(view.elapsed)}",
     ]
+    if view.unserved:
+        lines.append(f"waiting  {view.unserved}")
     skipped = int(view.header.get("skipped", 0) or 0)
     if skipped:
         lines.append(f"skipped  {skipped} file(s) that are not audio or video")
