@@ -117,11 +117,10 @@ class ConsumerRuntime:
             verdict = runner.run(delivery)
         log.info("delivery %s of %s: %s", delivery.id, delivery.job_key, verdict)
 
-    def begin_stop(self, sig: str) -> None:
-        """Called from Celery's signal handler: set the event the running engine calls watch."""
-        if not self.stopping.is_set():
-            self.stopping.set()
-            log.info("%s: stopping; files in flight are handed back to the queue", sig)
+    def begin_stop(self) -> None:
+        """Called inside Celery's signal handler (so it only sets the event the engine calls watch;
+        each runner thread logs its own hand back)."""
+        self.stopping.set()
 
     def leave(self) -> None:
         """The consumer has stopped: withdraw its heartbeat."""
@@ -179,9 +178,9 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
                         endpoint.name, endpoint.concurrency, instance.concurrency)
 
     @worker_shutting_down.connect(weak=False)
-    def _planned_stop(sender: Any, sig: str = "", **_: Any) -> None:
+    def _planned_stop(sender: Any, **_: Any) -> None:
         if runtime.node and sender == runtime.node:
-            runtime.begin_stop(sig)
+            runtime.begin_stop()
 
     @worker_shutdown.connect(weak=False)
     def _stopped(sender: Any, **_: Any) -> None:

@@ -74,4 +74,4 @@ def test_a_vm_stopped_mid_file_hands_it_to_another_vm_at_once_without_a_crash(
     entry = json.loads(output.read_text())["AudioFileResults"][0]
     assert entry["TranscriptionStatus"] == "Succeeded"
     assert entry["CombinedResults"][0]["Display"] == f"duration {SECONDS:.2f} seconds"
-    assert "handed back" in victim.process.log()
+    assert "handback" in victim.process.log()
