@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from celery import Celery
 
-from batchscribe.common.keys import KOMBU_UNACKED_INDEX, KOMBU_UNACKED_MUTEX_EXPIRE
+from batchscribe.common.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, KOMBU_UNACKED_MUTEX_EXPIRE
 from batchscribe.common.settings import Settings
 
 
@@ -26,6 +26,7 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
         # mutex blocks sweeps only for unacked_mutex_expire seconds.
         "visibility_timeout": settings.visibility_timeout,
         "unacked_index_key": KOMBU_UNACKED_INDEX,
+        "unacked_key": KOMBU_UNACKED,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": KOMBU_UNACKED_MUTEX_EXPIRE,

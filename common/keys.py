@@ -96,9 +96,22 @@ class Keys:
         """Sorted set: worker VMs by last heartbeat time."""
         return f"{self.prefix}:vms"
 
-    def health(self) -> str:
-        """Hash: endpoint name -> JSON health as its owner last saw it."""
-        return f"{self.prefix}:health"
+    def health(self, endpoint: str) -> str:
+        """String with TTL: JSON health of one endpoint (probe, circuit breaker) as its owner last
+        assessed it; consumers read it to decide whether to call the engine."""
+        return f"{self.prefix}:health:{endpoint}"
+
+    def vm(self, hostname: str) -> str:
+        """String with TTL: a worker VM's supervisor heartbeat (its pid and the consumers it runs)."""
+        return f"{self.prefix}:vm:{hostname}"
+
+    def consumer(self, node: str) -> str:
+        """String with TTL: one consumer's heartbeat (node "ENDPOINT@HOST": pid, queues, deliveries)."""
+        return f"{self.prefix}:consumer:{node}"
+
+    def consumers(self) -> str:
+        """Sorted set: consumer nodes by last heartbeat time (to find the live ones without SCAN)."""
+        return f"{self.prefix}:consumers"
 
     def delayed(self) -> str:
         """Sorted set: jobs waiting to be published again (member job key, score due time)."""
@@ -120,11 +133,12 @@ class Keys:
         """String: the last integer batch id given out to a batch-processing-kit client."""
         return f"{self.prefix}:batchkit:next"
 
-    def patterns(self, result_ttl: int, owner_ttl: float) -> list[KeyPattern]:
+    def patterns(self, result_ttl: int, owner_ttl: float, lease_ttl: float = 30) -> list[KeyPattern]:
         """Every key family above, most specific first, with the lifetime each must have.
 
         `result_ttl` is Settings.result_ttl (0: results are kept forever); `owner_ttl` is the
-        ownership TTL the worker VMs run with.
+        ownership TTL the worker VMs run with (their heartbeats and endpoint health live as long);
+        `lease_ttl` is Settings.lease_ttl (a consumer's heartbeat lives as long as its leases).
         """
         p = self.prefix
         return [
@@ -143,7 +157,10 @@ class Keys:
             KeyPattern(f"{p}:endpoints", "the published endpoint set (hash)"),
             KeyPattern(f"{p}:owner:*", "the VM that runs an endpoint's consumer (string)", ttl=owner_ttl),
             KeyPattern(f"{p}:vms", "worker VMs by last heartbeat (zset)"),
-            KeyPattern(f"{p}:health", "each endpoint's health as its owner saw it (hash)"),
+            KeyPattern(f"{p}:health:*", "an endpoint's health as its owner saw it (string)", ttl=owner_ttl),
+            KeyPattern(f"{p}:vm:*", "a worker VM's supervisor heartbeat (string)", ttl=owner_ttl),
+            KeyPattern(f"{p}:consumers", "consumer nodes by last heartbeat (zset)"),
+            KeyPattern(f"{p}:consumer:*", "a consumer's heartbeat (string)", ttl=lease_ttl),
             KeyPattern(f"{p}:delayed:claims", "delayed jobs being published (zset)", transient=True),
             KeyPattern(f"{p}:delayed:specs", "the task of each delayed job (hash)", transient=True),
             KeyPattern(f"{p}:delayed", "jobs waiting to run again (zset)", transient=True),
@@ -155,12 +172,13 @@ class Keys:
 # Kombu's Redis transport keeps unacked deliveries here (not under our prefix). `make_app` passes
 # this name to kombu explicitly, so the lease keeper and kombu cannot disagree about it.
 KOMBU_UNACKED_INDEX = "unacked_index"
+KOMBU_UNACKED = "unacked"  # its hash of unacked messages by delivery tag (passed to kombu likewise)
 KOMBU_UNACKED_MUTEX_EXPIRE = 15  # seconds: a consumer killed mid-sweep blocks sweeps this long
 
 # The keys kombu's Redis transport writes for us (Celery's broker), outside our prefix. The queue
 # lists are named by common.queues (endpoint_queue, pool_queue).
 KOMBU_KEYS = (
-    KeyPattern("unacked", "kombu: unacked deliveries (hash)"),
+    KeyPattern(KOMBU_UNACKED, "kombu: unacked deliveries (hash)"),
     KeyPattern(KOMBU_UNACKED_INDEX, "kombu: when each unacked delivery was last seen (zset)"),
     KeyPattern("unacked_mutex", "kombu: its restore sweep's lock (string)", ttl=KOMBU_UNACKED_MUTEX_EXPIRE),
     KeyPattern("_kombu.binding.*", "kombu: the queues bound to an exchange (set)"),

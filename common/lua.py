@@ -232,6 +232,31 @@ job_files(tkey, st == "queued" and "queued" or "retrying", {"error_class", cls, 
 return tonumber(redis.call("HGET", jkey, "reroutes") or 0)
 """
 
+# KEYS: prefix, job hash, its targets list, delayed set, delayed specs hash, kombu's unacked index,
+# kombu's unacked hash. ARGV: job_key, delivery_id, now, due, spec, delivery tag ("" = leave the
+# message to its consumer, which acks it). A planned stop hands a running job back: queued again,
+# the attempt it was on undone, no crash, into the delayed set at `due` — only if `delivery` still
+# holds it. With a tag, the delivery's broker message is acked on its dead consumer's behalf (the
+# delayed entry replaces it). Returns 1 if handed back, 0 if another delivery holds the job or it
+# no longer runs.
+HAND_BACK = _FILES + _DELAY + r"""
+local jkey, tkey, delayed, specs, index, unacked = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local jk, delivery, now, due, spec, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local j = redis.call("HMGET", jkey, "state", "delivery", "endpoint")
+if j[1] ~= "running" or j[2] ~= delivery then return 0 end
+local attempts = redis.call("HINCRBY", jkey, "attempts", -1)
+redis.call("HINCRBY", jkey, "handbacks", 1)
+redis.call("HSET", jkey, "state", "queued", "delivery", "", "lease_until", "")
+if j[3] then redis.call("ZREM", K.inflight(j[3]), jk) end
+delay_job(delayed, specs, jk, due, spec, true)
+job_files(tkey, "queued", {"attempts", attempts}, now)
+if tag ~= "" then
+  redis.call("ZREM", index, tag)
+  redis.call("HDEL", unacked, tag)
+end
+return 1
+"""
+
 # KEYS: prefix, job hash, its targets list, its result key, delayed set, delayed specs hash.
 # ARGV: job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
 # Returns the job's targets (the inputs to write outputs for).
@@ -332,6 +357,35 @@ PRUNE_INFLIGHT = _INFLIGHT + r"""
 local now = tonumber(ARGV[1])
 for i = 2, #ARGV do prune_inflight(K.inflight(ARGV[i]), ARGV[i], now) end
 return 1
+"""
+
+# KEYS: prefix, the endpoint's stats hash. ARGV: now, error class ("" = success), audio seconds,
+# threshold, cooldown, max cooldown, endpoint name. Counts one attempt's outcome and runs the
+# endpoint's one circuit breaker: `threshold` endpoint or transient errors in a row (since the last
+# success) open it for `cooldown` seconds, doubling each time it opens again, up to `max cooldown`;
+# the count starts again from 0. A success while it has been closed for two cooldowns forgets how
+# often it opened. Returns {open until, reason} if this attempt opened the circuit, else {}.
+RECORD_ATTEMPT = r"""
+local stats, now, cls, endpoint = KEYS[2], tonumber(ARGV[1]), ARGV[2], ARGV[7]
+local threshold, cooldown, cap = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local open_until = tonumber(redis.call("HGET", stats, "circuit_open_until") or 0) or 0
+if cls == "" then
+  redis.call("HINCRBY", stats, "done", 1)
+  redis.call("HINCRBYFLOAT", stats, "audio_seconds", ARGV[3])
+  redis.call("HSET", stats, "consecutive_failures", 0)
+  if now > open_until + 2 * cooldown then redis.call("HDEL", stats, "circuit_opens") end
+  return {}
+end
+redis.call("HINCRBY", stats, "failed_" .. cls, 1)
+if cls ~= "endpoint" and cls ~= "transient" then return {} end
+local failures = redis.call("HINCRBY", stats, "consecutive_failures", 1)
+if failures < threshold or now < open_until then return {} end
+local opens = redis.call("HINCRBY", stats, "circuit_opens", 1)
+local until_text = string.format("%.3f", now + math.min(cap, cooldown * 2 ^ (opens - 1)))
+local reason = failures .. " files in a row failed on endpoint '" .. endpoint .. "'"
+redis.call("HSET", stats, "circuit_open_until", until_text, "circuit_reason", reason,
+           "consecutive_failures", 0)
+return {until_text, reason}
 """
 
 # KEYS: prefix, the endpoint-set hash. ARGV: yaml, source, now. Publishes a new version unless
@@ -455,4 +509,5 @@ SCRIPTS = {
     "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
     "release_endpoint": RELEASE_ENDPOINT, "claim_outputs": CLAIM_OUTPUTS, "release_outputs": RELEASE_OUTPUTS,
     "cancel": CANCEL,
+    "hand_back": HAND_BACK, "record_attempt": RECORD_ATTEMPT,
 }

@@ -28,6 +28,11 @@ def consumer_queues(endpoint: Endpoint) -> list[str]:
     return queues
 
 
+def serves(endpoint: Endpoint, language: str, engine: str | None = None) -> bool:
+    """Whether the endpoint's consumer takes work published for `language` (and `engine`)."""
+    return pool_queue(language, engine) in consumer_queues(endpoint)
+
+
 def endpoint_from_queues(queues: list[str]) -> str | None:
     """Which endpoint a plain `celery worker -Q ep.NAME,...` serves, from its queue list."""
     names = [q[3:] for q in queues if q.startswith("ep.")]

@@ -48,6 +48,9 @@ class Settings:
     heartbeat: float = 5.0  # how often leases and kombu's unacked index are refreshed
     result_ttl: int = 30 * 24 * 3600  # cached transcripts for dedupe hits; 0 keeps them forever
     claim_ttl: int = 30  # a producer that dies between claim and publish blocks a job this long
+    # `submit --wait` and `run` stop waiting (exit 3) once Redis has not answered for this long;
+    # the batch itself goes on.
+    wait_redis_timeout: float = 300.0
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod
@@ -59,8 +62,9 @@ class Settings:
         for name, var in _INT_VARS:
             if env.get(var):
                 values[name] = _int(var, env[var])
-        if env.get("BATCHSCRIBE_HEARTBEAT"):
-            values["heartbeat"] = _float("BATCHSCRIBE_HEARTBEAT", env["BATCHSCRIBE_HEARTBEAT"])
+        for name, var in _FLOAT_VARS:
+            if env.get(var):
+                values[name] = _float(var, env[var])
         if env.get("BATCHSCRIBE_KEY_PREFIX"):
             values["key_prefix"] = env["BATCHSCRIBE_KEY_PREFIX"]
         values["retry"] = _retry_policy(env)
@@ -75,6 +79,9 @@ class Settings:
         if self.heartbeat <= 0 or self.heartbeat * 2 > self.visibility_timeout:
             raise ConfigError(f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat}) must be positive and at most half "
                               f"of BATCHSCRIBE_VISIBILITY_TIMEOUT ({self.visibility_timeout})")
+        if self.wait_redis_timeout <= 0:
+            raise ConfigError(f"BATCHSCRIBE_WAIT_REDIS_TIMEOUT must be a positive number of seconds, "
+                              f"got {self.wait_redis_timeout}")
         if self.lease_ttl < self.heartbeat * 2:
             raise ConfigError(f"BATCHSCRIBE_LEASE_TTL ({self.lease_ttl}) must be at least twice "
                               f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat})")
@@ -90,9 +97,8 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The environment that gives a child process (a consumer) the same settings."""
-        env = {"BATCHSCRIBE_REDIS_URL": self.redis_url, "BATCHSCRIBE_KEY_PREFIX": self.key_prefix,
-               "BATCHSCRIBE_HEARTBEAT": str(self.heartbeat)}
-        env.update({var: str(getattr(self, name)) for name, var in _INT_VARS})
+        env = {"BATCHSCRIBE_REDIS_URL": self.redis_url, "BATCHSCRIBE_KEY_PREFIX": self.key_prefix}
+        env.update({var: str(getattr(self, name)) for name, var in (*_INT_VARS, *_FLOAT_VARS)})
         env.update({var: str(getattr(self.retry, name)) for name, var, _ in _RETRY_VARS})
         return env
 
@@ -131,6 +137,10 @@ _INT_VARS = (("visibility_timeout", "BATCHSCRIBE_VISIBILITY_TIMEOUT"),
              ("result_ttl", "BATCHSCRIBE_RESULT_TTL"),
              ("claim_ttl", "BATCHSCRIBE_CLAIM_TTL"),
              ("lease_ttl", "BATCHSCRIBE_LEASE_TTL"))
+
+# (field, environment variable) of the settings that are numbers with a fraction.
+_FLOAT_VARS = (("heartbeat", "BATCHSCRIBE_HEARTBEAT"),
+               ("wait_redis_timeout", "BATCHSCRIBE_WAIT_REDIS_TIMEOUT"))
 
 # (RetryPolicy field, environment variable, parser), shared by from_env and to_env.
 _RETRY_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (

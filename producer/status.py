@@ -14,7 +14,8 @@ from typing import Any
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
 from batchscribe.common.names import printable
-from batchscribe.common.state import StateStore
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.state import StateStore, served_queues
 
 SHOW_FAILURES = 20  # failed files kept (and shown) per error class; all are counted
 SHOW_LINKS = 5  # symlinked folders named on one line
@@ -35,6 +36,7 @@ class BatchView:
     audio_done: float
     failures: dict[str, list[FileRecord]] = field(default_factory=dict)  # the first SHOW_FAILURES per class
     failed_by_class: dict[str, int] = field(default_factory=dict)
+    unserved: str = ""  # why nothing will take the batch's files now ("" = a live worker serves it)
 
     @property
     def settled(self) -> int:
@@ -77,7 +79,9 @@ class NoSuchBatch(InputError):
     """The batch id is not in this Redis."""
 
 
-def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> BatchView:
+def load_view(store: StateStore, batch_id: str, with_failures: bool = True,
+              check_workers: bool = False) -> BatchView:
+    """The batch now; `check_workers`: also whether a live worker serves its queue (while unfinished)."""
     header = store.batch(batch_id)
     if not header:
         raise NoSuchBatch(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
@@ -91,7 +95,21 @@ def load_view(store: StateStore, batch_id: str, with_failures: bool = True) -> B
             samples = view.failures.setdefault(cls, [])
             if len(samples) < SHOW_FAILURES:
                 samples.append(record)
+    if check_workers and not view.complete:
+        options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
+        view.unserved = unserved(store, options)
     return view
+
+
+def unserved(store: StateStore, options: TranscriptionOptions) -> str:
+    """"" when some live consumer (by its heartbeat) takes files with these options, else a one-line
+    explanation: such a batch waits until a worker that serves it starts."""
+    queue = pool_queue(options.language, options.engine)
+    if queue in served_queues(store.consumer_beats()):
+        return ""
+    engine = f" with engine {options.engine}" if options.engine else ""
+    return (f"no live worker serves language {options.language}{engine} (queue {queue}): its files wait "
+            "until a worker whose endpoints serve it starts (endpoint `languages`, `engine`)")
 
 
 def iter_records(store: StateStore, batch_id: str, indexes: range | list[int],
@@ -174,6 +192,8 @@ def render_status(view: BatchView) -> str:
     if view.header.get("cancelled_at"):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(view.header["cancelled_at"])))
         lines.append(f"cancelled at {when}: {c.get('cancelled', 0)} file(s) had not finished")
+    if view.unserved:
+        lines.append(f"waiting  {view.unserved}")
     skipped = int(view.header.get("skipped", 0) or 0)
     if skipped:
         lines.append(f"skipped  {skipped} file(s) that are not audio or video")
@@ -234,7 +254,7 @@ def render_endpoints(store: StateStore) -> str:
         names = [e.name for e in parse_without_secrets(current.yaml, current.source)[0]]
     except ConfigError as exc:
         return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
-    health = store.health()
+    health = store.health(names)
     owners = store.owners(names)
     lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
     for name in names:

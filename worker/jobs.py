@@ -8,6 +8,10 @@ The retry decision lives here, by error class (design.md §Error classes):
 * permanent → failed now, with the reason;
 * crash     → seen at start as a running job whose lease ran out; poison after N.
 
+A planned stop of the consumer (`stop` is set) is none of these: the engine call ends early and
+the job is handed back (`StateStore.hand_back_job`): queued again at once, the attempt undone, no
+crash counted, so another consumer starts it within seconds.
+
 "Back to the pool" means the delayed set (`worker.scheduler`), written by the same script that
 moves the job's state; the Celery task then just returns and its message is acked. A delivery that
 finds the job running under a live lease is deferred the same way, without running anything.
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import (
@@ -42,10 +46,11 @@ from batchscribe.common.queues import pool_queue
 from batchscribe.common.settings import RetryPolicy, Settings
 from batchscribe.common.state import JobStart, StateStore
 from batchscribe.worker.engines import build_engine
-from batchscribe.worker.engines.base import Engine
-from batchscribe.worker.health import CIRCUIT_THRESHOLD
+from batchscribe.worker.engines.base import Engine, EngineStopped
+from batchscribe.worker.health import HealthGate
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 REDIS_OUTAGE_PATIENCE = 60.0  # seconds a finished transcript waits for Redis to come back
 ENDPOINT_REQUEUE_DELAY = 0.5  # seconds: another endpoint gets the file, not a tight loop on this one
@@ -56,7 +61,7 @@ BOUNCE_DELAY = 0.3
 
 # What became of one delivery (for logs and tests).
 Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded",
-                  "cancelled"]
+                  "cancelled", "handback"]
 
 
 @dataclass(frozen=True)
@@ -79,16 +84,20 @@ class Delivery:
         """The task to publish to run this job again (on `queue`, default: where it came from)."""
         return replace(self.task, queue=queue or self.task.queue)
 
+    def pool_spec(self) -> TaskSpec:
+        """The task that runs the job again wherever its language pool has a free slot."""
+        opts = TranscriptionOptions.from_dict(self.options)
+        return self.spec(pool_queue(opts.language, opts.engine))
 
-def durably(call: Callable[[], Any], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> None:
+
+def durably(call: Callable[[], R], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> R:
     """Retry Redis writes across a short outage (a restart takes seconds): a finished transcript
     must be recorded, not thrown away and transcribed again. Gives up after `patience` seconds."""
     deadline = time.monotonic() + patience
     delay = 0.2
     while True:
         try:
-            call()
-            return
+            return call()
         except RedisUnavailableError as exc:
             if time.monotonic() > deadline:
                 raise
@@ -108,10 +117,13 @@ class JobRunner:
     """Everything one consumer process needs to run jobs for its endpoint; shared by its threads."""
 
     def __init__(self, settings: Settings, store: StateStore, endpoint: Endpoint,
-                 engine: Engine | None = None) -> None:
+                 engine: Engine | None = None, stop: threading.Event | None = None,
+                 gate: HealthGate | None = None) -> None:
         self.settings = settings
         self.store = store
         self.endpoint = endpoint
+        self.stop = stop or threading.Event()  # set when the consumer is told to stop (planned)
+        self.gate = gate or HealthGate(store, endpoint.name)
         self._engine = engine
         self._engine_lock = threading.Lock()
 
@@ -136,16 +148,18 @@ class JobRunner:
         if start.crashes >= self.settings.retry.max_crashes:
             reason = f"worker died {start.crashes} times while processing this file (poison)"
             return self._fail(job_key, records, ErrorClass.CRASH, reason, start.attempts)
-        tripped = self._tripped()
-        if tripped:
+        closed = self.gate.closed()
+        if closed:  # the endpoint's owner says not to call it: back to the pool, no attempt spent
             self._log(job_key, records, "deferred", attempt=start.attempts,
-                      error_class=ErrorClass.ENDPOINT.value, reason=tripped)
-            return self._requeue(delivery, ErrorClass.ENDPOINT, tripped, spend=False,
+                      error_class=ErrorClass.ENDPOINT.value, reason=closed)
+            return self._requeue(delivery, ErrorClass.ENDPOINT, closed, spend=False,
                                  delay=ENDPOINT_REQUEUE_DELAY)
         opts = TranscriptionOptions.from_dict(delivery.options)
         began = time.time()
         try:
             result = self._transcribe(job_key, records, opts)
+        except EngineStopped:
+            return self._hand_back(delivery, records, start.attempts)
         except ProcessingError as exc:
             return self._on_error(delivery, start, records, exc, time.time() - began)
         except Exception as exc:  # a bug or an untranslated library error: never leave it "running"
@@ -162,14 +176,6 @@ class JobRunner:
 
         durably(record, f"recording the transcript of {job_key}")
         return "done"
-
-    def _tripped(self) -> str:
-        """The endpoint failed this many files in a row: hand work back without calling it, until
-        the supervisor's circuit breaker stops this consumer (it polls once a second)."""
-        failures = int(self.store.endpoint_stats(self.endpoint.name).get("consecutive_failures", 0) or 0)
-        if failures >= CIRCUIT_THRESHOLD:
-            return f"circuit open: {failures} files in a row failed on endpoint '{self.endpoint.name}'"
-        return ""
 
     def _not_run(self, delivery: Delivery, start: JobStart) -> Verdict:
         """A delivery that must not call the engine: deferred duplicate, finished or stale job."""
@@ -205,13 +211,19 @@ class JobRunner:
         self.store.track_inflight(endpoint, job_key)
         try:
             with tempfile.TemporaryDirectory(prefix="batchscribe-") as workdir:
+                self._check_stop()
                 audio = prepare(source, Path(workdir))
-                recognition = self.engine.transcribe(audio, opts)
+                self._check_stop()
+                recognition = self.engine.transcribe(audio, opts, stop=self.stop)
         finally:
             durably(lambda: self.store.release_inflight(endpoint, job_key), f"releasing {job_key}'s slot")
         return {"phrases": recognition.phrases, "duration": recognition.duration,
                 "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
                 "endpoint": self.endpoint.name, "options": opts.to_dict()}
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise EngineStopped("the consumer is stopping")
 
     @staticmethod
     def _pick_input(records: list[FileRecord]) -> str:
@@ -228,7 +240,11 @@ class JobRunner:
         job_key, cls, attempt = delivery.job_key, exc.error_class, start.attempts
         self._log(job_key, records, "error", attempt=attempt, seconds=seconds,
                   error_class=cls.value, reason=exc.reason)
-        self.store.record_attempt(self.endpoint.name, cls.value)
+        opened = self.store.record_attempt(self.endpoint.name, cls.value)
+        if opened is not None:
+            log.warning("endpoint %s: %s; circuit open for %.0f s", self.endpoint.name, opened.reason,
+                        opened.until - time.time())
+            self.gate.tripped(opened.until, opened.reason)
         if cls is ErrorClass.PERMANENT:
             return self._fail(job_key, records, cls, exc.reason, attempt)
         if cls is ErrorClass.ENDPOINT:
@@ -254,8 +270,7 @@ class JobRunner:
     def _requeue(self, delivery: Delivery, cls: ErrorClass, reason: str, spend: bool,
                  delay: float) -> Verdict:
         """Back to the language pool after `delay`, in the delayed set, atomically with the state."""
-        opts = TranscriptionOptions.from_dict(delivery.options)
-        spec = delivery.spec(pool_queue(opts.language, opts.engine))
+        spec = delivery.pool_spec()
         held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
                                       time.time() + delay, spec.to_json())
         if held == -2:
@@ -266,6 +281,18 @@ class JobRunner:
                         delivery.job_key, delivery.id)
             return "superseded"
         return "requeued"
+
+    def _hand_back(self, delivery: Delivery, records: list[FileRecord], attempt: int) -> Verdict:
+        """A planned stop interrupted the engine: queued again at once, attempt undone, no crash."""
+        spec = delivery.pool_spec()
+        if not durably(lambda: self.store.hand_back_job(delivery.job_key, delivery.id, spec.to_json()),
+                       f"handing {delivery.job_key} back"):
+            log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
+                        delivery.job_key, delivery.id)
+            return "superseded"
+        self._log(delivery.job_key, records, "handback", attempt=attempt - 1,
+                  reason="the consumer was stopped (planned); another one starts it")
+        return "handback"
 
     def _fail(self, job_key: str, records: list[FileRecord], cls: ErrorClass, reason: str,
               attempt: int) -> Verdict:

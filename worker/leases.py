@@ -8,7 +8,9 @@ the longest file (which makes a SIGKILLed worker's files wait that long), each c
 * extends the job's lease (`lease_until` in the job hash) if this delivery still holds the job, so
   a duplicate delivery defers instead of running the engine a second time, and
 * sets the delivery tag's score in kombu's `unacked_index` to now (`ZADD XX`), so kombu restores
-  the delivery only when nobody has refreshed it for a visibility timeout: when its worker died.
+  the delivery only when nobody has refreshed it for a visibility timeout: when its worker died;
+
+and renews the consumer's own heartbeat (`worker.liveness.ConsumerPresence`): alive, what it runs.
 
 The keeper is watched: if its thread dies or stops beating, the consumer must not go on running
 files unleased (they would be taken over and run twice), so it says so and exits non-zero; the
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from batchscribe.common.errors import StateError
 from batchscribe.common.keys import KOMBU_UNACKED_INDEX
 from batchscribe.common.state import LeaseItem, StateStore
+from batchscribe.worker.liveness import ConsumerPresence
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,10 @@ class LeaseKeeper:
 
     def __init__(self, store: StateStore, lease_ttl: float, heartbeat: float,
                  on_death: Callable[[str], None] = exit_now,
-                 unacked_index: str = KOMBU_UNACKED_INDEX) -> None:
+                 unacked_index: str = KOMBU_UNACKED_INDEX,
+                 presence: ConsumerPresence | None = None) -> None:
         self.store = store
+        self.presence = presence  # the consumer's own heartbeat, renewed with the leases
         self.lease_ttl = lease_ttl
         self.heartbeat = heartbeat
         self.unacked_index = unacked_index
@@ -79,8 +84,11 @@ class LeaseKeeper:
     # ---- the loop ----------------------------------------------------------------------
 
     def beat(self) -> None:
-        """One round: extend every running lease, refresh every running delivery tag."""
+        """One round: extend every running lease, refresh every running delivery tag, say the
+        consumer is alive and what it runs."""
         items = self.running()
+        if self.presence is not None:
+            self.presence.beat(items)
         for item, (ours, seen) in zip(items, self.store.extend_leases(items, self.lease_ttl,
                                                                        self.unacked_index)):
             if not ours:
@@ -120,6 +128,11 @@ class LeaseKeeper:
                 return
 
     def start(self) -> LeaseKeeper:
+        if self.presence is not None:  # heard from at once, not one heartbeat later
+            try:
+                self.presence.beat([])
+            except StateError as exc:
+                log.warning("cannot send this consumer's first heartbeat: %s", exc)
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="lease-watchdog", daemon=True)

@@ -7,6 +7,11 @@ BATCHSCRIBE_ENDPOINT_JSON) or by hand as a plain Celery worker:
 
 in which case the endpoint is the one named by its `ep.NAME` queue, looked up in
 BATCHSCRIBE_CONFIG (or the built-in local endpoint when NAME is `local`).
+
+A consumer told to stop (SIGTERM from its supervisor, `docker stop`, systemd; SIGINT, SIGQUIT)
+does not finish its files: it sets its stop event, each running engine call ends within about a
+second, and each job is handed back (queued again at once, attempt undone, no crash); the task
+returns, so its message is acked, and another consumer starts the file within seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from celery.signals import celeryd_after_setup, worker_ready
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown, worker_shutting_down
 
 from batchscribe.common.config import Endpoint, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, StateError
@@ -32,6 +37,7 @@ from batchscribe.common.settings import Settings, redact
 from batchscribe.common.state import LeaseItem, StateStore
 from batchscribe.worker.jobs import Delivery, JobRunner
 from batchscribe.worker.leases import LeaseKeeper
+from batchscribe.worker.liveness import ConsumerPresence
 from batchscribe.worker.outage import redis_errors_in_one_line
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,8 @@ class ConsumerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.queues: list[str] = []
+        self.node = ""  # Celery's node name (ENDPOINT@HOST), known once Celery has set up
+        self.stopping = threading.Event()  # a planned stop: running files are handed back
         self._runner: JobRunner | None = None
         self._leases: LeaseKeeper | None = None
         self._lock = threading.Lock()
@@ -92,8 +100,11 @@ class ConsumerRuntime:
             if self._runner is None or self._leases is None:
                 endpoint = resolve_endpoint(os.environ, self.queues)
                 store = StateStore.connect(self.settings, check=False)
-                self._runner = JobRunner(self.settings, store, endpoint)
-                self._leases = LeaseKeeper(store, self.settings.lease_ttl, self.settings.heartbeat).start()
+                self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping)
+                presence = ConsumerPresence(store, self.node, endpoint.name, self.queues,
+                                            self.settings.lease_ttl) if self.node else None
+                self._leases = LeaseKeeper(store, self.settings.lease_ttl, self.settings.heartbeat,
+                                           presence=presence).start()
                 log.info("consumer serves endpoint %s (%s, concurrency %d)",
                          endpoint.name, endpoint.engine, endpoint.concurrency)
             return self._runner, self._leases
@@ -101,9 +112,26 @@ class ConsumerRuntime:
     def run(self, delivery: Delivery) -> None:
         """Run one delivery while the lease keeper keeps its lease and its delivery tag fresh."""
         runner, leases = self._parts()
-        with leases.hold(LeaseItem(delivery.job_key, delivery.id, delivery.tag)):
+        item = LeaseItem(delivery.job_key, delivery.id, delivery.tag, delivery.pool_spec().to_json())
+        with leases.hold(item):
             verdict = runner.run(delivery)
         log.info("delivery %s of %s: %s", delivery.id, delivery.job_key, verdict)
+
+    def begin_stop(self) -> None:
+        """Called inside Celery's signal handler (so it only sets the event the engine calls watch;
+        each runner thread logs its own hand back)."""
+        self.stopping.set()
+
+    def leave(self) -> None:
+        """The consumer has stopped: withdraw its heartbeat."""
+        keeper = self._leases
+        if keeper is not None:
+            keeper.stop()
+            if keeper.presence is not None:
+                try:
+                    keeper.presence.leave()
+                except StateError as exc:  # it expires by itself
+                    log.warning("could not withdraw this consumer's heartbeat: %s", exc)
 
     def warm_up(self) -> None:
         engine = self.runner().engine
@@ -129,6 +157,8 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
 
         Only when Redis itself fails is the message handed back (acking it would lose the file).
         """
+        if runtime.stopping.is_set():  # received as the consumer stops: back to its queue untouched
+            raise Reject("the consumer is stopping", requeue=True)
         try:
             runtime.run(delivery_of(self.request, job_key, options, path, duration))
         except StateError as exc:
@@ -140,11 +170,22 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
         if instance.app is not app:
             return
         runtime.queues = list(instance.app.amqp.queues.consume_from or {})
+        runtime.node = str(sender)
         endpoint = runtime.runner().endpoint
         if instance.concurrency != endpoint.concurrency:
             log.warning("endpoint %s has concurrency %d in its config but this worker runs -c %d; "
                         "the worker's -c is what limits simultaneous requests",
                         endpoint.name, endpoint.concurrency, instance.concurrency)
+
+    @worker_shutting_down.connect(weak=False)
+    def _planned_stop(sender: Any, **_: Any) -> None:
+        if runtime.node and sender == runtime.node:
+            runtime.begin_stop()
+
+    @worker_shutdown.connect(weak=False)
+    def _stopped(sender: Any, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            runtime.leave()
 
     @worker_ready.connect(weak=False)
     def _warm_up(sender: Any, **_: Any) -> None:

@@ -13,6 +13,7 @@ import click
 from batchscribe.cli.batches import cancel, log_cmd, results, retry_failed, status, submit
 from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
+from batchscribe.cli.health import health
 from batchscribe.cli.run import run
 from batchscribe.cli.serve import serve
 from batchscribe.cli.watch import watch
@@ -27,8 +28,8 @@ def root(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, endpoints, run, watch, serve,
-                emulator_command):
+for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, health, endpoints, run, watch,
+                serve, emulator_command):
     root.add_command(command)
 
 

@@ -36,6 +36,7 @@ from batchscribe.producer.status import (
     render_failures,
     render_recent,
     render_status,
+    unserved,
 )
 from batchscribe.producer.submit import SubmitReport, Submitter
 
@@ -45,16 +46,23 @@ def submitter_for(settings: Settings, store: StateStore) -> Submitter:
 
 
 def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: TranscriptionOptions,
-                 txt: bool, batch_id: str | None, wait: bool) -> int:
-    """Submit, then (with `wait`) follow the batch to its end; returns the exit code."""
+                 txt: bool, batch_id: str | None, wait: bool, check_workers: bool = True) -> int:
+    """Submit, then (with `wait`) follow the batch to its end; returns the exit code.
+
+    `check_workers`: warn at once when no live worker serves the batch (`run` starts its own).
+    """
     store = StateStore.connect(settings)
     report = submitter_for(settings, store).submit(
         inputs, out, opts, formats=["json", "txt"] if txt else ["json"], batch_id=batch_id)
     click.echo(submit_line(report), err=True)
+    if check_workers and (report.published or report.attached):
+        waiting = unserved(store, opts)
+        if waiting:
+            click.secho(f"warning: {waiting}", fg="yellow", err=True)
     if not wait:
         click.echo(report.batch_id)
         return 0
-    code = follow(store, report.batch_id)
+    code = follow(store, report.batch_id, settings.wait_redis_timeout)
     click.echo(f"outputs in {printable(str(Path(out).resolve()))} (summary: run_summary.json)", err=True)
     return code
 
@@ -68,9 +76,11 @@ def submit_line(report: SubmitReport) -> str:
             f"(not audio/video){links} [{report.seconds:.1f}s]")
 
 
-def follow(store: StateStore, batch_id: str) -> int:
-    """Show progress until the batch is finished; print its failures; return the exit code."""
-    view = wait_for_batch(store, batch_id)
+def follow(store: StateStore, batch_id: str, redis_patience: float = 300.0) -> int:
+    """Show progress until the batch is finished; print its failures; return the exit code.
+
+    Raises StoppedWaiting (exit 3) after `redis_patience` seconds without Redis."""
+    view = wait_for_batch(store, batch_id, redis_patience=redis_patience)
     for line in render_failures(view):
         click.echo(line, err=True)
     if view.status == "cancelled":
@@ -121,7 +131,7 @@ def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -
         click.echo("")
         click.echo(render_endpoints(store))
         return
-    view = load_view(store, batch_id)
+    view = load_view(store, batch_id, check_workers=True)
     click.echo(render_status(view))
     sys.exit(exit_code(view))
 
@@ -166,7 +176,7 @@ def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str
     click.echo(f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
                f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable", err=True)
     if wait:
-        sys.exit(follow(store, batch_id))
+        sys.exit(follow(store, batch_id, settings.wait_redis_timeout))
 
 
 @click.command()

@@ -36,8 +36,9 @@ from batchscribe.cli.base import (
 )
 from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
-from batchscribe.common.errors import StateError
+from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
 
 LOG_NAME = "worker.log"
@@ -61,6 +62,7 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     """Transcribe INPUTS on this machine: private Redis, local workers, progress, then clean up."""
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
+    check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
     folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:
@@ -82,7 +84,7 @@ def _run_in(folder: Path, stop: StopSignals, inputs: tuple[str, ...], out: str,
             opts: TranscriptionOptions, txt: bool, endpoints: EndpointSet, config_path: str | None,
             broker: str | None) -> int:
     with local_workers(folder, stop, endpoints, config_path, broker) as settings:
-        return submit_batch(settings, inputs, out, opts, txt, None, wait=True)
+        return submit_batch(settings, inputs, out, opts, txt, None, wait=True, check_workers=False)
 
 
 @contextmanager
@@ -117,6 +119,17 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
             yield settings
         finally:
             stop.disarm()  # whatever ends the run, a signal can no longer cut the cleanup short
+
+
+def check_served(endpoints: EndpointSet, opts: TranscriptionOptions) -> None:
+    """Refuse options that no endpoint of the set serves (ConfigError: exit 2)."""
+    if any(serves(e, opts.language, opts.engine) for e in endpoints):
+        return
+    engine = f" with --engine {opts.engine}" if opts.engine else ""
+    have = "; ".join(f"{e.name} ({e.engine}: {', '.join(e.languages)})" for e in endpoints)
+    raise ConfigError(f"no endpoint of {endpoints.source} serves --language {opts.language}{engine}: it has "
+                      f"{have}. Add the language to an endpoint's `languages` in an endpoint file "
+                      "(--config FILE), or choose a language and engine it serves")
 
 
 def _stop_supervisor(supervisor: Any, thread: threading.Thread) -> None:

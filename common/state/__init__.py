@@ -15,15 +15,18 @@ workers see one consistent order of events:
 * endpoints: the published set, counters, in-flight deliveries, health (`endpoints`), and which
   VM owns each (`ownership`); attempt outcomes go to the event stream (`events`);
 * batch-processing-kit's integer batch ids and the batches they name (`aliases`).
+* heartbeats of supervisors and consumers, with a TTL: who is alive, what it serves (`liveness`).
 
 Every `now` comes from the store's clock (`StateStore.connect(…, clock=…)`).
 """
 
 from batchscribe.common.state.batches import CancelOutcome, split_target, target_id
 from batchscribe.common.state.client import as_text, describe, text_dict, translate
-from batchscribe.common.state.endpoints import PublishedSet
+from batchscribe.common.state.endpoints import Breaker, CircuitOpened, PublishedSet
 from batchscribe.common.state.jobs import JobStart, LeaseItem, pack_result, unpack_result
+from batchscribe.common.state.liveness import ConsumerBeat, ConsumerSlot, VMBeat, served_queues
 from batchscribe.common.state.store import StateStore
 
-__all__ = ["CancelOutcome", "JobStart", "LeaseItem", "PublishedSet", "StateStore", "as_text", "describe",
-           "pack_result", "split_target", "target_id", "text_dict", "translate", "unpack_result"]
+__all__ = ["Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot", "JobStart",
+           "LeaseItem", "PublishedSet", "StateStore", "VMBeat", "as_text", "describe", "pack_result",
+           "served_queues", "split_target", "target_id", "text_dict", "translate", "unpack_result"]

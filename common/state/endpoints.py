@@ -13,6 +13,24 @@ from batchscribe.common.state.client import StoreBase, as_text, boundary, stamp,
 
 
 @dataclass(frozen=True)
+class Breaker:
+    """An endpoint's circuit breaker: opens after `threshold` files in a row failed there (endpoint or
+    transient errors), for `cooldown` seconds, doubling while it keeps re-opening, up to
+    `max_cooldown`. One per endpoint, kept in its stats and moved by `record_attempt`, atomically
+    with the failure that trips it; the endpoint's health (`worker.health`) reads it."""
+
+    threshold: int = 5
+    cooldown: float = 10.0
+    max_cooldown: float = 120.0
+
+
+@dataclass(frozen=True)
+class CircuitOpened:
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class PublishedSet:
     """The endpoint set as published (`batchscribe endpoints apply`): its YAML text, not parsed."""
 
@@ -43,27 +61,20 @@ class Endpoints(StoreBase):
 
     # ---- outcome counters ----------------------------------------------------------------
 
-    def record_attempt(self, endpoint: str, error_class: str = "", audio_seconds: float = 0.0) -> None:
-        """Count one attempt's outcome on an endpoint ("" = success).
+    def record_attempt(self, endpoint: str, error_class: str = "", audio_seconds: float = 0.0,
+                       breaker: Breaker | None = None) -> CircuitOpened | None:
+        """Count one attempt's outcome on an endpoint ("" = success) and run its circuit breaker.
 
-        `consecutive_failures` counts endpoint and transient errors since the last success, which
-        is what a circuit breaker needs; `failed_<class>` counts attempts, not files.
+        `consecutive_failures` counts endpoint and transient errors since the last success (the
+        breaker's input); `failed_<class>` counts attempts, not files. Returns how long and why
+        when this attempt opened the circuit (`circuit_open_until` and `circuit_reason` in the
+        stats say whether it is open now).
         """
-        key = self.keys.endpoint_stats(endpoint)
-        pipe = self.redis.pipeline(transaction=True)
-        if not error_class:
-            pipe.hincrby(key, "done", 1)
-            pipe.hincrbyfloat(key, "audio_seconds", audio_seconds)
-            pipe.hset(key, "consecutive_failures", 0)
-        else:
-            pipe.hincrby(key, f"failed_{error_class}", 1)
-            if error_class in ("endpoint", "transient"):
-                pipe.hincrby(key, "consecutive_failures", 1)
-        pipe.execute()
-
-    def reset_consecutive_failures(self, endpoint: str) -> None:
-        """The circuit breaker opened on this count: the next run of failures starts from 0."""
-        self.redis.hset(self.keys.endpoint_stats(endpoint), "consecutive_failures", 0)
+        b = breaker or Breaker()
+        opened = self._run("record_attempt", [self.keys.endpoint_stats(endpoint)],
+                           [stamp(self.clock()), error_class, audio_seconds, b.threshold, b.cooldown,
+                            b.max_cooldown, endpoint])
+        return CircuitOpened(float(opened[0]), as_text(opened[1])) if opened else None
 
     def endpoint_stats(self, name: str) -> dict[str, str]:
         """The endpoint's counters plus `in_flight` (deliveries running on it now)."""
@@ -93,9 +104,15 @@ class Endpoints(StoreBase):
 
     # ---- health --------------------------------------------------------------------------
 
-    def publish_health(self, endpoint: str, health: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.health(), endpoint, json.dumps(health))
+    def publish_health(self, endpoint: str, health: dict[str, Any], ttl: float) -> None:
+        """The endpoint's health as its owner assessed it now; gone after `ttl` seconds unless
+        published again (an owner that stops assessing stops vouching)."""
+        self.redis.set(self.keys.health(endpoint), json.dumps(health), px=int(ttl * 1000))
 
-    def health(self) -> dict[str, dict[str, Any]]:
-        """Each endpoint's health as its owner last published it."""
-        return {as_text(k): json.loads(v) for k, v in self.redis.hgetall(self.keys.health()).items()}
+    def health(self, endpoints: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each endpoint's health as its owner last published it; endpoints nobody assesses now
+        are left out."""
+        if not endpoints:
+            return {}
+        raw = self.redis.mget([self.keys.health(name) for name in endpoints])
+        return {name: json.loads(doc) for name, doc in zip(endpoints, raw) if doc}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from batchscribe.common.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
 from batchscribe.common.state.client import StoreBase, as_text, boundary, stamp, text_dict
 
 
@@ -45,11 +46,15 @@ class JobStart:
 
 @dataclass(frozen=True)
 class LeaseItem:
-    """One running delivery whose lease (and kombu delivery tag) a lease keeper keeps fresh."""
+    """One running delivery whose lease (and kombu delivery tag) a lease keeper keeps fresh.
+
+    `spec` is the task to publish should the delivery be handed back (`hand_back_job`).
+    """
 
     job_key: str
     delivery: str
     tag: str
+    spec: str = ""
 
 
 def pack_result(result: dict[str, Any]) -> bytes:
@@ -122,6 +127,19 @@ class Jobs(StoreBase):
         return int(self._run("requeue", self._job_keys(job_key),
                              [job_key, delivery, state, error_class, reason[:2000], stamp(self.clock()),
                               "1" if spend_attempt else "0", stamp(due), spec]))
+
+    def hand_back_job(self, job_key: str, delivery: str, spec: str, due: float | None = None,
+                      tag: str = "") -> bool:
+        """A planned stop: the job goes back to `queued` (into the delayed set, due now by default)
+        with the attempt it was on undone and no crash counted, if `delivery` still holds it.
+
+        `tag`: ack this kombu delivery (its consumer is gone; the delayed entry replaces the
+        message). Returns False when another delivery holds the job or it no longer runs.
+        """
+        now = self.clock()
+        keys = [*self._job_keys(job_key), KOMBU_UNACKED_INDEX, KOMBU_UNACKED]
+        due = now if due is None else due
+        return bool(self._run("hand_back", keys, [job_key, delivery, stamp(now), stamp(due), spec, tag]))
 
     def finish_job(self, job_key: str, result: dict[str, Any] | None, ttl: int,
                    error_class: str = "", reason: str = "") -> list[str]:

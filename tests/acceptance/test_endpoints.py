@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -21,7 +20,7 @@ def consumers(broker: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
             if "batchscribe.worker.app" not in args or "-n" not in args:
                 continue
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -42,8 +41,7 @@ def yaml_for(ports: dict[str, int], concurrency: int = 1) -> str:
 
 
 def health(store: StateStore, name: str) -> dict:
-    raw = store.redis.hget(store.keys.health(), name)
-    return json.loads(raw) if raw else {}
+    return store.health([name]).get(name, {})
 
 
 def test_a_failing_endpoint_stops_taking_work_and_comes_back(tmp_path: Path, redis_server,
@@ -143,7 +141,7 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
         wait_for(lambda: owners() == {"a": "vm2", "b": "vm2"}, 40, interval=0.5, what="vm2 to take over")
         assert time.monotonic() - died <= 30
     # never two consumers of one endpoint, cluster-wide: every sample, start-up and takeover included
-    assert sampler.samples >= 5, "the sampler ran throughout (one /proc scan per sample)"
+    assert sampler.samples >= 5 and not sampler.errors, f"the sampler ran throughout: {sampler.errors[:1]}"
     assert sampler.most == {"a": 1, "b": 1}, sampler.most
 
 
@@ -156,13 +154,18 @@ class ConsumerSampler:
         self.most: dict[str, int] = {}
         self.samples = 0
         self.changes = 0  # how often the set of running consumers changed
+        self.errors: list[Exception] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         last: set[str] = set()
         while not self._stop.wait(0.1):
-            nodes = set(consumers(self.broker))
+            try:
+                nodes = set(consumers(self.broker))
+            except Exception as exc:  # noqa: BLE001 - reported by the test: a dead sampler proves nothing
+                self.errors.append(exc)
+                continue
             self.changes += nodes != last
             last = nodes
             counts = Counter(node.split("@", 1)[0] for node in nodes)
@@ -195,7 +198,7 @@ def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server,
         moves = sampler.changes
         time.sleep(3)
         assert hosts() == ["vm1", "vm2"] and sampler.changes == moves  # stable: no ping-pong
-    assert sampler.most == {"a": 1, "b": 1}, "the hand-over never ran an endpoint on two VMs at once"
+    assert not sampler.errors and sampler.most == {"a": 1, "b": 1}, "the hand-over never ran an endpoint on two VMs at once"
 
 
 SECRET_KEY = "f00dfeedSECRETkey0123"

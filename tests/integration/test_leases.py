@@ -18,7 +18,7 @@ from batchscribe.common.celery_app import make_app
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import EndpointError, ProcessingError
 from batchscribe.common.keys import KOMBU_UNACKED_INDEX
-from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.models import FileState
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import LeaseItem, StateStore
@@ -28,19 +28,10 @@ from batchscribe.worker.leases import LeaseKeeper
 from batchscribe.worker.scheduler import promote_due
 from tests.support.clock import ManualClock
 from tests.support.emulator import tone_wav
+from tests.support.jobs import submitted
 from tests.support.threads import run_concurrently
 
 QUEUE = "pool.en-US"
-
-
-def submitted(store: StateStore, job: str = "j", path: str = "/in/0.wav") -> FileRecord:
-    """One batch with one file whose job has been claimed and published, as a producer leaves it."""
-    record = FileRecord(batch_id="b", index=0, path=path, rel="0.wav", output=f"{path}.json",
-                        duration=1.0, job=job)
-    store.create_batch("b", {"out": str(Path(path).parent)}, [record])
-    store.claim([(job, "b:0", 1.0)], "p", ttl=30)
-    store.mark_published([job], "p")
-    return record
 
 
 def delivery(n: int, job: str = "j", path: str = "/in/0.wav") -> Delivery:
@@ -59,7 +50,7 @@ class ScriptedEngine:
         self.errors = list(errors or [])
         self.calls = 0
 
-    def transcribe(self, audio: PreparedAudio, options: Any, progress: Any = None) -> Recognition:
+    def transcribe(self, audio: PreparedAudio, options: Any, progress: Any = None, stop: Any = None) -> Recognition:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)

@@ -348,13 +348,14 @@ class Verdict:
     sessions: int = 0
     done_events: int = 0
     error_events: int = 0
+    handback_events: int = 0  # files a planned stop (hot-swap, resize) interrupted and handed back
     crash_allowance: int = 0
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.files} files, {self.jobs} jobs, {self.sessions} engine sessions, "
-                f"{self.done_events} done + {self.error_events} error events, "
-                f"crash allowance {self.crash_allowance}")
+                f"{self.done_events} done + {self.error_events} error + {self.handback_events} handback "
+                f"events, crash allowance {self.crash_allowance}")
 
 
 def batch_events(store: StateStore, jobs: set[str]) -> list[dict[str, str]]:
@@ -419,10 +420,12 @@ def _check_state(verdict: Verdict, store: StateStore, batch_id: str, total: int)
 
 def _check_engine_calls(verdict: Verdict, events: list[dict[str, str]], sessions: int | None) -> None:
     """Each job ends in one `done`; engine sessions beyond one per job are explained by the events log
-    (an `error` event may cost one session) or by a crash (one per file in flight in a killed process)."""
+    (an `error` or a `handback` event may cost one session) or by a crash (one per file in flight in
+    a killed process)."""
     done = Counter(e["job"] for e in events if e.get("outcome") == "done")
     verdict.done_events = sum(done.values())
     verdict.error_events = sum(1 for e in events if e.get("outcome") == "error")
+    verdict.handback_events = sum(1 for e in events if e.get("outcome") == "handback")
     failed = [e for e in events if e.get("outcome") == "failed"]
     if failed:
         verdict.problems.append(f"{len(failed)} failed event(s), e.g. {failed[0].get('file')}: "
@@ -438,10 +441,11 @@ def _check_engine_calls(verdict: Verdict, events: list[dict[str, str]], sessions
     if sessions is None:
         return
     verdict.sessions = sessions
-    budget = verdict.jobs + verdict.error_events + verdict.crash_allowance
+    budget = verdict.jobs + verdict.error_events + verdict.handback_events + verdict.crash_allowance
     if sessions > budget:
         verdict.problems.append(f"{sessions} engine sessions but only {budget} explained "
                                 f"({verdict.jobs} jobs + {verdict.error_events} error events + "
+                                f"{verdict.handback_events} handback events + "
                                 f"{verdict.crash_allowance} crash allowance): "
                                 f"{sessions - budget} unexplained duplicate(s)")
 
@@ -455,7 +459,8 @@ def check_exactly_once(store: StateStore, batch_id: str, audio: AudioSet, out: P
     * the batch counters say all done, 0 failed / running / queued / retrying; every file record
       and every job is `done`;
     * each job has a `done` event; engine sessions (the emulator's `sessions_total` over all ports)
-      ≤ jobs + `error` events + crash allowance — no unexplained duplicate engine call.
+      ≤ jobs + `error` events + `handback` events + crash allowance — no unexplained duplicate
+      engine call.
     """
     verdict = Verdict(files=len(audio.durations), crash_allowance=crash_allowance)
     _check_outputs(verdict, audio, out)

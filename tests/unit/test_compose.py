@@ -219,6 +219,25 @@ def test_worker_command_reads_the_mounted_config(services: dict[str, Any]) -> No
     assert worker.get("init") is True, "tini as PID 1 forwards SIGTERM for the graceful stop"
 
 
+def test_worker_healthcheck_is_batchscribe_health_of_the_same_vm(services: dict[str, Any]) -> None:
+    worker = services["worker"]
+    check = worker.get("healthcheck")
+    assert check, "the worker needs a healthcheck"
+    test = [str(token) for token in check["test"]]
+    assert test[0] == "CMD", "exec form: no shell"
+    ctx = _check_batchscribe_command("worker healthcheck", test[1:])
+    assert ctx.command.name == "health"
+    worker_ctx = _check_batchscribe_command("worker", command_of(worker))
+    assert ctx.params["hostname"] == worker_ctx.params["hostname"], "it must check this worker's VM name"
+    assert _seconds(check["timeout"]) < _seconds(check["interval"])
+    assert _seconds(worker["stop_grace_period"]) > 30, "longer than the supervisor's own grace period (30 s)"
+
+
+def _seconds(duration: str) -> float:
+    value = str(duration)
+    return float(value[:-1]) * (60 if value.endswith("m") else 1)
+
+
 def test_emulator_is_reachable_where_the_example_endpoint_points(services: dict[str, Any]) -> None:
     ctx = _check_batchscribe_command("emulator", command_of(services["emulator"]))
     assert ctx.params["host"] == "0.0.0.0", "inside its container it must listen beyond loopback"

@@ -17,7 +17,8 @@ def test_every_key_name_falls_in_its_own_family() -> None:
         keys.targets("h.o"): "bs:job:*:targets", keys.result("h.o"): "bs:result:*", keys.fingerprints(): "bs:fingerprints",
         keys.events(): "bs:events", keys.inflight("a"): "bs:inflight:*", keys.endpoint_stats("a"): "bs:epstats:*",
         keys.endpoint_set(): "bs:endpoints", keys.owner("a"): "bs:owner:*", keys.vms(): "bs:vms",
-        keys.health(): "bs:health", keys.delayed(): "bs:delayed", keys.delayed_claims(): "bs:delayed:claims",
+        keys.health("a"): "bs:health:*", keys.vm("vm1"): "bs:vm:*", keys.consumer("a@vm1"): "bs:consumer:*",
+        keys.consumers(): "bs:consumers", keys.delayed(): "bs:delayed", keys.delayed_claims(): "bs:delayed:claims",
         keys.delayed_specs(): "bs:delayed:specs", keys.batchkit_ids(): "bs:batchkit:ids",
         keys.batchkit_next(): "bs:batchkit:next",
     }

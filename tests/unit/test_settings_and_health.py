@@ -1,4 +1,5 @@
-"""Settings from the environment, and the health hysteresis and circuit breaker."""
+"""Settings from the environment, and the health hysteresis (the circuit breaker: tests/integration/
+test_supervisor.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from kombu import Connection
 from batchscribe.common.celery_app import kombu_broker_url
 from batchscribe.common.errors import ConfigError
 from batchscribe.common.settings import Settings, redact
-from batchscribe.worker.health import CircuitBreaker, HealthState, ProbeResult
+from batchscribe.worker.health import HealthState, ProbeResult
 
 
 def test_settings_round_trip_through_the_environment() -> None:
@@ -71,15 +72,3 @@ def test_health_goes_down_after_two_failures_and_up_after_one_success() -> None:
     assert state.observe(ProbeResult(False, "503")) is False and state.up
     assert state.observe(ProbeResult(False, "503")) is True and not state.up and state.reason == "503"
     assert state.observe(ProbeResult(True)) is True and state.up
-
-
-def test_breaker_opens_at_the_threshold_and_backs_off() -> None:
-    breaker = CircuitBreaker(threshold=5, cooldown=10, max_cooldown=25)
-    assert not breaker.observe(4, now=100.0)
-    assert breaker.observe(5, now=100.0) and breaker.is_open(105.0) and not breaker.is_open(110.1)
-    assert breaker.observe(5, now=111.0) and breaker.open_until == 131.0  # doubled
-    assert breaker.observe(9, now=132.0) and breaker.open_until == 157.0  # capped at 25 s
-    breaker.observe(0, now=160.0)  # the supervisor reset the count when it opened: not yet healthy
-    assert breaker.opens == 3
-    breaker.observe(0, now=200.0)  # healthy for two cooldowns since it reopened
-    assert breaker.opens == 0

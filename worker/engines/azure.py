@@ -8,7 +8,8 @@ One continuous recognition per file, driven from the calling thread:
 * callbacks only record what happened and set an event; starting, stopping and releasing the
   recognizer happen on the calling thread (a blocking stop inside a callback costs ~10 s);
 * a stall watchdog abandons a file that makes no progress for max(floor, remaining / rtf × margin):
-  a silent endpoint never holds a worker slot, because the SDK itself waits forever;
+  a silent endpoint never holds a worker slot, because the SDK itself waits forever; the caller's
+  `stop` event (a planned stop of the consumer) abandons it too, within POLL_SECONDS;
 * every cancellation code maps to an error class in `_CANCELLATION_ERRORS`, the one table;
 * finished recognizers are destroyed on a reaper thread (the SDK's destructor blocks ~55 ms).
 
@@ -42,7 +43,7 @@ from batchscribe.common.errors import (
 )
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import TICKS_PER_SECOND
-from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition
+from batchscribe.worker.engines.base import EngineStopped, PreparedAudio, ProgressCallback, Recognition
 
 log = logging.getLogger(__name__)
 
@@ -316,16 +317,17 @@ class AzureEngine:
     # -- one file ------------------------------------------------------------------------------
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
-                   progress: ProgressCallback | None = None) -> Recognition:
+                   progress: ProgressCallback | None = None,
+                   stop: threading.Event | None = None) -> Recognition:
         try:
             source = _AudioInput(audio, self.input_mode)
         except RuntimeError as exc:
             raise _construction_error(audio, exc) from exc
-        tracker = self._run(audio, options, progress, source)
+        tracker = self._run(audio, options, progress, source, stop or threading.Event())
         return self._recognition(audio, options, tracker)
 
     def _run(self, audio: PreparedAudio, options: TranscriptionOptions, progress: ProgressCallback | None,
-             source: _AudioInput) -> _Tracker:
+             source: _AudioInput, stop: threading.Event) -> _Tracker:
         driver = _DIARIZE if options.diarization else _RECOGNIZE
         try:
             recognizer = driver.build(self._speech_config(options), source.config, self._auto_detect(options))
@@ -338,7 +340,7 @@ class AzureEngine:
         try:
             getattr(recognizer, driver.start)().get()
             source.start(self.endpoint.rtf)
-            self._wait(audio, tracker, progress)
+            self._wait(audio, tracker, progress, stop)
         finally:
             self._stop(getattr(recognizer, driver.stop))
             # Close the websocket before the slot is handed back: the endpoint must never see more
@@ -365,10 +367,14 @@ class AzureEngine:
             signals.append(signal)
         return signals
 
-    def _wait(self, audio: PreparedAudio, tracker: _Tracker, progress: ProgressCallback | None) -> None:
-        """Block until the session ends; bounded by the stall watchdog, never by the SDK."""
+    def _wait(self, audio: PreparedAudio, tracker: _Tracker, progress: ProgressCallback | None,
+              stop: threading.Event) -> None:
+        """Block until the session ends; bounded by the stall watchdog, never by the SDK, and ended
+        early by `stop` (the recognition is stopped and its connection closed on the way out)."""
         reported = -1.0
         while not tracker.done.wait(POLL_SECONDS):
+            if stop.is_set():
+                raise EngineStopped(f"stopped after {tracker.heard:.1f} of {audio.duration:.1f} s")
             if progress is not None and tracker.heard > reported:
                 reported = tracker.heard
                 progress(reported)

@@ -14,6 +14,7 @@ they enter (SDK cancellation codes, ffmpeg failures, model load errors).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,24 @@ class Recognition:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class EngineStopped(Exception):  # noqa: N818 - not an error: the consumer was told to stop
+    """The engine gave up a file because its `stop` event was set (a planned stop of the consumer).
+
+    Not a `ProcessingError`: nothing is wrong with the file or the endpoint; the job is handed back.
+    """
+
+
 class Engine(Protocol):
-    """Built once per consumer process from its Endpoint; `transcribe` is called from several threads."""
+    """Built once per consumer process from its Endpoint; `transcribe` is called from several threads.
+
+    `stop` is set when the consumer is told to stop: the engine ends the call soon (within about a
+    second) by raising `EngineStopped`, so the file can be handed back instead of killed mid-way.
+    """
 
     endpoint: Endpoint
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
-                   progress: ProgressCallback | None = None) -> Recognition: ...
+                   progress: ProgressCallback | None = None,
+                   stop: threading.Event | None = None) -> Recognition: ...
 
     def close(self) -> None: ...

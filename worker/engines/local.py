@@ -26,7 +26,7 @@ from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import AudioError, ConfigError, PermanentError, ProcessingError, TransientError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import lexical, ticks
-from batchscribe.worker.engines.base import PreparedAudio, ProgressCallback, Recognition
+from batchscribe.worker.engines.base import EngineStopped, PreparedAudio, ProgressCallback, Recognition
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -112,7 +112,8 @@ class LocalEngine:
         return self._model
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
-                   progress: ProgressCallback | None = None) -> Recognition:
+                   progress: ProgressCallback | None = None,
+                   stop: threading.Event | None = None) -> Recognition:
         model = self.load()
         language = self._whisper_language(model, options)
         try:
@@ -120,6 +121,8 @@ class LocalEngine:
                                               word_timestamps=options.word_timestamps, vad_filter=True)
             phrases = []
             for segment in segments:  # a lazy generator: decoding happens while iterating
+                if stop is not None and stop.is_set():  # between segments: a few seconds at most
+                    raise EngineStopped(f"stopped after {segment.start:.0f} s of {audio.duration:.0f} s")
                 phrase = to_phrase(segment, options.word_timestamps)
                 if phrase is not None:
                     phrases.append(phrase)
@@ -182,9 +185,9 @@ def _locale(detected: str | None, requested: str) -> str | None:
     return detected
 
 
-def _translate(exc: Exception) -> ProcessingError:
+def _translate(exc: Exception) -> ProcessingError | EngineStopped:
     """Errors from inside faster-whisper, PyAV or CTranslate2 as our classes."""
-    if isinstance(exc, ProcessingError):
+    if isinstance(exc, (ProcessingError, EngineStopped)):
         return exc
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "bad_alloc" in str(exc):
         return TransientError(f"local engine ran out of memory: {exc}")
