@@ -237,7 +237,7 @@ def test_producer_killed_mid_submit_then_run_again(cluster: Cluster) -> None:
     wait_for(lambda: redis.llen(queue) > 0 or producer.poll() is not None, 60,
              "the producer to start publishing", interval=0.005)
     producer.send_signal(signal.SIGKILL)
-    producer.wait(timeout=10)
+    producer.communicate(timeout=10)  # reaps it and closes both pipes
     assert producer.returncode == -signal.SIGKILL, "the producer finished before it could be killed"
     first = _batch_ids(cluster)[0]
     batch = cluster.submit(scenario.audio.folder, timeout=90)  # the same command again
