@@ -52,7 +52,7 @@ class Keys:
         """Set of file indexes of a batch that failed."""
         return f"{self.prefix}:batch:{batch_id}:failed"
 
-    def output_claims(self) -> str:
+    def output_reservations(self) -> str:
         """Hash: digest of an output path -> the batch writing it (released when that batch completes)."""
         return f"{self.prefix}:outputs"
 
@@ -117,9 +117,9 @@ class Keys:
         """Sorted set: jobs waiting to be published again (member job key, score due time)."""
         return f"{self.prefix}:delayed"
 
-    def delayed_claims(self) -> str:
+    def delayed_promoting(self) -> str:
         """Sorted set: delayed jobs a promoter is publishing now (score: when its claim expires)."""
-        return f"{self.prefix}:delayed:claims"
+        return f"{self.prefix}:delayed:promoting"
 
     def delayed_specs(self) -> str:
         """Hash: job key -> JSON of the task to publish for a delayed job (queue, options, …)."""
@@ -161,7 +161,7 @@ class Keys:
             KeyPattern(f"{p}:vm:*", "a worker VM's supervisor heartbeat (string)", ttl=owner_ttl),
             KeyPattern(f"{p}:consumers", "consumer nodes by last heartbeat (zset)"),
             KeyPattern(f"{p}:consumer:*", "a consumer's heartbeat (string)", ttl=lease_ttl),
-            KeyPattern(f"{p}:delayed:claims", "delayed jobs being published (zset)", transient=True),
+            KeyPattern(f"{p}:delayed:promoting", "delayed jobs being published (zset)", transient=True),
             KeyPattern(f"{p}:delayed:specs", "the task of each delayed job (hash)", transient=True),
             KeyPattern(f"{p}:delayed", "jobs waiting to run again (zset)", transient=True),
             KeyPattern(f"{p}:batchkit:ids", "batch-kit integer ids -> batch ids (hash)"),

@@ -301,37 +301,39 @@ end
 return out
 """
 
-# KEYS: prefix, delayed set, delayed claims set, delayed specs hash. ARGV: now, claim deadline,
-# limit. Expired claims (a promoter died mid-way) go back to the delayed set first; then up to
-# `limit` due entries move to the claims set until the deadline.
-# Returns {job_key, spec, ...} of the claimed entries.
-CLAIM_DUE = r"""
-local delayed, claims, specs = KEYS[2], KEYS[3], KEYS[4]
+# KEYS: prefix, delayed set, promoting set, delayed specs hash. ARGV: now, promotion deadline,
+# limit. Promotions past their deadline (a promoter died mid-way) go back to the delayed set first;
+# then up to `limit` due entries move to the promoting set until the deadline.
+# Returns {job_key, spec, ...} of the entries taken.
+TAKE_DUE = r"""
+local delayed, promoting, specs = KEYS[2], KEYS[3], KEYS[4]
 local now, deadline, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-for _, jk in ipairs(redis.call("ZRANGEBYSCORE", claims, "-inf", now)) do
-  redis.call("ZREM", claims, jk)
+for _, jk in ipairs(redis.call("ZRANGEBYSCORE", promoting, "-inf", now)) do
+  redis.call("ZREM", promoting, jk)
   redis.call("ZADD", delayed, "NX", now, jk)
 end
 local out = {}
 for _, jk in ipairs(redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0, limit)) do
   redis.call("ZREM", delayed, jk)
-  redis.call("ZADD", claims, deadline, jk)
+  redis.call("ZADD", promoting, deadline, jk)
   out[#out + 1] = jk
   out[#out + 1] = redis.call("HGET", specs, jk) or ""
 end
 return out
 """
 
-# KEYS: prefix, delayed set, delayed claims set, delayed specs hash. ARGV: claim deadline, job
-# keys... : drop this promoter's claims once published. A claim re-taken by another promoter
+# KEYS: prefix, delayed set, promoting set, delayed specs hash. ARGV: promotion deadline, job
+# keys... : end this promoter's promotions once published. An entry re-taken by another promoter
 # (other deadline) is left alone, and so is the spec of a job that was delayed again meanwhile.
-RELEASE = r"""
-local delayed, claims, specs = KEYS[2], KEYS[3], KEYS[4]
+END_PROMOTION = r"""
+local delayed, promoting, specs = KEYS[2], KEYS[3], KEYS[4]
 local deadline = tonumber(ARGV[1])
 for i = 2, #ARGV do
   local jk = ARGV[i]
-  if tonumber(redis.call("ZSCORE", claims, jk) or -1) == deadline then redis.call("ZREM", claims, jk) end
-  if not redis.call("ZSCORE", delayed, jk) and not redis.call("ZSCORE", claims, jk) then
+  if tonumber(redis.call("ZSCORE", promoting, jk) or -1) == deadline then
+    redis.call("ZREM", promoting, jk)
+  end
+  if not redis.call("ZSCORE", delayed, jk) and not redis.call("ZSCORE", promoting, jk) then
     redis.call("HDEL", specs, jk)
   end
 end
@@ -414,14 +416,14 @@ if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) 
 return 0
 """
 
-# Every script the store registers, by name.
-# KEYS: prefix, output claims hash. ARGV: batch_id, then (output digest, input tag) pairs; tags are
-# 16 bytes. A claim's value is the input tag followed by the batch id. All or nothing: if a batch
-# that is still running (done + failed + cancelled < total) holds an output for another input, nothing is
-# written and the reply lists {position (1-based), other batch, ...} of each clash; else every
-# output is claimed, reply {}. The same input submitted again (a re-run after Ctrl-C) takes its
-# output over; a claim of a finished or vanished batch is stale and taken over too.
-CLAIM_OUTPUTS = KEYSPACE + r"""
+# KEYS: prefix, output reservations hash. ARGV: batch_id, then (output digest, input tag) pairs;
+# tags are 16 bytes. A reservation's value is the input tag followed by the batch id. All or
+# nothing: if a batch that is still running (done + failed + cancelled < total) holds an output for
+# another input, nothing is written and the reply lists {position (1-based), other batch, ...} of
+# each clash; else every output is reserved, reply {}. The same input submitted again (a re-run
+# after Ctrl-C) takes its output over; a reservation of a finished or vanished batch is stale and
+# taken over too.
+RESERVE_OUTPUTS = KEYSPACE + r"""
 local hkey, bid = KEYS[2], ARGV[1]
 local live = {}
 local function running(other)
@@ -449,8 +451,8 @@ for i = 2, #ARGV, 2 do redis.call("HSET", hkey, ARGV[i], ARGV[i + 1] .. bid) end
 return clashes
 """
 
-# KEYS: prefix, output claims hash. ARGV: batch_id, then output digests: drop the claims this batch
-# still holds.
+# KEYS: prefix, output reservations hash. ARGV: batch_id, then output digests: drop the reservations
+# this batch still holds.
 RELEASE_OUTPUTS = r"""
 local hkey = KEYS[2]
 for i = 2, #ARGV do
@@ -502,12 +504,14 @@ end
 return {"cancelled", completed, files, jobs}
 """
 
+# Every script the store registers, by name.
 SCRIPTS = {
     "claim": CLAIM, "published": PUBLISHED, "start": START, "requeue": REQUEUE, "finish": FINISH,
-    "settle": SETTLE, "extend": EXTEND, "claim_due": CLAIM_DUE, "release": RELEASE,
+    "settle": SETTLE, "extend": EXTEND, "take_due": TAKE_DUE, "end_promotion": END_PROMOTION,
     "track_inflight": TRACK_INFLIGHT, "prune_inflight": PRUNE_INFLIGHT,
     "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
-    "release_endpoint": RELEASE_ENDPOINT, "claim_outputs": CLAIM_OUTPUTS, "release_outputs": RELEASE_OUTPUTS,
+    "release_endpoint": RELEASE_ENDPOINT, "reserve_outputs": RESERVE_OUTPUTS,
+    "release_outputs": RELEASE_OUTPUTS,
     "cancel": CANCEL,
     "hand_back": HAND_BACK, "record_attempt": RECORD_ATTEMPT,
 }

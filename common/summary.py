@@ -53,8 +53,8 @@ def build_summary(header: dict[str, str], records: list[FileRecord]) -> dict[str
 
 
 def complete_batch(store: StateStore, batch_id: str) -> Path | None:
-    """The batch's last file settled: write `run_summary.json`, then release its output claims
-    (`StateStore.claim_outputs`) so that later batches may write those files."""
+    """The batch's last file settled: write `run_summary.json`, then release its output reservations
+    (`StateStore.reserve_outputs`) so that later batches may write those files."""
     header = store.batch(batch_id)
     if not header:
         return None

@@ -12,7 +12,7 @@ Every file that has not finished becomes `cancelled` at once, and the batch ends
 * a file shared by dedupe with another batch that is still running keeps running for that batch.
 
 The work is done by the state layer's CANCEL script, a chunk of files per call; whoever settles the
-last file writes `run_summary.json` and releases the batch's output claims, as on any completion.
+last file writes `run_summary.json` and releases the batch's output reservations, as on any completion.
 """
 
 from __future__ import annotations

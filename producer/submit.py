@@ -65,7 +65,7 @@ def unique_outputs(out: Path, files: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def output_clash(clashes: Sequence[tuple[str, str]]) -> OutputConflictError:
-    """The refusal when outputs are being written by another running batch (`StateStore.claim_outputs`)."""
+    """The refusal when outputs are being written by another running batch (`StateStore.reserve_outputs`)."""
     output, other = clashes[0]
     more = f" (and {len(clashes) - 1} more of its outputs)" if len(clashes) > 1 else ""
     return OutputConflictError(f"{output} is being written by batch {other}, which is still running{more}; "
@@ -129,7 +129,7 @@ class Submitter:
                   "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS],
                   "display_name": display_name}
         self.store.create_batch(report.batch_id, header, records)
-        clashes = self.store.claim_outputs(report.batch_id, [(r.output, r.path) for r in records])
+        clashes = self.store.reserve_outputs(report.batch_id, [(r.output, r.path) for r in records])
         if clashes:  # refused before anything was written or queued: leave no trace
             self.store.drop_batch(report.batch_id, len(records))
             raise output_clash(clashes)
@@ -156,7 +156,7 @@ class Submitter:
         records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
                    if error_class is None or r.error_class == error_class]
         report = SubmitReport(batch_id=batch_id, files=len(records))
-        clashes = self.store.claim_outputs(batch_id, [(r.output, r.path) for r in records])
+        clashes = self.store.reserve_outputs(batch_id, [(r.output, r.path) for r in records])
         if clashes:
             raise output_clash(clashes)
         prints = fingerprint_files([r.path for r in records], self.store)

@@ -7,8 +7,8 @@ file would run twice; and a worker that dies loses its timers to the visibility 
 So a job that must run later is put in the delayed set by the same Lua script that moves its state
 (`StateStore.requeue_job`, or `start_job` when it defers a duplicate), and the task is acked.
 `promote_due` publishes what is due. Many promoters may run at once (one per worker VM): each due
-entry is *claimed* atomically (moved to a claims set for `claim_ttl` seconds), published, then
-released; a promoter killed between claim and release leaves a claim that expires and puts the
+entry is *taken* atomically (moved to the promoting set for `hold` seconds), published, then the
+promotion ends; a promoter killed in between leaves a promotion whose deadline passes and puts the
 entry back, so a job can be published twice (then the second delivery finds the job running or
 done and defers or delivers the cached result) but never lost.
 """
@@ -25,26 +25,26 @@ from batchscribe.worker.outage import RedisTrouble
 
 log = logging.getLogger(__name__)
 
-CLAIM_TTL = 30.0  # seconds a promoter may take to publish what it claimed
+PROMOTION_HOLD = 30.0  # seconds a promoter may take to publish what it took
 
 
 def promote_due(store: StateStore, publisher: Publisher, limit: int = 500,
-                claim_ttl: float = CLAIM_TTL) -> int:
+                hold: float = PROMOTION_HOLD) -> int:
     """Publish up to `limit` delayed jobs that are due; returns how many were published.
 
     Safe to call concurrently from any number of processes.
     """
-    deadline, claimed = store.claim_due(claim_ttl, limit)
-    if not claimed:
+    deadline, taken = store.take_due(hold, limit)
+    if not taken:
         return 0
     specs: list[TaskSpec] = []
-    for job_key, raw in claimed:
+    for job_key, raw in taken:
         try:
             specs.append(TaskSpec.from_json(raw))
         except (ValueError, TypeError):  # unreadable entry: report it, do not block the others
             log.error("delayed job %s has no usable task spec (%r); dropping the entry", job_key, raw[:200])
     publisher.publish(specs)
-    store.release_claims(deadline, [job_key for job_key, _ in claimed])
+    store.end_promotion(deadline, [job_key for job_key, _ in taken])
     return len(specs)
 
 
@@ -60,7 +60,7 @@ def run_promoter(stop: threading.Event, store: StateStore, publisher: Publisher,
         promoted = 0
         try:
             promoted = promote_due(store, publisher, limit)
-        except StateError as exc:  # keep promoting; the entries stay claimed or delayed meanwhile
+        except StateError as exc:  # keep promoting; the entries stay promoting or delayed meanwhile
             trouble.failed(exc)
         except Exception:
             log.exception("promoting delayed jobs failed; retrying in %.1f s", interval)

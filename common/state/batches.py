@@ -25,7 +25,7 @@ def split_target(target: str) -> tuple[str, int]:
 
 
 def _path_digest(path: str) -> bytes:
-    """A path as an output claim's field or input tag: 16 bytes whatever its length (file-system bytes)."""
+    """A path as a reservation's field or input tag: 16 bytes whatever its length (file-system bytes)."""
     return hashlib.sha256(os.fsencode(path)).digest()[:16]
 
 
@@ -131,24 +131,24 @@ class Batches(StoreBase):
         detach = [self.keys.targets(job_key)] if job_key else []
         return bool(self._run("settle", detach, [target, state.value, now, *pairs]))
 
-    # ---- output claims: no two running batches write one file ------------------------
+    # ---- output reservations: no two running batches write one file --------------------
 
-    def claim_outputs(self, batch_id: str, outputs: Sequence[tuple[str, str]],
-                      chunk: int = 5000) -> list[tuple[str, str]]:
-        """Claim each (output path, input path) for `batch_id`; returns the clashes (output, batch
+    def reserve_outputs(self, batch_id: str, outputs: Sequence[tuple[str, str]],
+                        chunk: int = 5000) -> list[tuple[str, str]]:
+        """Reserve each (output path, input path) for `batch_id`; returns the clashes (output, batch
         holding it for another input).
 
         A clash means a batch that is still running writes that file for another input: then this
-        batch keeps no claim (each chunk's script is all-or-nothing; earlier chunks are released,
-        and an output taken over from a batch with the same input is left unclaimed by that). The
-        same input submitted again takes its output over. A claim is one field of one hash (16-byte
-        digest → 16-byte input tag + batch id, ~120 bytes) until `release_outputs`; a completed
-        batch's leftover claims are stale and simply taken over.
+        batch keeps no reservation (each chunk's script is all-or-nothing; earlier chunks are
+        released, and an output taken over from a batch with the same input is left unreserved by
+        that). The same input submitted again takes its output over. A reservation is one field of
+        one hash (16-byte digest → 16-byte input tag + batch id, ~120 bytes) until
+        `release_outputs`; a completed batch's leftover reservations are stale and taken over.
         """
         digests = [_path_digest(o) for o, _ in outputs]
         pairs = [x for (_, path), digest in zip(outputs, digests) for x in (digest, _path_digest(path))]
         for start in range(0, len(digests), chunk):
-            reply = [as_text(x) for x in self._run("claim_outputs", [self.keys.output_claims()],
+            reply = [as_text(x) for x in self._run("reserve_outputs", [self.keys.output_reservations()],
                                                    [batch_id, *pairs[2 * start:2 * (start + chunk)]])]
             if reply:
                 self._release_digests(batch_id, digests[:start], chunk)
@@ -162,7 +162,7 @@ class Batches(StoreBase):
 
     def _release_digests(self, batch_id: str, digests: Sequence[bytes], chunk: int) -> None:
         for start in range(0, len(digests), chunk):
-            self._run("release_outputs", [self.keys.output_claims()],
+            self._run("release_outputs", [self.keys.output_reservations()],
                       [batch_id, *digests[start:start + chunk]])
 
     # ---- fingerprint cache (hash + duration of unchanged files) ---------------------------

@@ -257,16 +257,16 @@ def test_two_concurrent_promoters_publish_each_due_entry_once(settings: Settings
     published = queued_jobs(store)
     assert sorted(published) == jobs  # each exactly once
     assert [m for m, _ in store.delayed()] == ["later"]
-    assert store.redis.zcard(store.keys.delayed_claims()) == 0
+    assert store.redis.zcard(store.keys.delayed_promoting()) == 0
     assert store.redis.hkeys(store.keys.delayed_specs()) == []
 
 
-def test_entries_of_a_promoter_killed_after_claiming_come_back(settings: Settings, store: StateStore) -> None:
+def test_entries_of_a_promoter_killed_mid_promotion_come_back(settings: Settings, store: StateStore) -> None:
     jobs = delay_many(store, 5)
-    _deadline, claimed = store.claim_due(claim_ttl=0.5, limit=100)  # ...and then it died
-    assert len(claimed) == 5 and store.delayed() == []
+    _deadline, taken = store.take_due(hold=0.5, limit=100)  # ...and then it died
+    assert len(taken) == 5 and store.delayed() == []
     publisher = Publisher(make_app(settings))
-    assert promote_due(store, publisher) == 0  # claimed: nobody else publishes them yet
+    assert promote_due(store, publisher) == 0  # being promoted: nobody else publishes them yet
     time.sleep(0.6)
     assert promote_due(store, publisher) == 5
     assert sorted(queued_jobs(store)) == jobs

@@ -107,31 +107,31 @@ def test_a_running_batch_holds_its_outputs_until_it_completes(store: StateStore)
     make_batch(store, "b", 2, ["j", "k"])
     mine = [("/out/0_wav.json", "/a/0.wav"), ("/out/1_wav.json", "/a/1.wav")]
     theirs = [("/out/0_wav.json", "/b/0.wav"), ("/out/1_wav.json", "/b/1.wav")]
-    assert store.claim_outputs("a", mine) == []
-    assert store.claim_outputs("a", mine) == []  # again (retry-failed): its own
-    assert store.claim_outputs("b", [("/out/new_wav.json", "/b/new.wav"), theirs[1]]) == [("/out/1_wav.json", "a")]
-    assert store.claim_outputs("c", [("/out/new_wav.json", "/c/new.wav")]) == []  # b's refusal kept nothing
+    assert store.reserve_outputs("a", mine) == []
+    assert store.reserve_outputs("a", mine) == []  # again (retry-failed): its own
+    assert store.reserve_outputs("b", [("/out/new_wav.json", "/b/new.wav"), theirs[1]]) == [("/out/1_wav.json", "a")]
+    assert store.reserve_outputs("c", [("/out/new_wav.json", "/c/new.wav")]) == []  # b's refusal kept nothing
     for i in range(2):
         store.settle_file(target_id("a", i), FileState.DONE)
-    assert store.claim_outputs("b", theirs) == []  # a completed: its claims are stale
+    assert store.reserve_outputs("b", theirs) == []  # a completed: its reservations are stale
     store.release_outputs("a", [o for o, _ in mine])  # a's late release leaves b's claims alone
-    assert store.claim_outputs("c", mine[:1]) == [("/out/0_wav.json", "b")]
+    assert store.reserve_outputs("c", mine[:1]) == [("/out/0_wav.json", "b")]
 
 
 def test_the_same_input_submitted_again_takes_its_output_over(store: StateStore) -> None:
     make_batch(store, "killed", 1, ["j"])  # a producer killed mid-submit: never completes
     make_batch(store, "rerun", 1, ["j"])
-    assert store.claim_outputs("killed", [("/out/0_wav.json", "/in/0.wav")]) == []
-    assert store.claim_outputs("rerun", [("/out/0_wav.json", "/in/0.wav")]) == []
-    assert store.claim_outputs("other", [("/out/0_wav.json", "/elsewhere/0.wav")]) == [("/out/0_wav.json", "rerun")]
+    assert store.reserve_outputs("killed", [("/out/0_wav.json", "/in/0.wav")]) == []
+    assert store.reserve_outputs("rerun", [("/out/0_wav.json", "/in/0.wav")]) == []
+    assert store.reserve_outputs("other", [("/out/0_wav.json", "/elsewhere/0.wav")]) == [("/out/0_wav.json", "rerun")]
 
 
 def test_a_clash_in_a_later_chunk_releases_the_earlier_chunks(store: StateStore) -> None:
     make_batch(store, "a", 1, ["j"])
-    store.claim_outputs("a", [("/out/9_wav.json", "/a/9.wav")])
+    store.reserve_outputs("a", [("/out/9_wav.json", "/a/9.wav")])
     outputs = [(f"/out/{i}_wav.json", f"/b/{i}.wav") for i in range(10)]
-    assert store.claim_outputs("b", outputs, chunk=3) == [("/out/9_wav.json", "a")]
-    assert store.redis.hlen(store.keys.output_claims()) == 1
+    assert store.reserve_outputs("b", outputs, chunk=3) == [("/out/9_wav.json", "a")]
+    assert store.redis.hlen(store.keys.output_reservations()) == 1
 
 
 def test_names_that_are_not_utf8_survive_redis(store: StateStore) -> None:

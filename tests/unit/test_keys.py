@@ -18,7 +18,7 @@ def test_every_key_name_falls_in_its_own_family() -> None:
         keys.events(): "bs:events", keys.inflight("a"): "bs:inflight:*", keys.endpoint_stats("a"): "bs:epstats:*",
         keys.endpoint_set(): "bs:endpoints", keys.owner("a"): "bs:owner:*", keys.vms(): "bs:vms",
         keys.health("a"): "bs:health:*", keys.vm("vm1"): "bs:vm:*", keys.consumer("a@vm1"): "bs:consumer:*",
-        keys.consumers(): "bs:consumers", keys.delayed(): "bs:delayed", keys.delayed_claims(): "bs:delayed:claims",
+        keys.consumers(): "bs:consumers", keys.delayed(): "bs:delayed", keys.delayed_promoting(): "bs:delayed:promoting",
         keys.delayed_specs(): "bs:delayed:specs", keys.batchkit_ids(): "bs:batchkit:ids",
         keys.batchkit_next(): "bs:batchkit:next",
     }
