@@ -294,7 +294,6 @@ class _MessageBuilder:
     """
 
     def __init__(self, app: Celery, hostname: str, events: bool) -> None:
-        self.origin = hostname
         self.maxlevels = app.conf.task_repr_maxlevels
         self.clock = app.clock
         self.events = events
