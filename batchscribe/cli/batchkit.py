@@ -125,7 +125,7 @@ def translate(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
         p.error("Multi-language speech-batch-kit can only be used in ONESHOT mode in this version.")
     notes = [f"{flag[k]} ignored: {why}" for k, why in IGNORED.items() if k in given]
     if mode == "APISERVER":
-        return Translation(_serve_args(v, given, flag, env, notes), notes)
+        return Translation(_serve_args(v, given, flag, env, notes), notes, output_folder=v["output_folder"])
     args = ["run" if mode == "ONESHOT" else "watch"]
     args += _inputs(v, notes) if mode == "ONESHOT" else [v["input_folder"]]
     args += ["--out", v["output_folder"], *_config_args(v, given, mode, env, notes), *_options(v, notes)]
@@ -237,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     for note in translation.notes:
         click.echo(f"{PROG}: {note}", err=True)
+    try:  # batch-kit creates its output folder in every mode; `serve` wants it to exist
+        Path(translation.output_folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        click.secho(f"{PROG}: error: cannot create -output_folder {printable(translation.output_folder)}: "
+                    f"{exc.strerror or exc}", fg="red", err=True)
+        sys.exit(2)
     click.echo(f"{PROG}: running: batchscribe {shlex.join(translation.args)}", err=True)
     try:
         root.main(args=translation.args, prog_name="batchscribe")

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from batchscribe.private_redis import free_port
+from tests.support.api import request
 from tests.support.cli import BIN, ROOT, cli_env
 from tests.support.cluster import write_tone
 from tests.support.emulator import running_emulator
 from tests.support.poll import wait_for
+from tests.support.service import ServiceProcess
 
 CLIENT = BIN.parent / "run-batch-client"
 SAMPLES = ROOT / "samples"
@@ -111,3 +114,30 @@ def test_unknown_flags_are_an_error_and_nothing_runs(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "run-batch-client: error: unrecognized arguments: -threads 4" in result.stderr
     assert "running:" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_apiserver_mode_serves_a_batch_kit_client(tmp_path: Path, redis_server, start_worker) -> None:
+    """`-m APISERVER`: `serve` on batch-kit's port flag, no token (batch-kit's clients send none, so
+    it listens on 127.0.0.1 only), its submissions written under -output_folder/batch_N/."""
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_tone(folder / "a.wav", 1.5, 300)
+    with running_emulator(ports=1, transcribe="duration") as emu, \
+            ServiceProcess([str(CLIENT), "-m", "APISERVER", "-port", str(free_port()), "-input_folder", str(folder),
+                            "-output_folder", str(out)], r"batchscribe serve: (http://\S+)",
+                           cli_env(redis_server.url), log_path=tmp_path / "serve.log", timeout=30) as server:
+        start_worker(batchkit_yaml(tmp_path / "config.yaml", emu.ports[0]))
+        url = server.announced[0].group(1)
+        assert url.startswith("http://127.0.0.1:"), "no token: localhost only"
+        body = {"type": "SpeechSDKBatchRequest", "files": [str(folder / "a.wav")], "language": "en-US",
+                "diarization": "None", "nbest": 1, "profanity": "Masked", "allow_resume": "false",
+                "sentiment": False, "combine_results": False}  # every field, as batch-kit's clients send
+        submitted = request("POST", url + "/submit", body, token=None)
+        assert submitted.status == 200, submitted
+        number = submitted.body["batch_id"]
+        done = request("GET", f"{url}/watch?batch_id={number}&target_state=done&timeout=120", token=None,
+                       timeout=150)
+        assert done.status == 200 and done.body["status"] == "done", done
+        assert Path(done.body["results_dir"]) == out / f"batch_{number}"
+        entry = json.loads((out / f"batch_{number}" / "a_wav.json").read_text())["AudioFileResults"][0]
+        assert entry["CombinedResults"][0]["Display"] == "duration 1.50 seconds"
