@@ -295,3 +295,28 @@ def registry_for(store: StateStore, local_endpoints: Callable[[], EndpointSet] |
     registry.register(ClusterCollector(store, local_endpoints))
     ProcessCollector(registry=registry)
     return registry
+
+
+class MetricsServer:
+    """`/metrics` over HTTP on a thread of this process (prometheus_client's server: also answers
+    `/` and HEAD). `port` 0 takes a free port; `port` says which one it got."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        try:
+            self._server, self._thread = start_http_server(port, host, registry)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
