@@ -51,11 +51,8 @@ log = logging.getLogger(__name__)
 
 class FileFailed(Exception):
     """The file of this task ended failed (its state, output and summary are settled already): raised
-    last so Flower shows a FAILURE with the class and reason. One of the task's expected errors, so
-    Celery logs it in one line, without a traceback."""
-
-    def __init__(self, error_class: str, reason: str) -> None:
-        super().__init__(f"{error_class}: {reason}")
+    last so Flower shows a FAILURE with "CLASS: reason". One of the task's expected errors, so Celery
+    logs it in one line, without a traceback. One argument, so it pickles (Celery checks)."""
 
 
 def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
@@ -184,7 +181,7 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
             log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)
             raise Reject(exc, requeue=True) from exc
         if outcome.verdict == "failed":
-            raise FileFailed(outcome.error_class, outcome.reason)
+            raise FileFailed(f"{outcome.error_class}: {outcome.reason}")
         return str(outcome)
 
     @celeryd_after_setup.connect(weak=False)

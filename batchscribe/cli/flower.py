@@ -60,7 +60,7 @@ class RunFlower:
     Redis it watches)."""
 
     def __init__(self, settings: Settings, port: int, log: IO[bytes]) -> None:
-        _check_free(port)
+        check_free(port)
         self.port = port
         self.password = secrets.token_urlsafe(12)
         env = {**os.environ, **settings.to_env(), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{self.password}"}
@@ -95,8 +95,9 @@ class RunFlower:
                 self.proc.wait()
 
 
-def _check_free(port: int) -> None:
-    """A port taken by something else is a usage error said now, not a Flower traceback in a log."""
+def check_free(port: int) -> None:
+    """A port taken by something else is a usage error said now, not a Flower traceback in a log
+    (ConfigError: exit 2)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -68,6 +68,10 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
+    if flower_port is not None:
+        from batchscribe.cli.flower import check_free
+
+        check_free(flower_port)  # likewise: a taken port is said before anything starts
     folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:

@@ -241,9 +241,9 @@ class Cluster:
         self.emulator = duration_emulator(ports, rtf, self.tmp / "emulator.log")
         return self.emulator
 
-    def start_vm(self, config: Path, hostname: str) -> VM:
+    def start_vm(self, config: Path, hostname: str, *options: str) -> VM:
         process = WorkerProcess(self.redis.url, config, hostname, self.tmp / f"worker-{hostname}.log",
-                                **self.worker_env)
+                                options, **self.worker_env)
         vm = VM(hostname, process)
         self.vms.append(vm)
         return vm
