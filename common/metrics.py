@@ -5,7 +5,7 @@ Why from Redis, not counted in each process: the truth already lives there (per-
 moved by the same Lua scripts that move files, in-flight sets, the queues, heartbeats). Counters
 read from it never reset when a consumer or a worker restarts, every scrape target reports the
 same cluster-wide numbers (so a dashboard survives the loss of any one VM), and the hot path pays
-nothing for metrics. The cost is one scrape's reads (~15 pipelined round trips, whatever the
+nothing for metrics. The cost is one scrape's reads (14 pipelined round trips, whatever the
 cluster's size, plus one command per queue list and per recent batch).
 
 Names follow Prometheus' conventions: `batchscribe_` prefix, base units (`_seconds`), counters end

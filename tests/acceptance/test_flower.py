@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,21 +26,11 @@ from batchscribe.cli.flower import FLOWER_USER
 from batchscribe.private_redis import PrivateRedis, free_port
 from tests.support.browser import basic_auth, chromium, fetch_status, table_rows
 from tests.support.cli import BIN, ROOT, cli_env
-from tests.support.cluster import Cluster, EndpointSpec, make_audio, write_endpoints
+from tests.support.cluster import Cluster, EndpointSpec, cut_flac, make_audio, write_endpoints
 from tests.support.poll import wait_for
 from tests.support.service import ServiceProcess
 
 PASSWORD = "flower-test-pass"
-
-
-def cut_flac(path: Path) -> Path:
-    """A FLAC whose header says 4 s but that holds a third of it: submitted (the producer reads the
-    header), failed by the worker when the decode comes up short (permanent, one attempt)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=4",
-                    "-ar", "16000", "-ac", "1", str(path)], check=True, timeout=30)
-    whole = path.read_bytes()
-    path.write_bytes(whole[:len(whole) // 3])
-    return path
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ behind its token.
 
 from __future__ import annotations
 
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,49 +20,14 @@ import pytest
 
 from batchscribe.private_redis import PrivateRedis, free_port
 from tests.support.api import TOKEN, ApiServer
-from tests.support.cluster import Cluster, EndpointSpec, make_audio, write_endpoints
-from tests.support.metrics import scrape, total
+from tests.support.cluster import Cluster, EndpointSpec, cut_flac, make_audio, write_endpoints
+from tests.support.metrics import Scraper, scrape, total
 from tests.support.poll import wait_for
 
 FILES = [0.6 + 0.1 * i for i in range(12)]
 COUNTERS = ("batchscribe_endpoint_files_done_total", "batchscribe_endpoint_attempts_failed_total",
             "batchscribe_endpoint_retries_total", "batchscribe_endpoint_files_failed_total",
             "batchscribe_endpoint_audio_seconds_total", "batchscribe_endpoint_busy_seconds_total")
-
-
-def cut_flac(path: Path) -> Path:
-    """A FLAC whose header says 4 s and that holds a third of it: the worker fails it (permanent)."""
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=4",
-                    "-ar", "16000", "-ac", "1", str(path)], check=True, timeout=30)
-    whole = path.read_bytes()
-    path.write_bytes(whole[:len(whole) // 3])
-    return path
-
-
-class Scraper:
-    """Scrapes `url` in a loop on a thread until stopped; keeps every answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: list[dict[str, float]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.15):
-            try:
-                self.seen.append(scrape(self.url))
-            except OSError as exc:  # noqa: PERF203 - a failed scrape is a finding, keep looking
-                self.errors.append(str(exc))
-
-    def __enter__(self) -> Scraper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
 
 
 @pytest.fixture
