@@ -114,6 +114,7 @@ def look(browser: Any, base: str, nodes: set[str], batch: str, good: list[str], 
     ends = {r["Name"]: r for r in rows if r["State"] in ("SUCCESS", "FAILURE") and not r["Result"].startswith(
         ("handback", "requeued", "deferred", "bounced"))}  # a file's last task (a rebalance may hand back)
     assert ends["broken.flac"]["State"] == "FAILURE", rows
+    assert not [r for r in rows if r["Result"].startswith("stale")], "a failed file's message was delivered again"
     assert ends["broken.flac"]["Result"].startswith("failed: permanent: truncated FLAC"), ends["broken.flac"]
     for name in good:
         assert ends[name]["State"] == "SUCCESS" and ends[name]["Result"].startswith("done: "), ends[name]

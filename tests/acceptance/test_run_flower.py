@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
+import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from batchscribe.cli.flower import FLOWER_USER
 from batchscribe.private_redis import free_port
@@ -32,7 +37,17 @@ def get(url: str, password: str | None) -> tuple[int, str]:
         return 0, ""
 
 
-def test_run_with_flower_shows_the_run_and_stops_with_it(tmp_path: Path) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """`run`'s private folder goes under TMPDIR: a short one, so its Redis socket path fits."""
+    folder = Path(tempfile.mkdtemp(prefix="bs-flower-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_run_with_flower_shows_the_run_and_stops_with_it(tmp_path: Path, short_tmp: Path) -> None:
     emulator = duration_emulator(1, 1.0, tmp_path / "emulator.log")  # real time: the run lasts a while
     try:
         config = write_endpoints(tmp_path / "endpoints.yaml", [EndpointSpec("emu", emulator.ports[0], concurrency=1)])
@@ -41,7 +56,7 @@ def test_run_with_flower_shows_the_run_and_stops_with_it(tmp_path: Path) -> None
         lines: list[str] = []
         run = subprocess.Popen([str(BIN), "run", str(audio.folder), "--out", str(tmp_path / "out"), "--config",
                                 str(config), "--flower", str(port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(TMPDIR=str(tmp_path)))
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli_env(TMPDIR=str(short_tmp)))
         assert run.stderr is not None
         reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)  # type: ignore[arg-type]
         reader.start()
@@ -71,12 +86,12 @@ def test_run_with_flower_shows_the_run_and_stops_with_it(tmp_path: Path) -> None
                 run.stderr.close()
         assert get(f"{base}/", password)[0] == 0, "Flower stopped with the run"
         assert sum(password in line for line in lines) == 1, "the password is printed once"
-        assert not any(p.name.startswith("batchscribe-run-") for p in tmp_path.iterdir()), "private folder removed"
+        assert not list(short_tmp.iterdir()), "the private folder is removed"
     finally:
         emulator.stop()
 
 
-def test_run_flower_on_a_taken_port_is_a_usage_error(tmp_path: Path) -> None:
+def test_run_flower_on_a_taken_port_is_a_usage_error(tmp_path: Path, short_tmp: Path) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -85,7 +100,8 @@ def test_run_flower_on_a_taken_port_is_a_usage_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         audio = make_audio(tmp_path / "in", [0.5])
         result = run_cli("run", str(audio.folder), "--out", str(tmp_path / "out"), "--flower", str(port),
-                         TMPDIR=str(tmp_path))
+                         TMPDIR=str(short_tmp))
     assert result.returncode == 2, result.stderr
     assert f"--flower {port}: port {port} on 127.0.0.1 is taken" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not list(short_tmp.iterdir()), "nothing was started"
