@@ -105,3 +105,9 @@ def test_run_flower_on_a_taken_port_is_a_usage_error(tmp_path: Path, short_tmp: 
     assert f"--flower {port}: port {port} on 127.0.0.1 is taken" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(short_tmp.iterdir()), "nothing was started"
+
+
+def test_batchscribe_flower_wants_credentials() -> None:
+    result = run_cli("flower", "--port=1")  # refused before Flower starts: nothing listens
+    assert result.returncode == 2, result.stderr
+    assert "Flower needs credentials: set FLOWER_BASIC_AUTH=user:password" in result.stderr
