@@ -19,6 +19,11 @@
    process tree (supervisor + consumer, children included) over the submit. Idle latency: single
    files submitted in-process one at a time, submit call -> the batch's finished_at.
 
+3. batchscribe again with `worker --metrics-port` and a scraper reading /metrics every
+   `--scrape-interval` seconds during the submit (default 1 s: 15x Prometheus' usual 15 s), same
+   files, same emulator: worker and Redis CPU per file with metrics on vs off, and the CPU of one
+   scrape (worker tree + Redis, 40 scrapes in a row after the batch).
+
 Also per task: redis-server CPU and commands (INFO commandstats delta; the batchscribe figure
 includes the producer's submit, ~10 commands per file, see bench_submit), the emulator's CPU, and
 how started->finished splits into "prepare + engine" (the `seconds` of the attempt's `done` event)
@@ -37,7 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +54,11 @@ from _common import ROOT, ServerStats, machine, print_table, private_redis
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
+from batchscribe.private_redis import free_port
 from tests.support.cli import BIN, WorkerProcess, cli_env
 from tests.support.cluster import VM, EndpointSpec, children, duration_emulator, write_endpoints, write_tone
 from tests.support.emulator import EmulatorProcess
+from tests.support.metrics import Scraper
 from tests.support.poll import wait_for
 
 DONE_KEY = "bench:noop:done"
@@ -195,31 +204,50 @@ def _submit(broker: str, folder: Path, out: Path, batch_id: str) -> float:
     return time.perf_counter() - started
 
 
+def scrape_once(url: str) -> None:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        response.read()
+
+
+def scrape_cost(url: str, worker_pid: int, redis_pid: int, count: int = 40) -> tuple[float, float]:
+    """CPU ms of one scrape: (worker tree, redis-server), over `count` scrapes in a row."""
+    cpu0, rcpu0 = tree_cpu(worker_pid)[0], cpu_seconds(redis_pid)
+    for _ in range(count):
+        scrape_once(url)
+    return (1000 * (tree_cpu(worker_pid)[0] - cpu0) / count, 1000 * (cpu_seconds(redis_pid) - rcpu0) / count)
+
+
 def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: EmulatorProcess,
-                    tmp: Path) -> dict[str, Any]:
+                    tmp: Path, scrape_interval: float | None = None) -> dict[str, Any]:
+    """One batchscribe run; with `scrape_interval`, the worker serves metrics and is scraped."""
     count = len(list(files.glob("*.wav")))
+    tag = f"c{concurrency}{'-metrics' if scrape_interval else ''}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
     with private_redis() as server:
         settings = Settings.from_env({}, redis_url=server.url)
         store = StateStore.connect(settings)
-        config = write_endpoints(tmp / f"endpoints-c{concurrency}.yaml",
+        config = write_endpoints(tmp / f"endpoints-{tag}.yaml",
                                  [EndpointSpec("emu", emulator.ports[0], concurrency=concurrency, rtf=1000.0,
                                                stall_timeout=10.0)])
-        process = WorkerProcess(server.url, config, f"bench{concurrency}", tmp / f"worker-c{concurrency}.log")
+        options = ("--metrics-port", str(port)) if scrape_interval else ()
+        process = WorkerProcess(server.url, config, f"bench{concurrency}", tmp / f"worker-{tag}.log", options)
         vm = VM(f"bench{concurrency}", process)
         try:
             wait_for(lambda: "emu" in vm.consumers(), 60, "the consumer", 0.1)
-            _submit(server.url, make_tones(tmp / "warm", WARM_FILES, 1000.0), tmp / f"out-warm-{concurrency}",
-                    f"warm-c{concurrency}")
+            _submit(server.url, make_tones(tmp / "warm", WARM_FILES, 1000.0), tmp / f"out-warm-{tag}",
+                    f"warm-{tag}")
             time.sleep(0.5)
             idle0, _ = tree_cpu(vm.pid)
             time.sleep(3.0)
             idle_rate = (tree_cpu(vm.pid)[0] - idle0) / 3.0
 
-            batch = f"bench-c{concurrency}"
+            batch = f"bench-{tag}"
             stats0 = ServerStats.read(client := store.redis)
             cpu0, per0 = tree_cpu(vm.pid)
             rcpu0, ecpu0 = cpu_seconds(server.proc.pid), cpu_seconds(emulator.proc.pid)
-            submit_wall = _submit(server.url, files, tmp / f"out-{concurrency}", batch)
+            with Scraper(url, scrape_interval) if scrape_interval else nullcontext() as scraper:
+                submit_wall = _submit(server.url, files, tmp / f"out-{tag}", batch)
             cpu1, per1 = tree_cpu(vm.pid)
             rcpu1, ecpu1 = cpu_seconds(server.proc.pid), cpu_seconds(emulator.proc.pid)
             stats = ServerStats.read(client).minus(stats0)
@@ -232,12 +260,15 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
             loaded = [r.finished_at - r.started_at for r in records]
             engine = [float(e["seconds"]) for _eid, e in _events(store) if e.get("batch") == batch
                       and e.get("outcome") == "done"]
-            idle_latency = _idle_latency(settings, store, idle, tmp / f"out-idle-{concurrency}")
+            idle_latency = _idle_latency(settings, store, idle, tmp / f"out-idle-{tag}")
+            per_scrape = scrape_cost(url, vm.pid, server.proc.pid) if scrape_interval else None
         finally:
             process.stop()
     busy = cpu1 - cpu0
     consumer = sum(per1.get(p, 0.0) - per0.get(p, 0.0) for p in per1 if p != vm.pid)
-    return {"system": "batchscribe", "C": concurrency, "tasks": count,
+    return {"system": "batchscribe +metrics" if scrape_interval else "batchscribe", "C": concurrency,
+            "tasks": count, "_scrapes": len(scraper.seen) if scraper else 0, "_per_scrape": per_scrape,
+            "_redis_cpu_ms": 1000 * (rcpu1 - rcpu0) / count, "_busy_ms": 1000 * busy / count,
             "tasks/s": round(count / (max(ends) - min(starts)), 1),
             "loaded ms": _ms(statistics.median(loaded)), "idle e2e ms": _ms(statistics.median(idle_latency)),
             "worker CPU ms/task": round(1000 * busy / count, 2),
@@ -277,6 +308,18 @@ def _idle_latency(settings: Settings, store: StateStore, paths: list[Path], out:
     return found
 
 
+def metrics_cost(rows: list[dict[str, Any]], level: int) -> list[Any]:
+    """Worker + Redis CPU per file with metrics off and on, and what one scrape costs; the last
+    column: the scrapes' CPU per file at Prometheus' usual 15 s interval, as a share of a file's."""
+    by = {r["system"]: r for r in rows if r["C"] == level}
+    off, on = by["batchscribe"], by["batchscribe +metrics"]
+    off_ms, on_ms = off["_busy_ms"] + off["_redis_cpu_ms"], on["_busy_ms"] + on["_redis_cpu_ms"]
+    worker_scrape, redis_scrape = on["_per_scrape"]
+    at_15s = (worker_scrape + redis_scrape) / (15.0 * off["tasks/s"])  # ms per file
+    return [level, round(off_ms, 2), round(on_ms, 2), f"{100 * (on_ms / off_ms - 1):+.1f} %", on["_scrapes"],
+            round(worker_scrape, 2), round(redis_scrape, 2), f"{100 * at_15s / off_ms:.3f} %"]
+
+
 # ---- main --------------------------------------------------------------------------------------
 
 COLUMNS = ["system", "C", "tasks", "tasks/s", "loaded ms", "idle e2e ms", "worker CPU ms/task",
@@ -290,6 +333,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4", help="comma-separated C values (default 1,4)")
     parser.add_argument("--idle", type=int, default=15, help="one-at-a-time latency samples per run")
     parser.add_argument("--quick", action="store_true", help="40 files, 500 no-op tasks")
+    parser.add_argument("--scrape-interval", type=float, default=1.0,
+                        help="seconds between /metrics scrapes in the metrics-on run (default 1)")
     parser.add_argument("--noop-worker", metavar="BROKER", help=argparse.SUPPRESS)
     parser.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -315,6 +360,7 @@ def main() -> None:
                 rows.append(run_noop(level, tasks, args.idle, True, tmp))
                 mine = idle[n * args.idle:(n + 1) * args.idle]
                 rows.append(run_batchscribe(level, inputs, mine, emulator, tmp))
+                rows.append(run_batchscribe(level, inputs, mine, emulator, tmp, args.scrape_interval))
                 print(f"  C={level} done [{time.monotonic() - started:.0f} s]", flush=True)
         finally:
             emulator.stop()
@@ -337,6 +383,11 @@ def main() -> None:
     print_table(["C", "consumer CPU ms/file", "supervisor CPU ms/file", "idle tree CPU %",
                  "prepare+engine ms", "rest of started->finished ms", "loaded p90 ms", "submit --wait s"],
                 detail, "batchscribe detail (medians; 'rest' = state scripts, output write, settle, log)")
+    print_table(["C", "off: worker+Redis CPU ms/file", "on: worker+Redis CPU ms/file", "on vs off",
+                 "scrapes during submit", "worker CPU ms/scrape", "Redis CPU ms/scrape",
+                 "scrapes' share per file at 15 s"], [metrics_cost(rows, level) for level in levels],
+                f"Metrics cost (same run; on: worker --metrics-port, /metrics read every "
+                f"{args.scrape_interval:g} s)")
     print("\nRedis commands per task (server side, top 8):")
     for r in rows:
         print(f"  {r['system']:<16} C={r['C']}: {r['_top']}")

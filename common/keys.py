@@ -187,3 +187,15 @@ KOMBU_KEYS = (
     KeyPattern("ep.*", "kombu: an endpoint's queue (list)", transient=True),
     KeyPattern("pool.*", "kombu: a language pool's queue (list)", transient=True),
 )
+
+# Kombu's Redis transport keeps each queue in one list per priority step: the queue's own name for
+# step 0, NAME + sep + step for the others (kombu.transport.redis: PRIORITY_STEPS, Channel.sep,
+# Channel._q_for_pri). Messages are LPUSHed and BRPOPed, so a list's oldest message is its last.
+KOMBU_PRIORITY_STEPS = (0, 3, 6, 9)
+KOMBU_SEP = "\x06\x16"
+
+
+def kombu_queue_lists(queue: str) -> list[str]:
+    """Every Redis list that holds `queue`'s ready messages, in the order kombu consumes them
+    (`tests/integration/test_metrics.py` checks this against kombu's own channel)."""
+    return [f"{queue}{KOMBU_SEP}{step}" if step else queue for step in KOMBU_PRIORITY_STEPS]

@@ -134,13 +134,16 @@ end
 return out
 """
 
-# KEYS: prefix. ARGV: owner, job keys... : claimed -> queued once the task is on the broker.
+# KEYS: prefix. ARGV: owner, now, job keys... : claimed -> queued once the task is on the broker
+# (queued_at: since when its message waits, for the oldest-queued-age metric).
 PUBLISHED = KEYSPACE + r"""
-local owner = ARGV[1]
-for i = 2, #ARGV do
+local owner, now = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
   local jkey = K.job(ARGV[i])
   local j = redis.call("HMGET", jkey, "state", "owner")
-  if j[1] == "claimed" and j[2] == owner then redis.call("HSET", jkey, "state", "queued") end
+  if j[1] == "claimed" and j[2] == owner then
+    redis.call("HSET", jkey, "state", "queued", "queued_at", now)
+  end
 end
 return 1
 """
@@ -221,8 +224,10 @@ if redis.call("LLEN", tkey) == 0 then
   undelay_job(delayed, specs, jk)
   return -2
 end
+local ran_on = redis.call("HGET", jkey, "endpoint") or ""
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "delivery", "",
-           "lease_until", "", "avoid", redis.call("HGET", jkey, "endpoint") or "", "bounces", 0)
+           "lease_until", "", "avoid", ran_on, "bounces", 0)
+if ran_on ~= "" then redis.call("HINCRBY", K.endpoint_stats(ran_on), "retries_" .. cls, 1) end
 if spend == "0" then
   redis.call("HINCRBY", jkey, "attempts", -1)
   redis.call("HINCRBY", jkey, "reroutes", 1)
@@ -247,7 +252,10 @@ if j[1] ~= "running" or j[2] ~= delivery then return 0 end
 local attempts = redis.call("HINCRBY", jkey, "attempts", -1)
 redis.call("HINCRBY", jkey, "handbacks", 1)
 redis.call("HSET", jkey, "state", "queued", "delivery", "", "lease_until", "")
-if j[3] then redis.call("ZREM", K.inflight(j[3]), jk) end
+if j[3] then
+  redis.call("ZREM", K.inflight(j[3]), jk)
+  redis.call("HINCRBY", K.endpoint_stats(j[3]), "handbacks", 1)
+end
 delay_job(delayed, specs, jk, due, spec, true)
 job_files(tkey, "queued", {"attempts", attempts}, now)
 if tag ~= "" then
@@ -259,10 +267,15 @@ return 1
 
 # KEYS: prefix, job hash, its targets list, its result key, delayed set, delayed specs hash.
 # ARGV: job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
-# Returns the job's targets (the inputs to write outputs for).
-FINISH = _DELAY + r"""
+# Returns the job's targets (the inputs to write outputs for). A failed job counts as a failed file
+# of its class on the endpoint that ran its last attempt.
+FINISH = KEYSPACE + _DELAY + r"""
 local jkey, tkey, rkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local jk, st, cls, reason, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local ran_on = redis.call("HGET", jkey, "endpoint")
+if st == "failed" and ran_on and ran_on ~= "" and redis.call("HGET", jkey, "state") ~= "failed" then
+  redis.call("HINCRBY", K.endpoint_stats(ran_on), "files_failed_" .. cls, 1)
+end
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now,
            "delivery", "", "lease_until", "")
 undelay_job(delayed, specs, jk)
@@ -304,8 +317,8 @@ return out
 # KEYS: prefix, delayed set, promoting set, delayed specs hash. ARGV: now, promotion deadline,
 # limit. Promotions past their deadline (a promoter died mid-way) go back to the delayed set first;
 # then up to `limit` due entries move to the promoting set until the deadline.
-# Returns {job_key, spec, ...} of the entries taken.
-TAKE_DUE = r"""
+# Returns {job_key, spec, ...} of the entries taken; each job's queued_at is now (it is published next).
+TAKE_DUE = KEYSPACE + r"""
 local delayed, promoting, specs = KEYS[2], KEYS[3], KEYS[4]
 local now, deadline, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 for _, jk in ipairs(redis.call("ZRANGEBYSCORE", promoting, "-inf", now)) do
@@ -316,6 +329,7 @@ local out = {}
 for _, jk in ipairs(redis.call("ZRANGEBYSCORE", delayed, "-inf", now, "LIMIT", 0, limit)) do
   redis.call("ZREM", delayed, jk)
   redis.call("ZADD", promoting, deadline, jk)
+  if redis.call("EXISTS", K.job(jk)) == 1 then redis.call("HSET", K.job(jk), "queued_at", now) end
   out[#out + 1] = jk
   out[#out + 1] = redis.call("HGET", specs, jk) or ""
 end
@@ -362,7 +376,8 @@ return 1
 """
 
 # KEYS: prefix, the endpoint's stats hash. ARGV: now, error class ("" = success), audio seconds,
-# threshold, cooldown, max cooldown, endpoint name. Counts one attempt's outcome and runs the
+# threshold, cooldown, max cooldown, endpoint name, busy seconds (the attempt's wall time; busy
+# seconds / audio seconds is the endpoint's real-time factor). Counts one attempt's outcome and runs the
 # endpoint's one circuit breaker: `threshold` endpoint or transient errors in a row (since the last
 # success) open it for `cooldown` seconds, doubling each time it opens again, up to `max cooldown`;
 # the count starts again from 0. A success while it has been closed for two cooldowns forgets how
@@ -374,6 +389,7 @@ local open_until = tonumber(redis.call("HGET", stats, "circuit_open_until") or 0
 if cls == "" then
   redis.call("HINCRBY", stats, "done", 1)
   redis.call("HINCRBYFLOAT", stats, "audio_seconds", ARGV[3])
+  redis.call("HINCRBYFLOAT", stats, "busy_seconds", ARGV[8] or 0)
   redis.call("HSET", stats, "consecutive_failures", 0)
   if now > open_until + 2 * cooldown then redis.call("HDEL", stats, "circuit_opens") end
   return {}

@@ -58,13 +58,15 @@ _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no trunca
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One Celery task = one unique file (job)."""
+    """One Celery task = one unique file (job). `path` and `batch` are the input and batch that
+    published it (the job may serve others too): what Flower shows and searches by."""
 
     job_key: str
     options: dict[str, Any]
     path: str
     duration: float
     queue: str
+    batch: str = ""
 
     def to_json(self) -> str:
         """How a task waits in the delayed set (`common.state` keeps it, the promoter publishes it)."""
@@ -72,7 +74,9 @@ class TaskSpec:
 
     @classmethod
     def from_json(cls, raw: str) -> TaskSpec:
-        return cls(**json.loads(raw))
+        """Fields a newer version added are left out, so a rolling upgrade can read them."""
+        data = json.loads(raw)
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 class PublishError(StateError):
@@ -212,7 +216,7 @@ class Publisher:
                     self.app.send_task(
                         TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
                         args=[spec.job_key, spec.options],
-                        kwargs={"path": spec.path, "duration": round(spec.duration, 3)},
+                        kwargs=task_kwargs(spec),
                     )
                     ids.append(task_id)
         except (redis.RedisError, KombuError) as exc:
@@ -282,7 +286,13 @@ def _mark(name: str) -> str:
 
 
 _BODY = _Template([[_mark("job_key"), _mark("options")],
-                   {"path": _mark("path"), "duration": _mark("duration")}, _EMBED])
+                   {"path": _mark("path"), "duration": _mark("duration"), "batch": _mark("batch")}, _EMBED])
+
+
+def task_kwargs(spec: TaskSpec) -> dict[str, Any]:
+    """The task's keyword arguments (what Flower shows in its kwargs column and searches with
+    `kwargs:batch=ID`)."""
+    return {"path": spec.path, "duration": round(spec.duration, 3), "batch": spec.batch}
 
 
 class _MessageBuilder:
@@ -332,9 +342,9 @@ class _MessageBuilder:
         duration = round(spec.duration, 3)
         job_key, path = spec.job_key, spec.path
         argsrepr = self._args_repr(job_key, spec.options, tail)
-        kwargsrepr = self._kwargs_repr(path, duration)
+        kwargsrepr = self._kwargs_repr(path, duration, spec.batch)
         body = _BODY.fill({"job_key": _json_str(job_key), "options": options_json, "path": _json_str(path),
-                           "duration": json.dumps(duration)})
+                           "duration": json.dumps(duration), "batch": _json_str(spec.batch)})
         values = {"body": '"' + base64.b64encode(body.encode()).decode() + '"', "id": _json_str(task_id),
                   "argsrepr": _json_str(argsrepr), "kwargsrepr": _json_str(kwargsrepr),
                   "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4()}"'}
@@ -368,12 +378,13 @@ class _MessageBuilder:
                 return fast
         return str(saferepr([job_key, options], 1024, maxlevels=self.maxlevels))
 
-    def _kwargs_repr(self, path: str, duration: float) -> str:
-        if _plain(path):
-            fast = f"{{'path': '{path}', 'duration': {duration!r}}}"
+    def _kwargs_repr(self, path: str, duration: float, batch: str) -> str:
+        if _plain(path) and _plain(batch):
+            fast = f"{{'path': '{path}', 'duration': {duration!r}, 'batch': '{batch}'}}"
             if len(fast) <= _REPR_MAX:
                 return fast
-        return str(saferepr({"path": path, "duration": duration}, 1024, maxlevels=self.maxlevels))
+        return str(saferepr({"path": path, "duration": duration, "batch": batch}, 1024,
+                            maxlevels=self.maxlevels))
 
 
 def _plain(text: Any) -> bool:

@@ -205,7 +205,8 @@ class Submitter:
         queue = pool_queue(options.language, options.engine)
         opts = options.to_dict()
         ordered = sorted(records, key=lambda r: r.duration, reverse=True)
-        self.publisher.publish([TaskSpec(r.job, opts, r.path, r.duration, queue) for r in ordered])
+        self.publisher.publish([TaskSpec(r.job, opts, r.path, r.duration, queue, r.batch_id)
+                                for r in ordered])
         self.store.mark_published([r.job for r in ordered], self.owner)
 
     def _deliver_cached(self, records: list[FileRecord]) -> None:

@@ -62,6 +62,22 @@ BOUNCE_DELAY = 0.3
 # What became of one delivery (for logs and tests).
 Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded",
                   "cancelled", "handback"]
+REASON_SHOWN = 300  # characters of an error's reason in a task's result (the output has all of it)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivery: its verdict and, in words, what it means for the file (a failed
+    file's class and reason, the retry a requeue scheduled). `str()` is what Flower shows as the
+    task's result (`worker.tasks`)."""
+
+    verdict: Verdict
+    note: str = ""
+    error_class: str = ""  # of a failed file
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.verdict}: {self.note}" if self.note else self.verdict
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,9 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
     return max(0.0, float(raw) * (1 + rng.uniform(-policy.jitter, policy.jitter)))
 
 
+_SUPERSEDED = Outcome("superseded", "another delivery took the job over; it goes on there")
+
+
 class JobRunner:
     """Everything one consumer process needs to run jobs for its endpoint; shared by its threads."""
 
@@ -134,7 +153,7 @@ class JobRunner:
                 self._engine = build_engine(self.endpoint)
             return self._engine
 
-    def run(self, delivery: Delivery) -> Verdict:
+    def run(self, delivery: Delivery) -> Outcome:
         """Process one delivery. Whatever happens, the task's message can be acked afterwards."""
         job_key = delivery.job_key
         start = self.store.start_job(job_key, self.endpoint.name, delivery.id, self.settings.lease_ttl,
@@ -170,31 +189,34 @@ class JobRunner:
 
         def record() -> None:
             self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
-            self.store.record_attempt(self.endpoint.name, audio_seconds=float(result.get("duration") or 0))
+            self.store.record_attempt(self.endpoint.name, audio_seconds=float(result.get("duration") or 0),
+                                      busy_seconds=seconds)
             targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
             deliver_success(self.store, job_key, records_for(self.store, targets, records), result)
 
         durably(record, f"recording the transcript of {job_key}")
-        return "done"
+        return Outcome("done", f"{float(result.get('duration') or 0):.1f} s of audio in {seconds:.1f} s")
 
-    def _not_run(self, delivery: Delivery, start: JobStart) -> Verdict:
+    def _not_run(self, delivery: Delivery, start: JobStart) -> Outcome:
         """A delivery that must not call the engine: deferred duplicate, finished or stale job."""
         if start.previous == "deferred":
             log.info("job %s runs elsewhere (lease until %.0f); deferred this delivery", delivery.job_key,
                      start.lease_until)
-            return "deferred"
+            return Outcome("deferred", "another delivery runs the file now; looked at again when its "
+                           "lease would run out")
         if start.previous == "bounced":
             log.info("job %s last failed on %s; back to the pool for another endpoint", delivery.job_key,
                      self.endpoint.name)
-            return "bounced"
+            return Outcome("bounced", f"its last attempt failed on {self.endpoint.name}: back to the pool "
+                           "for another endpoint")
         if start.previous == "cancelled":  # every batch that wanted it was cancelled (`producer.cancel`)
             log.info("job %s was cancelled; dropping its delivery", delivery.job_key)
-            return "cancelled"
+            return Outcome("cancelled", "its batch was cancelled")
         if start.previous == "failed":  # a stale copy: a failed job runs again only if re-submitted
             log.info("job %s already failed; dropping a stale delivery", delivery.job_key)
-            return "stale"
+            return Outcome("stale", "a late copy of a file that already failed")
         self._deliver_cached(delivery.job_key, records_for(self.store, start.targets))
-        return "cached"
+        return Outcome("cached", "already transcribed: outputs written from the cached transcript")
 
     def _deliver_cached(self, job_key: str, records: list[FileRecord]) -> None:
         """A redelivery of a finished job (e.g. crash after finishing): outputs only, no engine."""
@@ -236,7 +258,7 @@ class JobRunner:
         return records[0].path
 
     def _on_error(self, delivery: Delivery, start: JobStart, records: list[FileRecord],
-                  exc: ProcessingError, seconds: float) -> Verdict:
+                  exc: ProcessingError, seconds: float) -> Outcome:
         job_key, cls, attempt = delivery.job_key, exc.error_class, start.attempts
         self._log(job_key, records, "error", attempt=attempt, seconds=seconds,
                   error_class=cls.value, reason=exc.reason)
@@ -255,7 +277,7 @@ class JobRunner:
         if attempt >= self.settings.retry.transient_attempts:
             return self._fail(job_key, records, cls, f"{exc.reason} (after {attempt} attempts)", attempt)
         return self._requeue(delivery, cls, exc.reason, spend=True,
-                             delay=backoff_delay(self.settings.retry, attempt))
+                             delay=backoff_delay(self.settings.retry, attempt), attempt=attempt)
 
     def _endpoint_give_up(self, start: JobStart) -> str:
         """Why endpoint errors must stop moving this job around ("" = keep trying)."""
@@ -268,38 +290,40 @@ class JobRunner:
         return ""
 
     def _requeue(self, delivery: Delivery, cls: ErrorClass, reason: str, spend: bool,
-                 delay: float) -> Verdict:
+                 delay: float, attempt: int = 0) -> Outcome:
         """Back to the language pool after `delay`, in the delayed set, atomically with the state."""
         spec = delivery.pool_spec()
         held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
                                       time.time() + delay, spec.to_json())
         if held == -2:
             log.info("job %s: its batches were cancelled while it ran; not requeued", delivery.job_key)
-            return "cancelled"
+            return Outcome("cancelled", "its batch was cancelled while it ran")
         if held < 0:
             log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
                         delivery.job_key, delivery.id)
-            return "superseded"
-        return "requeued"
+            return _SUPERSEDED
+        when = (f"retry in {delay:.0f} s (attempt {attempt + 1} of {self.settings.retry.transient_attempts})"
+                if spend else f"back to the pool in {delay:.1f} s, no attempt spent")
+        return Outcome("requeued", f"{cls.value}, {when}: {reason[:REASON_SHOWN]}")
 
-    def _hand_back(self, delivery: Delivery, records: list[FileRecord], attempt: int) -> Verdict:
+    def _hand_back(self, delivery: Delivery, records: list[FileRecord], attempt: int) -> Outcome:
         """A planned stop interrupted the engine: queued again at once, attempt undone, no crash."""
         spec = delivery.pool_spec()
         if not durably(lambda: self.store.hand_back_job(delivery.job_key, delivery.id, spec.to_json()),
                        f"handing {delivery.job_key} back"):
             log.warning("job %s was taken over while delivery %s ran; leaving it to the new holder",
                         delivery.job_key, delivery.id)
-            return "superseded"
-        self._log(delivery.job_key, records, "handback", attempt=attempt - 1,
-                  reason="the consumer was stopped (planned); another one starts it")
-        return "handback"
+            return _SUPERSEDED
+        reason = "the consumer was stopped (planned); another one starts it"
+        self._log(delivery.job_key, records, "handback", attempt=attempt - 1, reason=reason)
+        return Outcome("handback", reason)
 
     def _fail(self, job_key: str, records: list[FileRecord], cls: ErrorClass, reason: str,
-              attempt: int) -> Verdict:
+              attempt: int) -> Outcome:
         self._log(job_key, records, "failed", attempt=attempt, error_class=cls.value, reason=reason)
         targets = self.store.finish_job(job_key, None, 0, cls.value, reason)
         deliver_failure(self.store, job_key, records_for(self.store, targets, records), cls.value, reason)
-        return "failed"
+        return Outcome("failed", error_class=cls.value, reason=reason)
 
     def _log(self, job_key: str, records: list[FileRecord], outcome: str, **fields: Any) -> None:
         path = records[0].path if records else ""

@@ -23,17 +23,19 @@ class ConsumerPresence:
     """One consumer's heartbeat writer."""
 
     def __init__(self, store: StateStore, node: str, endpoint: str, queues: Sequence[str], ttl: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, concurrency: int = 0) -> None:
         self.store = store
         self.node = node
         self.endpoint = endpoint
         self.queues = tuple(queues)
         self.ttl = ttl
         self.clock = clock
+        self.concurrency = concurrency
 
     def beat(self, running: Sequence[LeaseItem]) -> None:
         self.store.beat_consumer(ConsumerBeat(self.node, self.endpoint, os.getpid(), self.queues,
-                                              round(self.clock(), 3), tuple(running)), self.ttl)
+                                              round(self.clock(), 3), tuple(running), self.concurrency),
+                                 self.ttl)
 
     def leave(self) -> None:
         """A clean exit: stop vouching at once."""

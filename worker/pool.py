@@ -98,6 +98,7 @@ class Pool:
         self.grace = grace
         self.on_killed = on_killed
         self.consumers: dict[str, Consumer] = {}
+        self.restarts: dict[str, int] = {}  # unplanned exits by endpoint, since this pool started
 
     def names(self) -> set[str]:
         """Endpoints that have a consumer (running, starting again or still stopping)."""
@@ -163,6 +164,7 @@ class Pool:
         healthy_run = now - consumer.started_at > HEALTHY_RUN
         consumer.failures = 0 if healthy_run else consumer.failures + 1
         consumer.next_start = now + (min(MAX_BACKOFF, 2.0 ** consumer.failures) if consumer.failures else 0)
+        self.restarts[consumer.endpoint.name] = self.restarts.get(consumer.endpoint.name, 0) + 1
         log.warning("consumer of %s exited with %s; restarting in %.0f s",
                     consumer.endpoint.name, consumer.proc.poll(), consumer.next_start - now)
         consumer.proc = None

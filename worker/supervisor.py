@@ -102,8 +102,8 @@ class Supervisor:
         self.pool.reconcile(wanted(desired, owned, usable))
         # In-flight entries of consumers that died mid-file, on any endpoint this VM knows of.
         self.store.prune_inflight(sorted({e.name for e in desired} | self.pool.names()))
-        self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(time.time(), 3), self.pool.slots()),
-                           self.owner_ttl)
+        self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(time.time(), 3), self.pool.slots(),
+                                  dict(self.pool.restarts)), self.owner_ttl)
 
     def _tick_safely(self) -> None:
         try:

@@ -12,6 +12,12 @@ A consumer told to stop (SIGTERM from its supervisor, `docker stop`, systemd; SI
 does not finish its files: it sets its stop event, each running engine call ends within about a
 second, and each job is handed back (queued again at once, attempt undone, no crash); the task
 returns, so its message is acked, and another consumer starts the file within seconds.
+
+What Flower shows (task events; there is no result backend): the task's result says what became of
+the delivery (`done: …`, `requeued: transient, retry in 4 s (attempt 2 of 4): …`, `deferred: …`,
+`cached: …`, `handback: …`); a file that ends failed raises `FileFailed` as the very last step, after
+its state and output are written, so the task shows as FAILURE with the error class and reason and
+its message is still acked (task_acks_on_failure_or_timeout), never redelivered.
 """
 
 from __future__ import annotations
@@ -35,12 +41,18 @@ from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
 from batchscribe.common.settings import Settings, redact
 from batchscribe.common.state import LeaseItem, StateStore
-from batchscribe.worker.jobs import Delivery, JobRunner
+from batchscribe.worker.jobs import Delivery, JobRunner, Outcome
 from batchscribe.worker.leases import LeaseKeeper
 from batchscribe.worker.liveness import ConsumerPresence
 from batchscribe.worker.outage import redis_errors_in_one_line
 
 log = logging.getLogger(__name__)
+
+
+class FileFailed(Exception):
+    """The file of this task ended failed (its state, output and summary are settled already): raised
+    last so Flower shows a FAILURE with "CLASS: reason". One of the task's expected errors, so Celery
+    logs it in one line, without a traceback. One argument, so it pickles (Celery checks)."""
 
 
 def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
@@ -62,7 +74,7 @@ def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
 
 
 def delivery_of(request: Any, job_key: str, options: dict[str, Any], path: str,
-                duration: float) -> Delivery:
+                duration: float, batch: str = "") -> Delivery:
     """The Delivery of the task being executed, from Celery's request context.
 
     Celery 5 does not put the delivery tag on the request; kombu's virtual transports carry it in
@@ -73,7 +85,7 @@ def delivery_of(request: Any, job_key: str, options: dict[str, Any], path: str,
     opts = TranscriptionOptions.from_dict(options)
     queue = info.get("routing_key") or pool_queue(opts.language, opts.engine)
     return Delivery(
-        task=TaskSpec(job_key, options, path, duration, queue),
+        task=TaskSpec(job_key, options, path, duration, queue, batch),
         id=f"{request.hostname}/{request.id}/{uuid.uuid4().hex[:8]}",
         tag=str(properties.get("delivery_tag") or ""),
     )
@@ -102,20 +114,22 @@ class ConsumerRuntime:
                 store = StateStore.connect(self.settings, check=False)
                 self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping)
                 presence = ConsumerPresence(store, self.node, endpoint.name, self.queues,
-                                            self.settings.lease_ttl) if self.node else None
+                                            self.settings.lease_ttl,
+                                            concurrency=endpoint.concurrency) if self.node else None
                 self._leases = LeaseKeeper(store, self.settings.lease_ttl, self.settings.heartbeat,
                                            presence=presence).start()
                 log.info("consumer serves endpoint %s (%s, concurrency %d)",
                          endpoint.name, endpoint.engine, endpoint.concurrency)
             return self._runner, self._leases
 
-    def run(self, delivery: Delivery) -> None:
+    def run(self, delivery: Delivery) -> Outcome:
         """Run one delivery while the lease keeper keeps its lease and its delivery tag fresh."""
         runner, leases = self._parts()
         item = LeaseItem(delivery.job_key, delivery.id, delivery.tag, delivery.pool_spec().to_json())
         with leases.hold(item):
-            verdict = runner.run(delivery)
-        log.info("delivery %s of %s: %s", delivery.id, delivery.job_key, verdict)
+            outcome = runner.run(delivery)
+        log.info("delivery %s of %s: %s", delivery.id, delivery.job_key, outcome.verdict)
+        return outcome
 
     def begin_stop(self) -> None:
         """Called inside Celery's signal handler (so it only sets the event the engine calls watch;
@@ -149,21 +163,26 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
     redis_errors_in_one_line(redact(settings.redis_url))
 
     @app.task(name=TRANSCRIBE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None, ignore_result=True)
+              max_retries=None, ignore_result=True, throws=(FileFailed,))
     def transcribe(self: Task, job_key: str, options: dict[str, Any], path: str = "",
-                   duration: float = 0.0) -> None:
-        """Never raises for a file's errors and never uses Celery's retry/ETA: a job that must run
-        again is in the delayed set by the time this returns, so the message is acked.
+                   duration: float = 0.0, batch: str = "") -> str:
+        """Never uses Celery's retry/ETA: a job that must run again is in the delayed set by the
+        time this returns, so the message is acked. Returns what became of the delivery; raises
+        `FileFailed` (acked too) when the file ended failed. `batch`: the batch that published the
+        task, for Flower's search (`kwargs:batch=ID`).
 
         Only when Redis itself fails is the message handed back (acking it would lose the file).
         """
         if runtime.stopping.is_set():  # received as the consumer stops: back to its queue untouched
             raise Reject("the consumer is stopping", requeue=True)
         try:
-            runtime.run(delivery_of(self.request, job_key, options, path, duration))
+            outcome = runtime.run(delivery_of(self.request, job_key, options, path, duration, batch))
         except StateError as exc:
             log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)
             raise Reject(exc, requeue=True) from exc
+        if outcome.verdict == "failed":
+            raise FileFailed(f"{outcome.error_class}: {outcome.reason}")
+        return str(outcome)
 
     @celeryd_after_setup.connect(weak=False)
     def _learn_queues(sender: Any, instance: Any, conf: Any, **_: Any) -> None:

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from batchscribe.api import batchkit, errors, routes
 from batchscribe.api.auth import BearerAuth
 from batchscribe.api.config import ApiConfig
 from batchscribe.api.service import BatchService
+from batchscribe.common.metrics import registry_for
 from batchscribe.common.state import StateStore
 from batchscribe.producer.submit import Submitter
 
 DESCRIPTION = """Submit batches of recordings on the shared storage, follow them, fetch their
-transcripts, cancel them. Every route but /healthz, /ready and these docs needs
-`Authorization: Bearer TOKEN`. batch-processing-kit's own routes (/submit, /status, /watch,
-/delete, /list, /ready) are served too, with its request and response fields."""
+transcripts, cancel them; read the cluster's Prometheus metrics (/metrics). Every route but /healthz,
+/ready and these docs needs `Authorization: Bearer TOKEN`. batch-processing-kit's own routes
+(/submit, /status, /watch, /delete, /list, /ready) are served too, with its request and response
+fields."""
 
 
 def create_app(config: ApiConfig, store: StateStore, submitter: Submitter) -> FastAPI:
@@ -39,6 +41,18 @@ def create_app(config: ApiConfig, store: StateStore, submitter: Submitter) -> Fa
         """batch-kit's readiness probe: `true` when Redis answers (open, like /healthz)."""
         await run_in_threadpool(store.ping)
         return True
+
+    registry = registry_for(store)
+
+    @app.get("/metrics", tags=["monitoring"], response_class=Response)
+    async def metrics() -> Response:
+        """The cluster's Prometheus metrics, read from Redis now (docs/monitoring.md); the same as
+        `worker --metrics-port` serves. Needs the bearer token (Prometheus: `authorization` in the
+        scrape config)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BearerAuth, tokens=config.tokens,
                        loopback_paths=batchkit.PATHS if config.batchkit_localhost else ())

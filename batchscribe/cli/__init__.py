@@ -13,6 +13,7 @@ import click
 from batchscribe.cli.batches import cancel, log_cmd, results, retry_failed, status, submit
 from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
+from batchscribe.cli.flower import flower
 from batchscribe.cli.health import health
 from batchscribe.cli.run import run
 from batchscribe.cli.serve import serve
@@ -29,7 +30,7 @@ def root(verbose: bool) -> None:
 
 
 for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, health, endpoints, run, watch,
-                serve, emulator_command):
+                serve, emulator_command, flower):
     root.add_command(command)
 
 

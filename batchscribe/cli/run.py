@@ -7,7 +7,8 @@ stopped in reverse order: supervisor and consumers first (they release their end
 still answers), then Redis, then the folder. Redis runs in its own session, so a Ctrl-C in the
 terminal reaches `run` only. The worker log is removed after a successful run (and after a usage,
 config or input error: nothing ran) unless --keep-log; when files failed, the run was interrupted
-or Redis failed, it is kept (only it) and its path printed.
+or Redis failed, it is kept (only it) and its path printed. `--flower [PORT]` adds Flower on
+127.0.0.1 for the length of the run (a password made for the run, printed once); it is stopped first.
 """
 
 from __future__ import annotations
@@ -55,19 +56,27 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 @click.option("--keep-log", is_flag=True,
               help="Keep the worker log after a successful run too (it is kept anyway when files failed, "
               "the run was interrupted or Redis failed).")
+@click.option("--flower", "flower_port", type=click.IntRange(1, 65535), is_flag=False, flag_value=5555,
+              default=None, metavar="[PORT]",
+              help="Watch the run in Flower on http://127.0.0.1:PORT (default 5555) while it runs; "
+              "its password is printed once.")
 @transcription_options
 @guarded
 def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str | None, keep_log: bool,
-        txt: bool, **kw: Any) -> None:
+        flower_port: int | None, txt: bool, **kw: Any) -> None:
     """Transcribe INPUTS on this machine: private Redis, local workers, progress, then clean up."""
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
+    if flower_port is not None:
+        from batchscribe.cli.flower import check_free
+
+        check_free(flower_port)  # likewise: a taken port is said before anything starts
     folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:
         try:
-            code = _run_in(folder, stop, inputs, out, opts, txt, endpoints, config_path, broker)
+            code = _run_in(folder, stop, inputs, out, opts, txt, endpoints, config_path, broker, flower_port)
         except Interrupted as exc:
             code = 128 + exc.signum
             click.echo(f"\ninterrupted by {signal.Signals(exc.signum).name}: workers stopped"
@@ -82,9 +91,33 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
 
 def _run_in(folder: Path, stop: StopSignals, inputs: tuple[str, ...], out: str,
             opts: TranscriptionOptions, txt: bool, endpoints: EndpointSet, config_path: str | None,
-            broker: str | None) -> int:
-    with local_workers(folder, stop, endpoints, config_path, broker) as settings:
+            broker: str | None, flower_port: int | None = None) -> int:
+    with local_workers(folder, stop, endpoints, config_path, broker) as settings, \
+            run_flower(folder, settings, flower_port):
         return submit_batch(settings, inputs, out, opts, txt, None, wait=True, check_workers=False)
+
+
+@contextmanager
+def run_flower(folder: Path, settings: Settings, port: int | None) -> Iterator[None]:
+    """Flower on 127.0.0.1:`port` while the block runs (nothing when `port` is None); stopped
+    before the workers and Redis it watches."""
+    if port is None:
+        yield
+        return
+    from batchscribe.cli.flower import FLOWER_USER, RunFlower
+
+    log_path = folder / "flower.log"
+    with open(log_path, "ab") as log:
+        flower = RunFlower(settings, port, log)
+        try:
+            if flower.wait_ready():
+                click.echo(f"Flower: {flower.url} (user {FLOWER_USER}, password {flower.password})", err=True)
+            else:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                click.echo(f"Flower did not start ({tail[0]}); the run goes on without it", err=True)
+            yield
+        finally:
+            flower.close()
 
 
 @contextmanager

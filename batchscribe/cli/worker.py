@@ -19,9 +19,15 @@ from batchscribe.common.state import StateStore
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="Endpoint YAML (default: one local endpoint sized to this machine).")
 @click.option("--hostname", default=None, help="Name of this worker VM (default: the host name).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve the cluster's Prometheus metrics on http://HOST:PORT/metrics (off without it; "
+              "0: any free port).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Address the metrics are served on (0.0.0.0: every interface).")
 @broker_option
 @guarded
-def worker(config_path: str | None, hostname: str | None, broker: str | None) -> None:
+def worker(config_path: str | None, hostname: str | None, metrics_port: int | None, metrics_host: str,
+           broker: str | None) -> None:
     """Run one Celery consumer per endpoint on this VM; follows edits of the endpoint file."""
     from batchscribe.worker.supervisor import Supervisor
 
@@ -34,9 +40,23 @@ def worker(config_path: str | None, hostname: str | None, broker: str | None) ->
     source = config_path or "the cluster's published endpoint set (or the built-in local endpoint)"
     click.echo(f"worker {supervisor.hostname}: endpoints from {source}; broker {redact(settings.redis_url)}",
                err=True)
-    supervisor.run()
+    metrics = None if metrics_port is None else serve_metrics(supervisor, metrics_host, metrics_port)
+    try:
+        supervisor.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     if supervisor.stopped_by_failure:
         fail("a background loop of this worker died (see the log above)", 1)
+
+
+def serve_metrics(supervisor: Any, host: str, port: int) -> Any:
+    """The cluster's metrics from this VM (its own endpoint set when none is published)."""
+    from batchscribe.common.metrics import MetricsServer, registry_for
+
+    server = MetricsServer(registry_for(supervisor.store, lambda: supervisor.source.current), host, port)
+    click.echo(f"worker {supervisor.hostname}: metrics on {server.url}", err=True)
+    return server
 
 
 def _stop_on_signals(supervisor: Any) -> None:

@@ -16,6 +16,7 @@ workers see one consistent order of events:
   VM owns each (`ownership`); attempt outcomes go to the event stream (`events`);
 * batch-processing-kit's integer batch ids and the batches they name (`aliases`).
 * heartbeats of supervisors and consumers, with a TTL: who is alive, what it serves (`liveness`).
+* what the Prometheus metrics read: queue depths, the delayed set, recent batches, VMs (`monitoring`).
 
 Every `now` comes from the store's clock (`StateStore.connect(…, clock=…)`).
 """
@@ -25,8 +26,10 @@ from batchscribe.common.state.client import as_text, describe, text_dict, transl
 from batchscribe.common.state.endpoints import Breaker, CircuitOpened, PublishedSet
 from batchscribe.common.state.jobs import JobStart, LeaseItem, pack_result, unpack_result
 from batchscribe.common.state.liveness import ConsumerBeat, ConsumerSlot, VMBeat, served_queues
+from batchscribe.common.state.monitoring import DelayedCounts, QueueDepth, SeenVM
 from batchscribe.common.state.store import StateStore
 
-__all__ = ["Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot", "JobStart",
-           "LeaseItem", "PublishedSet", "StateStore", "VMBeat", "as_text", "describe", "pack_result",
+__all__ = ["Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot", "DelayedCounts",
+           "JobStart", "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore", "VMBeat", "as_text",
+           "describe", "pack_result",
            "served_queues", "split_target", "target_id", "text_dict", "translate", "unpack_result"]

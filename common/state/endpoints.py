@@ -62,8 +62,9 @@ class Endpoints(StoreBase):
     # ---- outcome counters ----------------------------------------------------------------
 
     def record_attempt(self, endpoint: str, error_class: str = "", audio_seconds: float = 0.0,
-                       breaker: Breaker | None = None) -> CircuitOpened | None:
+                       breaker: Breaker | None = None, busy_seconds: float = 0.0) -> CircuitOpened | None:
         """Count one attempt's outcome on an endpoint ("" = success) and run its circuit breaker.
+        A success adds its audio and its wall time (`busy_seconds`) to the endpoint's totals.
 
         `consecutive_failures` counts endpoint and transient errors since the last success (the
         breaker's input); `failed_<class>` counts attempts, not files. Returns how long and why
@@ -73,18 +74,24 @@ class Endpoints(StoreBase):
         b = breaker or Breaker()
         opened = self._run("record_attempt", [self.keys.endpoint_stats(endpoint)],
                            [stamp(self.clock()), error_class, audio_seconds, b.threshold, b.cooldown,
-                            b.max_cooldown, endpoint])
+                            b.max_cooldown, endpoint, busy_seconds])
         return CircuitOpened(float(opened[0]), as_text(opened[1])) if opened else None
 
     def endpoint_stats(self, name: str) -> dict[str, str]:
         """The endpoint's counters plus `in_flight` (deliveries running on it now)."""
+        return self.endpoints_stats([name])[name]
+
+    def endpoints_stats(self, names: Sequence[str]) -> dict[str, dict[str, str]]:
+        """`endpoint_stats` of each of `names`, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.endpoint_stats(name))
-        pipe.zcard(self.keys.inflight(name))
-        raw, in_flight = pipe.execute()
-        stats = text_dict(raw)
-        stats["in_flight"] = str(in_flight)
-        return stats
+        for name in names:
+            pipe.hgetall(self.keys.endpoint_stats(name))
+            pipe.zcard(self.keys.inflight(name))
+        replies = pipe.execute()
+        found = {}
+        for name, raw, in_flight in zip(names, replies[0::2], replies[1::2]):
+            found[name] = {**text_dict(raw), "in_flight": str(in_flight)}
+        return found
 
     # ---- in flight -------------------------------------------------------------------------
 

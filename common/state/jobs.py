@@ -86,7 +86,7 @@ class Jobs(StoreBase):
 
     def mark_published(self, job_keys: Sequence[str], owner: str, chunk: int = 2000) -> None:
         for start in range(0, len(job_keys), chunk):
-            self._run("published", (), [owner, *job_keys[start:start + chunk]])
+            self._run("published", (), [owner, stamp(self.clock()), *job_keys[start:start + chunk]])
 
     def job(self, job_key: str) -> dict[str, str]:
         return text_dict(self.redis.hgetall(self.keys.job(job_key)))

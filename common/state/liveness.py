@@ -33,6 +33,7 @@ class VMBeat:
     pid: int
     beat_at: float
     consumers: dict[str, ConsumerSlot] = field(default_factory=dict)  # by endpoint name
+    restarts: dict[str, int] = field(default_factory=dict)  # unplanned consumer exits, by endpoint
 
     @classmethod
     def from_json(cls, raw: str) -> VMBeat:
@@ -49,6 +50,7 @@ class ConsumerBeat:
     queues: tuple[str, ...]
     beat_at: float
     deliveries: tuple[LeaseItem, ...] = ()  # what it runs now
+    concurrency: int = 0  # files it runs at once at most (its endpoint's concurrency)
 
     @classmethod
     def from_json(cls, raw: str) -> ConsumerBeat:

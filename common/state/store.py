@@ -16,10 +16,11 @@ from batchscribe.common.state.endpoints import Endpoints
 from batchscribe.common.state.events import Events
 from batchscribe.common.state.jobs import Jobs
 from batchscribe.common.state.liveness import Liveness
+from batchscribe.common.state.monitoring import Monitoring
 from batchscribe.common.state.ownership import Ownership
 
 
-class StateStore(Batches, Jobs, Delays, Endpoints, Ownership, Events, Aliases, Liveness):
+class StateStore(Batches, Jobs, Delays, Endpoints, Ownership, Events, Aliases, Liveness, Monitoring):
     """The only code that talks to Redis (besides the task publisher, `common.publish`).
 
     One instance per process is enough. Every method raises `StateError` subclasses, never

@@ -56,7 +56,7 @@ def test_a_stopping_consumer_hands_its_running_job_back_without_a_crash(tmp_path
     runner = JobRunner(settings, store, endpoint, engine=engine)
     delivery = Delivery(TaskSpec("j", {"language": "en-US"}, str(path), 1.0, "ep.ep1"), id="ep1@vm1/t/1")
     verdicts: list[str] = []
-    thread = threading.Thread(target=lambda: verdicts.append(runner.run(delivery)))
+    thread = threading.Thread(target=lambda: verdicts.append(runner.run(delivery).verdict))
     thread.start()
     assert engine.started.wait(30)
     assert store.endpoint_stats("ep1")["in_flight"] == "1"

@@ -105,7 +105,7 @@ def test_poison_after_max_crashes_fails_with_class_crash(settings: Settings) -> 
     clock.advance(0.3)
     store.start_job("j", "ep1", "d2", lease_ttl=0.2)  # crash 1
     clock.advance(0.3)
-    assert runner.run(delivery(3)) == "failed"  # crash 2: poison
+    assert runner.run(delivery(3)).verdict == "failed"  # crash 2: poison
     assert engine.calls == 0
     job = store.job("j")
     assert (job["state"], job["error_class"], job["crashes"]) == ("failed", "crash", "2")
@@ -113,14 +113,14 @@ def test_poison_after_max_crashes_fails_with_class_crash(settings: Settings) -> 
     [record] = store.files("b", [0])
     assert (record.state, record.error_class) == (FileState.FAILED, "crash")
     assert store.endpoint_stats("ep1")["failed_crash"] == "2"
-    assert runner.run(delivery(4)) == "stale"  # a late copy of a failed job is dropped
+    assert runner.run(delivery(4)).verdict == "stale"  # a late copy of a failed job is dropped
 
 
 # ---- requeue, endpoint errors, counters -----------------------------------------------------
 
 def run_past_bounces(runner: JobRunner, n: int, path: str) -> str:
     """Deliver again to the endpoint that just failed the job: it bounces MAX_BOUNCES times, then runs."""
-    verdicts = [runner.run(delivery(n + i, path=path)) for i in range(MAX_BOUNCES + 1)]
+    verdicts = [runner.run(delivery(n + i, path=path)).verdict for i in range(MAX_BOUNCES + 1)]
     assert verdicts[:-1] == ["bounced"] * MAX_BOUNCES
     return verdicts[-1]
 
@@ -155,7 +155,7 @@ def test_endpoint_errors_requeue_at_once_and_stop_after_the_time_cap(tmp_path: P
     submitted(store, path=path)
     runner, engine = runner_for(settings, store, EndpointError("refused"), EndpointError("refused"),
                                 endpoint_max_wait=0.5)
-    assert runner.run(delivery(1, path=path)) == "requeued"
+    assert runner.run(delivery(1, path=path)).verdict == "requeued"
     job = store.job("j")
     assert (job["state"], job["attempts"], job["reroutes"]) == ("queued", "0", "1")
     [(_, due)] = store.delayed()
@@ -174,7 +174,7 @@ def test_success_resets_consecutive_failures_and_counts_audio(tmp_path: Path, se
     tone_wav(Path(path), 1.5)
     submitted(store, path=path)
     runner, _ = runner_for(settings, store, ProcessingError("timeout"), backoff_base=0.1)
-    assert runner.run(delivery(1, path=path)) == "requeued"
+    assert runner.run(delivery(1, path=path)).verdict == "requeued"
     assert store.endpoint_stats("ep1")["consecutive_failures"] == "1"
     assert run_past_bounces(runner, 2, path) == "done"
     stats = store.endpoint_stats("ep1")

@@ -47,7 +47,7 @@ store = app.connection_for_write().default_channel.client
 
 
 @app.task(name=TRANSCRIBE_TASK, bind=True, acks_late=True, ignore_result=True)
-def transcribe(self, job_key, options, path="", duration=0.0):
+def transcribe(self, job_key, options, path="", duration=0.0, batch=""):
     r = self.request
     seen = {"args": list(r.args), "kwargs": r.kwargs, "id": r.id, "root_id": r.root_id,
             "parent_id": r.parent_id, "retries": r.retries, "origin": r.origin,
@@ -126,12 +126,12 @@ class EventLog:
 
 def spec(path: str = "/data/in/f1.wav", job_key: str = "ab" * 32 + ".0123456789abcdef",
          duration: float = 12.3456) -> TaskSpec:
-    return TaskSpec(job_key, OPTIONS, path, duration, QUEUE)
+    return TaskSpec(job_key, OPTIONS, path, duration, QUEUE, "b-1")
 
 
 def send_task_like_before(app: Any, s: TaskSpec, task_id: str) -> None:
     app.send_task("batchscribe.transcribe", task_id=task_id, queue=s.queue, args=[s.job_key, s.options],
-                  kwargs={"path": s.path, "duration": round(s.duration, 3)})
+                  kwargs={"path": s.path, "duration": round(s.duration, 3), "batch": s.batch})
 
 
 def decoded(raw: bytes) -> dict[str, Any]:
@@ -189,7 +189,8 @@ def test_worker_runs_fast_path_message_like_send_task(
         events.stop()
     by_id = {r["id"]: r for r in seen}
     celery_run, ours = by_id["celery-made-id"], by_id[ids[0]]
-    assert ours["args"] == [s.job_key, OPTIONS] and ours["kwargs"] == {"path": s.path, "duration": 12.346}
+    assert ours["args"] == [s.job_key, OPTIONS]
+    assert ours["kwargs"] == {"path": s.path, "duration": 12.346, "batch": "b-1"}
     assert ours["delivery_info"]["routing_key"] == QUEUE and ours["delivery_info"]["priority"] == 0
     assert ours["root_id"] == ids[0] and ours["correlation_id"] == ids[0]
     assert ours == json.loads(json.dumps(celery_run).replace("celery-made-id", ids[0]))

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -36,8 +36,9 @@ def run_cli(*args: str, broker: str | None = None, timeout: float = 240, **env: 
 class WorkerProcess:
     """A `batchscribe worker` VM as a subprocess in its own session; stop() is a graceful SIGTERM."""
 
-    def __init__(self, broker: str, config: Path | None, hostname: str, log_path: Path, **env: str) -> None:
-        args = [str(BIN), "worker", "--hostname", hostname]
+    def __init__(self, broker: str, config: Path | None, hostname: str, log_path: Path,
+                 options: Sequence[str] = (), **env: str) -> None:
+        args = [str(BIN), "worker", "--hostname", hostname, *options]
         if config is not None:
             args += ["--config", str(config)]
         self.hostname = hostname

@@ -71,6 +71,16 @@ def write_tone(path: Path, seconds: float, freq: float) -> float:
     return frames / SAMPLE_RATE
 
 
+def cut_flac(path: Path) -> Path:
+    """A FLAC whose header says 4 s but that holds a third of it: submitted (the producer reads the
+    header), failed by the worker when the decode comes up short (permanent, one attempt)."""
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=300:duration=4",
+                    "-ar", "16000", "-ac", "1", str(path)], check=True, timeout=30)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 3])
+    return path
+
+
 def spread_durations(count: int, low: float = 0.5, high: float = 2.0) -> list[float]:
     """`count` durations on a 10 ms grid between low and high, evenly mixed (not sorted)."""
     steps = int(round((high - low) * 100)) + 1
@@ -241,9 +251,9 @@ class Cluster:
         self.emulator = duration_emulator(ports, rtf, self.tmp / "emulator.log")
         return self.emulator
 
-    def start_vm(self, config: Path, hostname: str) -> VM:
+    def start_vm(self, config: Path, hostname: str, *options: str) -> VM:
         process = WorkerProcess(self.redis.url, config, hostname, self.tmp / f"worker-{hostname}.log",
-                                **self.worker_env)
+                                options, **self.worker_env)
         vm = VM(hostname, process)
         self.vms.append(vm)
         return vm

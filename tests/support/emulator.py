@@ -67,8 +67,9 @@ class EmulatorProcess(ServiceProcess):
             raise RuntimeError(f"emulator control {path} on port {port}: HTTP {status} {body}")
         return body
 
-    def set_fault(self, port: int, mode: str, rate: float = 1.0) -> None:
-        self._control(f"/control/fault?mode={mode}&rate={rate}", port)
+    def set_fault(self, port: int, mode: str, rate: float = 1.0, count: int | None = None) -> None:
+        """`count`: the fault hits that many sessions, then the port is healthy again."""
+        self._control(f"/control/fault?mode={mode}&rate={rate}{'' if count is None else f'&count={count}'}", port)
         if mode == "refuse" and rate >= 1.0:
             self._refused.add(port)
         else:

@@ -202,7 +202,7 @@ def test_batchscribe_commands_parse(services: dict[str, Any]) -> None:
         if tokens[0] == "batchscribe":
             _check_batchscribe_command(name, tokens)
             checked.add(name)
-    assert checked == {"worker", "api", "emulator"}
+    assert checked == {"worker", "api", "emulator", "flower"}
 
 
 def test_worker_command_reads_the_mounted_config(services: dict[str, Any]) -> None:
@@ -252,11 +252,12 @@ def test_emulator_is_reachable_where_the_example_endpoint_points(services: dict[
 
 def test_flower_command_is_real_and_authenticated(services: dict[str, Any], dotenv: dict[str, str]) -> None:
     tokens = command_of(services["flower"])
-    assert tokens[0] == "celery"
-    app_module = option_value(tokens, "-A") or option_value(tokens, "--app")
+    assert tokens[:2] == ["batchscribe", "flower"], "Flower with batchscribe's task display"
+    from batchscribe.cli.flower import flower_argv
+
+    app_module = option_value(flower_argv(), "-A")
     assert app_module, "flower loads the workers' Celery app"
     assert hasattr(importlib.import_module(app_module), "app")
-    assert "flower" in tokens
     import flower.options  # noqa: F401  (defines flower's options)
     from tornado.options import options
 

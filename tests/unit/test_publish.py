@@ -41,10 +41,10 @@ def builder() -> _MessageBuilder:
 
 @pytest.mark.parametrize("path", AWKWARD)
 def test_message_is_what_celery_would_encode(builder: _MessageBuilder, path: str) -> None:
-    s = TaskSpec("ab" * 32 + ".0123456789abcdef", OPTIONS, path, 1.23456, "pool.de-DE")
+    s = TaskSpec("ab" * 32 + ".0123456789abcdef", OPTIONS, path, 1.23456, "pool.de-DE", "batch-7")
     raw, event_raw = builder(s, "t1")
     message = json.loads(raw)
-    args, kwargs = [s.job_key, OPTIONS], {"path": path, "duration": 1.235}
+    args, kwargs = [s.job_key, OPTIONS], {"path": path, "duration": 1.235, "batch": "batch-7"}
     body = base64.b64decode(message["body"])
     assert body == json.dumps([args, kwargs, _EMBED]).encode()  # byte for byte
     headers = message["headers"]
@@ -65,9 +65,10 @@ def test_message_is_what_celery_would_encode(builder: _MessageBuilder, path: str
 def test_body_template_matches_json_dumps_for_odd_values() -> None:
     for job in ["j", 'q"uote', "ü\x00"]:
         for duration in (0.1, 3, 1e-7, 123456789.125):
-            expected = json.dumps([[job, OPTIONS], {"path": job, "duration": duration}, _EMBED])
+            expected = json.dumps([[job, OPTIONS], {"path": job, "duration": duration, "batch": job}, _EMBED])
             got = _BODY.fill({"job_key": json.dumps(job), "options": json.dumps(OPTIONS),
-                              "path": json.dumps(job), "duration": json.dumps(duration)})
+                              "path": json.dumps(job), "duration": json.dumps(duration),
+                              "batch": json.dumps(job)})
             assert got == expected
 
 
