@@ -15,11 +15,10 @@ from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
 from batchscribe.common.names import printable
 from batchscribe.common.queues import pool_queue
-from batchscribe.common.state import StateStore, served_queues
+from batchscribe.common.state import FILE_PAGE, StateStore, file_pages, served_queues
 
 SHOW_FAILURES = 20  # failed files kept (and shown) per error class; all are counted
 SHOW_LINKS = 5  # symlinked folders named on one line
-PAGE = 1000  # file records read per round trip when a batch is read in full
 
 # What a batch is, as `status --json` and the HTTP API say: waiting, under way, or finished
 # (every file done; some failed; cancelled before the end).
@@ -113,10 +112,10 @@ def unserved(store: StateStore, options: TranscriptionOptions) -> str:
 
 
 def iter_records(store: StateStore, batch_id: str, indexes: range | list[int],
-                 page: int = PAGE) -> Iterator[FileRecord]:
+                 page: int = FILE_PAGE) -> Iterator[FileRecord]:
     """The batch's records at `indexes`, read `page` at a time: a batch of any size in bounded memory."""
-    for start in range(0, len(indexes), page):
-        yield from store.files(batch_id, indexes[start:start + page])
+    for records in file_pages(store, batch_id, indexes, page):
+        yield from records
 
 
 def iso_time(stamp: str | float | None) -> str | None:

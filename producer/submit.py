@@ -159,6 +159,7 @@ class Submitter:
         clashes = self.store.reserve_outputs(batch_id, [(r.output, r.path) for r in records])
         if clashes:
             raise output_clash(clashes)
+        self.store.set_live(batch_id, True)  # open again: its summary is kept fresh until it completes
         prints = fingerprint_files([r.path for r in records], self.store)
         good: list[FileRecord] = []
         for record, fp in zip(records, prints):
@@ -213,7 +214,7 @@ class Submitter:
         for record in records:
             result = results.get(record.job)
             if result is not None:
-                deliver_success(self.store, "", [record], result)
+                deliver_success(self.store, "", [record], result, cached=True)
 
     def _settle_attached(self, records: list[FileRecord], options: TranscriptionOptions,
                          report: SubmitReport) -> None:

@@ -10,8 +10,9 @@ kept in line with the cluster's endpoint set. This module is the loop; each deci
   `celery -A batchscribe.worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
 
 Every `poll_interval` a tick runs them in that order, prunes stale in-flight entries and renews
-this VM's heartbeat (`batchscribe health`); every 0.25 s the pool reaps and restarts. The prober and
-the delayed-retry promoter run on watched threads: if one dies the worker stops.
+this VM's heartbeat (`batchscribe health`); every 0.25 s the pool reaps and restarts. The prober,
+the delayed-retry promoter and the run-summary refresher (`common.summary.refresh_live`) run on
+watched threads: if one dies the worker stops.
 
 A planned stop (`request_stop`: SIGTERM, SIGINT) stops every consumer — each hands its in-flight
 files back at once — kills those that outlast the grace period and hands back what they ran (so
@@ -165,12 +166,29 @@ class Supervisor:
         while not self._stop.wait(self.poll_interval):
             self.health.probe_all(list(self.source.current))
 
+    def _summaries(self) -> None:
+        """Keep every live batch's run_summary.json fresh (`common.summary.refresh_live`: one VM of the
+        cluster rewrites each one when it is due)."""
+        from batchscribe.common.summary import REFRESH_TICK, refresh_live
+
+        trouble = RedisTrouble(log, "run summaries")
+        while not self._stop.wait(REFRESH_TICK):
+            try:
+                refresh_live(self.store)
+            except StateError as exc:
+                trouble.failed(exc)
+            except Exception:
+                log.exception("refreshing run summaries failed; retrying")
+            else:
+                trouble.ok()
+
     def _start_background(self) -> None:
         from batchscribe.common.celery_app import make_app
         from batchscribe.common.publish import Publisher
         from batchscribe.worker.scheduler import run_promoter
 
         self._watched("prober", self._prober)
+        self._watched("summaries", self._summaries)
         publisher = Publisher(make_app(self.settings, "batchscribe-promoter"))
         self._watched("promoter", lambda: run_promoter(self._stop, self.store, publisher, 0.5))
 
