@@ -94,24 +94,25 @@ class Submitter:
 
     def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: TranscriptionOptions,
                formats: Sequence[str] = ("json",), batch_id: str | None = None, display_name: str = "",
-               confine: Sequence[Path] = ()) -> SubmitReport:
+               confine: Sequence[Path] = (), log_folder: str = "") -> SubmitReport:
         """`confine` (`batchscribe serve`'s allowed roots): refuse the batch, before anything is
         written, if an input, a file found under one (a symlink inside a folder) or the output
-        folder is outside them."""
+        folder is outside them. `log_folder`: where workers write each file's engine log (absolute)."""
         began = time.monotonic()
         out = Path(out_dir).expanduser().resolve()
         if confine:
             confined(confine, [*inputs, out])
-        found = discover(inputs, exclude=[out])
+        found = discover(inputs, exclude=[out, *([Path(log_folder)] if log_folder else [])])
         if confine:
             confined(confine, [path for path, _ in found.files])
-        report = self.submit_found(found, inputs, out, options, formats, batch_id, display_name)
+        report = self.submit_found(found, inputs, out, options, formats, batch_id, display_name, log_folder)
         report.seconds = time.monotonic() - began
         return report
 
     def submit_found(self, found: Discovered, inputs: Sequence[str | Path], out_dir: str | Path,
                      options: TranscriptionOptions, formats: Sequence[str] = ("json",),
-                     batch_id: str | None = None, display_name: str = "") -> SubmitReport:
+                     batch_id: str | None = None, display_name: str = "",
+                     log_folder: str = "") -> SubmitReport:
         """Submit files already found, each with its relative output path; `inputs` names them in the
         batch header. `watch` gives the files that landed, with the paths `submit DIR…` would give."""
         began = time.monotonic()
@@ -127,7 +128,7 @@ class Submitter:
         header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
                   "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner,
                   "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS],
-                  "display_name": display_name}
+                  "display_name": display_name, "log_folder": log_folder}
         self.store.create_batch(report.batch_id, header, records)
         clashes = self.store.reserve_outputs(report.batch_id, [(r.output, r.path) for r in records])
         if clashes:  # refused before anything was written or queued: leave no trace

@@ -102,6 +102,10 @@ class Batches(StoreBase):
         """The output formats the batch asked for (json, txt)."""
         return (as_text(self.redis.hget(self.keys.batch(batch_id), "formats")) or "json").split(",")
 
+    def batch_log_folder(self, batch_id: str) -> str:
+        """The batch's `--log-folder` ("" without one)."""
+        return as_text(self.redis.hget(self.keys.batch(batch_id), "log_folder"))
+
     def batch_ids(self, limit: int = 20, offset: int = 0) -> list[str]:
         """Batch ids, newest first: `limit` of them after skipping `offset`."""
         ids = cast("list[bytes]", self.redis.zrevrange(self.keys.batches(), offset, offset + limit - 1))
