@@ -37,8 +37,11 @@ def console_for(stream: TextIO) -> Console:
                    width=None if terminal else WIDE, soft_wrap=not terminal)
 
 
-def fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+def fmt_hours(seconds: float, like: float | None = None) -> str:
+    """Audio in hours, or minutes below 6 min; `like`: choose the unit by this amount (a total), so
+    that "done of total" reads in one unit."""
+    scale = seconds if like is None else like
+    return f"{seconds / 3600:.2f} h" if scale >= 360 else f"{seconds / 60:.1f} min"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -86,7 +89,7 @@ def plain_line(p: Progress) -> str:
     """The progress in one line (plain output, run.log)."""
     percent = 100 * p.done // p.total if p.total else 100
     parts = [f"{p.done}/{p.total} files ({percent}%)",
-             f"{fmt_hours(p.audio_done)}/{fmt_hours(p.audio_total)} audio",
+             f"{fmt_hours(p.audio_done, p.audio_total)}/{fmt_hours(p.audio_total)} audio",
              f"{p.speed:.1f}× real time", p.eta_text()]
     if p.in_flight and not p.complete:
         parts.append(f"in flight: {p.in_flight_text()}")
@@ -108,8 +111,8 @@ def live_view(p: Progress) -> RenderableType:
     bar.add_row(ProgressBar(total=max(p.total, 1), completed=p.done if p.total else 1, width=40),
                 Text(f"{p.done}/{p.total} files", style="bold"))
     grid.add_row(Text(f"{p.title} {p.batch_id}"), bar)
-    grid.add_row(Text("audio"), Text(f"{fmt_hours(p.audio_done)} of {fmt_hours(p.audio_total)} · "
-                                     f"{p.speed:.1f}× real time · {p.eta_text()}"))
+    audio = f"{fmt_hours(p.audio_done, p.audio_total)} of {fmt_hours(p.audio_total)}"
+    grid.add_row(Text("audio"), Text(f"{audio} · {p.speed:.1f}× real time · {p.eta_text()}"))
     if p.in_flight and not p.complete:
         grid.add_row(Text("in flight"), Text(p.in_flight_text()))
     if p.failed:

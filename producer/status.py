@@ -182,8 +182,8 @@ def render_status(view: BatchView) -> RenderableType:
                   right=("total", "queued", "running", "retrying", "done", "failed", "cancelled"))
     files.add_row(*cells("", view.total, c.get("queued", 0), c.get("running", 0), c.get("retrying", 0),
                          c.get("done", 0), c.get("failed", 0), c.get("cancelled", 0)))
-    lines = [f"audio    {fmt_hours(view.audio_done)} of {fmt_hours(view.audio_total)} transcribed; "
-             f"{speed:.1f}× real time over {fmt_duration(view.elapsed)}"]
+    audio = f"{fmt_hours(view.audio_done, view.audio_total)} of {fmt_hours(view.audio_total)}"
+    lines = [f"audio    {audio} transcribed; {speed:.1f}× real time over {fmt_duration(view.elapsed)}"]
     if view.header.get("cancelled_at"):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(view.header["cancelled_at"])))
         lines.append(f"cancelled at {when}: {c.get('cancelled', 0)} file(s) had not finished")
