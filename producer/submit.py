@@ -27,6 +27,7 @@ from batchscribe.common.output import output_path
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore, target_id
+from batchscribe.common.summary import complete_batch
 from batchscribe.producer.discover import Discovered, discover, outside_roots
 from batchscribe.producer.fingerprint import fingerprint_files
 
@@ -142,6 +143,8 @@ class Submitter:
 
         good = [r for r, fp in zip(records, prints) if not fp.error]
         self._claim_and_publish(good, options, report)
+        if not records:  # nothing to settle, so nothing would complete it: it is complete now
+            complete_batch(self.store, report.batch_id)
         report.seconds = time.monotonic() - began
         return report
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.celery_app import make_app
+from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
 from batchscribe.common.outcomes import deliver_failure, deliver_success
 from batchscribe.common.output import COMBINED_JSON, output_path
+from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore, target_id
 from batchscribe.common.summary import (
@@ -20,6 +22,8 @@ from batchscribe.common.summary import (
     refresh_live,
     write_summary,
 )
+from batchscribe.producer.discover import Discovered
+from batchscribe.producer.submit import Submitter
 from tests.support.clock import ManualClock
 
 RESULT = {"phrases": [{"RecognitionStatus": "Success", "Offset": 0, "Duration": 10_000_000,
@@ -125,3 +129,14 @@ def test_a_huge_batch_is_read_page_by_page(tmp_path: Path, store: StateStore, mo
     assert refresh_live(store) == 1
     assert asked == [1000, 1000, 500]
     assert len(summary(tmp_path)["file_summaries"]) == 2500
+
+
+def test_a_batch_with_nothing_to_transcribe_is_complete_at_once(tmp_path: Path, settings: Settings,
+                                                                 store: StateStore) -> None:
+    submitter = Submitter(store, Publisher(make_app(settings)), settings.claim_ttl)
+    report = submitter.submit_found(Discovered(files=[], skipped=["/in/readme.txt"]), ["/in"], tmp_path,
+                                    TranscriptionOptions())
+    overall = summary(tmp_path)["overall_summary"]
+    assert overall["complete"] is True and overall["file_stats"]["total"] == 0
+    assert overall["batch_id"] == report.batch_id and overall["skipped_not_media"] == 1
+    assert store.live_batch_ids() == []  # nothing left for the refreshers
