@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import machine, median_time, print_table, private_redis
 
 from batchscribe.common.models import FileRecord, FileState
-from batchscribe.common.outcomes import deliver_success
+from batchscribe.common.outcomes import deliver_failure, deliver_success
 from batchscribe.common.output import COMBINED_JSON, output_path
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore, target_id
@@ -46,8 +46,9 @@ def make_batch(store: StateStore, out: Path, n: int) -> None:
     for i in range(0, n, 3):  # a third done: outputs on disk, for results.json
         deliver_success(store, "", [records[i]], RESULT)
     for i in range(1, n, 50):
-        store.settle_file(target_id("b", i), FileState.FAILED, "", error_class="transient", attempts=4,
-                          reason="HTTP 429 Too Many Requests from endpoint gpu-east-1 (after 4 attempts)")
+        store.settle_file(target_id("b", i), FileState.RUNNING, "", attempts=4)
+        deliver_failure(store, "", [records[i]], "transient",
+                        "HTTP 429 Too Many Requests from endpoint gpu-east-1 (after 4 attempts)")
     for i in range(2, n, 40):
         store.settle_file(target_id("b", i), FileState.RETRYING, "", error_class="endpoint", attempts=2,
                           reason="connection refused by gpu-east-2")

@@ -34,7 +34,7 @@ def pattern_of(key: str, patterns: Iterable[KeyPattern]) -> KeyPattern | None:
 
 # The longest a summary clock or lock lives (`common.summary`: its period grows with the batch,
 # capped here).
-SUMMARY_CLOCK_TTL = 900.0
+SUMMARY_CLOCK_TTL = 1800.0
 
 
 @dataclass(frozen=True)
