@@ -156,10 +156,14 @@ class Display:
 
 
 def table(*columns: str, right: tuple[str, ...] = ()) -> Table:
-    """A `status` table: a header, no borders (its rows split on whitespace, as scripts read them)."""
+    """A `status` table: a header, no borders (its rows split on whitespace, as scripts read them).
+    On a narrow terminal only the last column (free text: a path, a note) wraps; ids and counts
+    are never cut."""
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for name in columns:
-        t.add_column(name, justify="right" if name in right else "left", no_wrap=True)
+        last = name == columns[-1]
+        t.add_column(name, justify="right" if name in right else "left", no_wrap=not last,
+                     overflow="fold" if last else "ellipsis", min_width=None if last else len(name))
     return t
 
 

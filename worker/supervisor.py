@@ -48,6 +48,7 @@ from batchscribe.worker.pool import KILL_RETRY, Pool, PopenConsumer, Spawn
 log = logging.getLogger(__name__)
 
 LOOP = 0.25  # seconds between reaps of the pool
+SUMMARY_JOIN = 60.0  # seconds a stopping supervisor waits for a run-summary rewrite under way
 
 
 def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
@@ -88,6 +89,7 @@ class Supervisor:
         self.health = EndpointHealth(self.store, self.hostname, owner_ttl)
         self.pool = Pool(spawn or self._spawn, clock, grace, on_killed=self._hand_back)
         self._stop = threading.Event()
+        self._summary_thread: threading.Thread | None = None
         self._failed = False
         self._redis_trouble = RedisTrouble(log, "supervisor")
 
@@ -152,7 +154,7 @@ class Supervisor:
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def _watched(self, name: str, target: Callable[[], None]) -> None:
+    def _watched(self, name: str, target: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             try:
                 target()
@@ -160,7 +162,9 @@ class Supervisor:
                 log.exception("background loop %s died; stopping this worker", name)
                 self._failed = True
                 self._stop.set()
-        threading.Thread(target=run, name=name, daemon=True).start()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _prober(self) -> None:
         while not self._stop.wait(self.poll_interval):
@@ -188,7 +192,7 @@ class Supervisor:
         from batchscribe.worker.scheduler import run_promoter
 
         self._watched("prober", self._prober)
-        self._watched("summaries", self._summaries)
+        self._summary_thread = self._watched("summaries", self._summaries)
         publisher = Publisher(make_app(self.settings, "batchscribe-promoter"))
         self._watched("promoter", lambda: run_promoter(self._stop, self.store, publisher, 0.5))
 
@@ -221,6 +225,8 @@ class Supervisor:
             self.pool.check()
             time.sleep(0.1)
         self.health.close()
+        if self._summary_thread is not None:  # a rewrite under way finishes (or removes its temp file)
+            self._summary_thread.join(timeout=SUMMARY_JOIN)
         try:
             self.ownership.leave([e.name for e in self.source.current])
             self.store.forget_vm(self.hostname)
