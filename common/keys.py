@@ -32,6 +32,11 @@ def pattern_of(key: str, patterns: Iterable[KeyPattern]) -> KeyPattern | None:
     return next((p for p in patterns if p.matches(key)), None)
 
 
+# The longest a summary clock or lock lives (`common.summary`: its period grows with the batch,
+# capped here).
+SUMMARY_CLOCK_TTL = 1800.0
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "bs"
@@ -43,6 +48,20 @@ class Keys:
     def batches(self) -> str:
         """Sorted set of batch ids by creation time."""
         return f"{self.prefix}:batches"
+
+    def live_batches(self) -> str:
+        """Set of the ids of batches not finished yet (their `run_summary.json` is kept fresh)."""
+        return f"{self.prefix}:batches:live"
+
+    def summary_clock(self, batch_id: str) -> str:
+        """String with TTL: when a batch's `run_summary.json` was last rewritten, what it counted
+        and what the rewrite cost (`common.summary`: one rewrite at a time, cluster-wide)."""
+        return f"{self.prefix}:summary:{batch_id}"
+
+    def summary_lock(self, batch_id: str) -> str:
+        """String with TTL: held for the instant a summary is renamed into place, so a mid-batch
+        refresh never lands over the final summary."""
+        return f"{self.prefix}:summary-lock:{batch_id}"
 
     def file(self, batch_id: str, index: int | str) -> str:
         """Hash: one input file of a batch (FileRecord)."""
@@ -133,18 +152,25 @@ class Keys:
         """String: the last integer batch id given out to a batch-processing-kit client."""
         return f"{self.prefix}:batchkit:next"
 
-    def patterns(self, result_ttl: int, owner_ttl: float, lease_ttl: float = 30) -> list[KeyPattern]:
+    def patterns(self, result_ttl: int, owner_ttl: float, lease_ttl: float = 30,
+                 summary_ttl: float = SUMMARY_CLOCK_TTL) -> list[KeyPattern]:
         """Every key family above, most specific first, with the lifetime each must have.
 
         `result_ttl` is Settings.result_ttl (0: results are kept forever); `owner_ttl` is the
         ownership TTL the worker VMs run with (their heartbeats and endpoint health live as long);
-        `lease_ttl` is Settings.lease_ttl (a consumer's heartbeat lives as long as its leases).
+        `lease_ttl` is Settings.lease_ttl (a consumer's heartbeat lives as long as its leases);
+        `summary_ttl` bounds the summary clocks and locks.
         """
         p = self.prefix
         return [
             KeyPattern(f"{p}:batch:*:failed", "indexes of a batch's failed files (set)"),
             KeyPattern(f"{p}:batch:*", "a batch's header and counters (hash)"),
             KeyPattern(f"{p}:batches", "batch ids by creation time (zset)"),
+            KeyPattern(f"{p}:batches:live", "ids of batches not finished yet (set)", transient=True),
+            KeyPattern(f"{p}:summary:*", "when a batch's run summary was last rewritten (string)",
+                       ttl=summary_ttl),
+            KeyPattern(f"{p}:summary-lock:*", "a run summary being renamed into place (string)",
+                       ttl=summary_ttl),
             KeyPattern(f"{p}:file:*", "one input of a batch (hash)"),
             KeyPattern(f"{p}:outputs", "output paths running batches write (hash)", transient=True),
             KeyPattern(f"{p}:job:*:targets", "inputs waiting for a job's result (list)", transient=True),

@@ -426,7 +426,8 @@ if (not cur) and ARGV[3] == "1" then redis.call("SET", KEYS[2], ARGV[1], "PX", A
 return 0
 """
 
-# KEYS: prefix, an endpoint's owner key. ARGV: holder. Deletes the key only if `holder` owns it.
+# KEYS: prefix, a key with a holder (an endpoint's owner key, a summary lock). ARGV: holder.
+# Deletes the key only if `holder` holds it.
 RELEASE_ENDPOINT = r"""
 if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) end
 return 0
@@ -520,6 +521,27 @@ end
 return {"cancelled", completed, files, jobs}
 """
 
+# KEYS: prefix, a batch's summary clock. ARGV: what the batch counts now (its signature), now,
+# min_gap, period, factor, most (seconds), ttl (ms). The clock's value is "signature|written_at|cost".
+# Due (returns 1, and sets the clock to now so that no other process starts the same rewrite) when
+# there is no clock, or the last rewrite is older than min(most, max(period, factor × cost)), or the
+# counts changed and it is older than min(most, max(min_gap, factor × cost)); else 0.
+CLAIM_SUMMARY = r"""
+local v = redis.call("GET", KEYS[2])
+local now, factor, most = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local cost = 0
+if v then
+  local sig, at, spent = string.match(v, "^(.*)|([^|]*)|([^|]*)$")
+  cost = tonumber(spent) or 0
+  local age = now - (tonumber(at) or 0)
+  local gap = math.min(most, math.max(tonumber(ARGV[4]), factor * cost))
+  if sig ~= ARGV[1] then gap = math.min(most, math.max(tonumber(ARGV[3]), factor * cost)) end
+  if age < gap then return 0 end
+end
+redis.call("SET", KEYS[2], ARGV[1] .. "|" .. ARGV[2] .. "|" .. cost, "PX", ARGV[7])
+return 1
+"""
+
 # Every script the store registers, by name.
 SCRIPTS = {
     "claim": CLAIM, "published": PUBLISHED, "start": START, "requeue": REQUEUE, "finish": FINISH,
@@ -527,6 +549,7 @@ SCRIPTS = {
     "track_inflight": TRACK_INFLIGHT, "prune_inflight": PRUNE_INFLIGHT,
     "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
     "release_endpoint": RELEASE_ENDPOINT, "reserve_outputs": RESERVE_OUTPUTS,
+    "claim_summary": CLAIM_SUMMARY, "release_held": RELEASE_ENDPOINT,
     "release_outputs": RELEASE_OUTPUTS,
     "cancel": CANCEL,
     "hand_back": HAND_BACK, "record_attempt": RECORD_ATTEMPT,

@@ -48,12 +48,14 @@ def records_for(store: StateStore, targets: Sequence[str],
 
 
 def deliver_success(store: StateStore, job_key: str, records: Iterable[FileRecord],
-                    result: dict[str, Any]) -> None:
+                    result: dict[str, Any], cached: bool = False) -> None:
+    """`cached`: the result came from the dedupe cache at submit (run_summary.json counts those)."""
     cache: dict[str, list[str]] = {}
+    mark = {"cached": "1"} if cached else {}
     for record in records:
         document = success_document(record, result)
         _settle(store, record, document, FileState.DONE, job_key, _formats(store, record.batch_id, cache),
-                error_class="", reason="", endpoint=result.get("endpoint", record.endpoint))
+                error_class="", reason="", endpoint=result.get("endpoint", record.endpoint), **mark)
 
 
 def deliver_failure(store: StateStore, job_key: str, records: Iterable[FileRecord],

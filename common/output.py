@@ -19,14 +19,19 @@ import copy
 import json
 import os
 import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from batchscribe.common.models import FileRecord
 from batchscribe.common.names import output_name
 from batchscribe.common.phrases import lexical, seconds
+from batchscribe.common.subtitles import srt, vtt
 
 TEMP_PREFIX = ".bs-"  # hidden temp files of `write_atomic`: `.bs-<random>.tmp`
+COPY_CHUNK = 1 << 20
 
 
 def output_path(out_dir: str | Path, rel: str) -> Path:
@@ -36,23 +41,47 @@ def output_path(out_dir: str | Path, rel: str) -> Path:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file.
+    """Temp file in the same folder, fsync, rename: readers never see half a file."""
+    with PendingFile(path) as pending:
+        pending.write(data)
+        pending.commit()
+
+
+class PendingFile:
+    """A file being written in a temp file next to `path`: `commit()` fsyncs it and renames it over
+    `path` (readers never see half a file); leaving the `with` block without a commit removes it.
 
     The temp file has a short name of its own (a long output name plus a suffix would not fit in
     255 bytes) and is created with the process umask like any other file (`mkstemp` makes 0600).
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temp(target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = _create_temp(self.path.parent)
+        self._fh = os.fdopen(fd, "wb")
+        self.committed = False
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def copy_from(self, source: IO[bytes]) -> None:
+        shutil.copyfileobj(source, self._fh, COPY_CHUNK)
+
+    def commit(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        self.committed = True
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self.committed:
+            self._fh.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def _create_temp(folder: Path) -> tuple[int, Path]:
@@ -67,11 +96,76 @@ def _create_temp(folder: Path) -> tuple[int, Path]:
             continue
 
 
+def _json_bytes(value: Any, pad: str = "") -> bytes:
+    """`value` as indented JSON (indent 2, nested under `pad`); a name byte that is not UTF-8 (a lone
+    surrogate, see `common.names`) is written as the JSON escape ``\\udcXX``, which `json.load` reads
+    back to the same name."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    if pad:
+        text = text.replace("\n", "\n" + pad)
+    return text.encode("utf-8", "backslashreplace")
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """UTF-8 JSON; a name byte that is not UTF-8 (a lone surrogate, see `common.names`) is written as
-    the JSON escape ``\\udcXX``, which `json.load` reads back to the same name."""
-    text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
-    write_atomic(path, text.encode("utf-8", "backslashreplace"))
+    """UTF-8 JSON, indented, written atomically (`write_atomic`)."""
+    write_atomic(path, _json_bytes(payload) + b"\n")
+
+
+class JsonArray:
+    """A JSON array whose items are appended one by one to an anonymous temp file, for a document
+    whose head needs totals known only once every item has been seen (`run_summary.json`): a
+    summary of a million files never sits in memory. `write_json_document` copies it in."""
+
+    def __init__(self) -> None:
+        self._spool: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.count = 0
+
+    def append(self, item: Any) -> None:
+        self._spool.write(_array_item(item, first=not self.count))
+        self.count += 1
+
+    def copy_into(self, pending: PendingFile) -> None:
+        self._spool.seek(0)
+        pending.copy_from(self._spool)
+
+    def close(self) -> None:
+        self._spool.close()
+
+    def __enter__(self) -> JsonArray:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+_ITEM_PAD = "    "  # items of a top-level array, as `json.dumps(indent=2)` indents them
+
+
+def _array_item(item: Any, first: bool) -> bytes:
+    return (b"\n" if first else b",\n") + _ITEM_PAD.encode() + _json_bytes(item, _ITEM_PAD)
+
+
+def write_json_document(pending: PendingFile, document: dict[str, Any]) -> None:
+    """`document` as `write_json_atomic` writes it, into `pending`; a top-level value may be a
+    `JsonArray` (copied from its spool) or an iterator (written item by item as it yields): neither
+    is ever a list in memory."""
+    pending.write(b"{")
+    for i, (key, value) in enumerate(document.items()):
+        pending.write((",\n  " if i else "\n  ").encode() + _json_bytes(key) + b": ")
+        if isinstance(value, JsonArray):
+            pending.write(b"[")
+            value.copy_into(pending)
+            pending.write(b"\n  ]" if value.count else b"]")
+        elif isinstance(value, Iterator):
+            pending.write(b"[")
+            count = 0
+            for item in value:
+                pending.write(_array_item(item, first=not count))
+                count += 1
+            pending.write(b"\n  ]" if count else b"]")
+        else:
+            pending.write(_json_bytes(value, "  "))
+    pending.write(b"\n}\n" if document else b"}\n")
 
 
 def _with_seconds(entry: dict[str, Any], shift: int = 0) -> dict[str, Any]:
@@ -143,8 +237,18 @@ def plain_text(document: dict[str, Any]) -> str:
     return (combined[0].get("Display") or "") + "\n"
 
 
+# The extra per-file formats a batch may ask for (its header's `formats`), each written next to
+# the JSON with this suffix instead of ``.json``; only for files that succeeded.
+TEXT_FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {"txt": plain_text, "srt": srt, "vtt": vtt}
+# Not a per-file format: the batch's `OUT/results.json` (`common.summary.write_combined`).
+COMBINED_JSON = "combined-json"
+
+
 def write_document(record: FileRecord, document: dict[str, Any], formats: list[str]) -> None:
     """Write the JSON (always) and the requested extra formats next to it."""
     write_json_atomic(record.output, document)
-    if "txt" in formats and document["AudioFileResults"][0]["TranscriptionStatus"] == "Succeeded":
-        write_atomic(Path(record.output).with_suffix(".txt"), plain_text(document).encode("utf-8"))
+    if document["AudioFileResults"][0]["TranscriptionStatus"] != "Succeeded":
+        return
+    for fmt, render in TEXT_FORMATS.items():
+        if fmt in formats:
+            write_atomic(Path(record.output).with_suffix(f".{fmt}"), render(document).encode("utf-8"))

@@ -1,36 +1,41 @@
-"""A live progress bar for `submit --wait` and `run`: files, audio hours, speed, ETA, failures."""
+"""Follow a batch to its end for `submit --wait`, `retry-failed --wait` and `run`: the display
+(`producer.display`: live on a terminal, plain lines otherwise) and `run.log` (`producer.runlog`).
+(`run_summary.json` is kept fresh by the workers' supervisors, `common.summary.refresh_live`: a
+rewrite of a huge batch must not freeze the display, and the batch may have nobody waiting.)"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import TextIO
 
 from batchscribe.common.errors import RedisUnavailableError
+from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore
-from batchscribe.producer.status import BatchView, fmt_duration, fmt_hours, load_view
+from batchscribe.producer.display import Display, Progress, plain_line
+from batchscribe.producer.runlog import RunLog
+from batchscribe.producer.status import BatchView, load_view
 
-WIDTH = 28
+IN_FLIGHT_EVERY = 2.0  # seconds between reads of the endpoints' in-flight counts
 
 
-def progress_line(view: BatchView) -> str:
-    frac = view.settled / view.total if view.total else 1.0
-    bar = "#" * int(frac * WIDTH) + "." * (WIDTH - int(frac * WIDTH))
-    speed = view.audio_done / view.elapsed
-    line = (f"[{bar}] {view.settled}/{view.total} files · {fmt_hours(view.audio_done)}/"
-            f"{fmt_hours(view.audio_total)} audio · {speed:.1f}× real time")
-    if not view.complete:
-        eta = view.eta
-        line += f" · ETA {fmt_duration(eta)}" if eta is not None else " · ETA …"
-    if view.counts.get("cancelled"):
-        line += f" · cancelled {view.counts['cancelled']}"
-    failed = view.counts.get("failed", 0)
-    if failed:
-        classes = ", ".join(f"{cls} {n}" for cls, n in sorted(view.failed_by_class.items()))
-        line += f" · failed {failed}" + (f" ({classes})" if classes else "")
-    if view.unserved:
-        line += f" · waiting: {view.unserved.split(':', 1)[0]}"
-    return line
+def progress_of(view: BatchView, in_flight: dict[str, int], title: str = "transcribing") -> Progress:
+    return Progress(batch_id=view.batch_id, title=title, done=view.settled, total=view.total,
+                    audio_done=view.audio_done, audio_total=view.audio_total, elapsed=view.elapsed,
+                    eta=view.eta, complete=view.complete, failed=view.counts.get("failed", 0),
+                    failed_by_class=dict(view.failed_by_class), cancelled=view.counts.get("cancelled", 0),
+                    in_flight=in_flight, waiting=view.unserved)
+
+
+def in_flight_for(store: StateStore, header: dict[str, str]) -> dict[str, int]:
+    """Files running now on each endpoint whose live consumers take this batch's files (all batches'
+    files: in-flight entries are per endpoint)."""
+    options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
+    queue = pool_queue(options.language, options.engine)
+    endpoints = sorted({b.endpoint for b in store.consumer_beats().values() if queue in b.queues})
+    return {ep: int(store.endpoint_stats(ep).get("in_flight", 0)) for ep in endpoints}
 
 
 class StoppedWaiting(RedisUnavailableError):
@@ -48,44 +53,54 @@ WORKERS_EVERY = 10.0  # seconds between checks that a live worker serves the bat
 
 
 def wait_for_batch(store: StateStore, batch_id: str, stream: TextIO = sys.stderr,
-                   interval: float = 0.5, timeout: float | None = None,
-                   redis_patience: float = 300.0) -> BatchView:
-    """Poll until every file is done or failed; redraw in place on a terminal, else a line every 10 s.
+                   interval: float = 0.5, timeout: float | None = None, redis_patience: float = 300.0,
+                   run_log: RunLog | None = None, title: str = "transcribing") -> BatchView:
+    """Poll until every file is done or failed, showing it on `stream` (`Display`).
 
     A Redis restart is waited out; an outage longer than `redis_patience` seconds raises
-    `StoppedWaiting`. Every WORKERS_EVERY seconds the line also says when no live worker serves the
-    batch (it would wait for ever otherwise).
+    `StoppedWaiting`. Every WORKERS_EVERY seconds the display also says when no live worker serves
+    the batch (it would wait for ever otherwise).
     """
-    tty = stream.isatty()
-    last_print = 0.0
+    display = Display(stream)
+    try:
+        return _follow(store, batch_id, display, interval, timeout, redis_patience, run_log, title)
+    finally:
+        display.close()
+
+
+def _follow(store: StateStore, batch_id: str, display: Display, interval: float, timeout: float | None,
+            redis_patience: float, run_log: RunLog | None, title: str) -> BatchView:
     deadline = None if timeout is None else time.monotonic() + timeout
     outage: float | None = None
     unserved, workers_checked = "", time.monotonic()  # submit has just checked (run: workers start)
+    in_flight: dict[str, int] = {}
+    last_flight = float("-inf")
     while True:
-        check = time.monotonic() - workers_checked >= WORKERS_EVERY
+        now = time.monotonic()
+        check = now - workers_checked >= WORKERS_EVERY
         try:
             view = load_view(store, batch_id, check_workers=check)
+            if now - last_flight >= IN_FLIGHT_EVERY:
+                in_flight, last_flight = in_flight_for(store, view.header), now
+            if run_log is not None:
+                run_log.follow(store)
         except RedisUnavailableError as exc:  # a Redis restart: wait it out, up to the patience
             outage = outage if outage is not None else time.monotonic()
             if time.monotonic() - outage > redis_patience:
                 raise StoppedWaiting(batch_id, time.monotonic() - outage, exc) from exc
-            stream.write(f"\nRedis unavailable ({exc}); retrying…\n")
+            display.note(f"Redis unavailable ({exc}); retrying…")
             time.sleep(max(interval, 1.0))
             continue
         outage = None
         if check:
-            unserved, workers_checked = view.unserved, time.monotonic()
+            unserved, workers_checked = view.unserved, now
         view.unserved = unserved
-        now = time.monotonic()
-        if tty:
-            stream.write("\r\x1b[2K" + progress_line(view))
-            stream.flush()
-        elif view.complete or now - last_print >= 10:
-            stream.write(progress_line(view) + "\n")
-            stream.flush()
-            last_print = now
+        progress = progress_of(view, in_flight, title)
+        display.update(progress)
+        if run_log is not None:
+            run_log.progress(plain_line(progress), now)
         if view.complete or (deadline is not None and now > deadline):
-            if tty:
-                stream.write("\n")
+            if run_log is not None:
+                run_log.note(f"batch {batch_id}: {plain_line(progress)}")
             return view
         time.sleep(interval)

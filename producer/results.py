@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.names import printable
 from batchscribe.common.output import failure_document, success_document
-from batchscribe.common.state import StateStore
+from batchscribe.common.state import FILE_PAGE, StateStore
 from batchscribe.producer.discover import outside_roots
-from batchscribe.producer.status import PAGE, iso_time, iter_records
+from batchscribe.producer.status import iso_time, iter_records
 
 FORMATS = ("json", "jsonl", "csv", "txt")
 CSV_COLUMNS = ("index", "input", "status", "durationSeconds", "errorClass", "reason", "text", "output")
@@ -68,7 +68,8 @@ def transcript_text(document: dict[str, Any] | None) -> str:
     return str(combined[0].get("Display") or "")
 
 
-def iter_results(store: StateStore, batch_id: str, total: int, page: int = PAGE) -> Iterator[dict[str, Any]]:
+def iter_results(store: StateStore, batch_id: str, total: int,
+                 page: int = FILE_PAGE) -> Iterator[dict[str, Any]]:
     """Every file of the batch in order, with `text`: the transcript, "" when it has none."""
     for record in iter_records(store, batch_id, range(total), page):
         entry = file_entry(record)

@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.padding import Padding
+from rich.text import Text
+
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
 from batchscribe.common.names import printable
 from batchscribe.common.queues import pool_queue
-from batchscribe.common.state import StateStore, served_queues
+from batchscribe.common.state import FILE_PAGE, StateStore, file_pages, served_queues
+from batchscribe.producer.display import cells, fmt_duration, fmt_hours, table, texts
 
 SHOW_FAILURES = 20  # failed files kept (and shown) per error class; all are counted
 SHOW_LINKS = 5  # symlinked folders named on one line
-PAGE = 1000  # file records read per round trip when a batch is read in full
 
 # What a batch is, as `status --json` and the HTTP API say: waiting, under way, or finished
 # (every file done; some failed; cancelled before the end).
@@ -113,10 +117,10 @@ def unserved(store: StateStore, options: TranscriptionOptions) -> str:
 
 
 def iter_records(store: StateStore, batch_id: str, indexes: range | list[int],
-                 page: int = PAGE) -> Iterator[FileRecord]:
+                 page: int = FILE_PAGE) -> Iterator[FileRecord]:
     """The batch's records at `indexes`, read `page` at a time: a batch of any size in bounded memory."""
-    for start in range(0, len(indexes), page):
-        yield from store.files(batch_id, indexes[start:start + page])
+    for records in file_pages(store, batch_id, indexes, page):
+        yield from records
 
 
 def iso_time(stamp: str | float | None) -> str | None:
@@ -165,30 +169,21 @@ def batch_document(view: BatchView) -> dict[str, Any]:
     }
 
 
-def fmt_hours(seconds: float) -> str:
-    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def render_status(view: BatchView) -> str:
+def render_status(view: BatchView) -> RenderableType:
+    """`status BATCH`: the batch, a table of its files by state, its audio, notes and failures."""
     c = view.counts
     speed = view.audio_done / view.elapsed
-    lines = [
+    head = [
         f"batch    {view.batch_id}   ({'complete' if view.complete else 'in progress'}: {view.status})",
         f"input    {printable(view.header.get('input', ''))}",
         f"output   {printable(view.header.get('out', ''))}",
-        "",
-        f"{'files':<10}{'total':>8}{'queued':>8}{'running':>9}{'retrying':>10}{'done':>8}{'failed':>8}",
-        f"{'':<10}{view.total:>8}{c.get('queued', 0):>8}{c.get('running', 0):>9}"
-        f"{c.get('retrying', 0):>10}{c.get('done', 0):>8}{c.get('failed', 0):>8}",
-        "",
-        f"audio    {fmt_hours(view.audio_done)} of {fmt_hours(view.audio_total)} transcribed; "
-        f"{speed:.1f}× real time over {fmt_duration(view.elapsed)}",
     ]
+    files = table("files", "total", "queued", "running", "retrying", "done", "failed", "cancelled",
+                  right=("total", "queued", "running", "retrying", "done", "failed", "cancelled"))
+    files.add_row(*cells("", view.total, c.get("queued", 0), c.get("running", 0), c.get("retrying", 0),
+                         c.get("done", 0), c.get("failed", 0), c.get("cancelled", 0)))
+    audio = f"{fmt_hours(view.audio_done, view.audio_total)} of {fmt_hours(view.audio_total)}"
+    lines = [f"audio    {audio} transcribed; {speed:.1f}× real time over {fmt_duration(view.elapsed)}"]
     if view.header.get("cancelled_at"):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(view.header["cancelled_at"])))
         lines.append(f"cancelled at {when}: {c.get('cancelled', 0)} file(s) had not finished")
@@ -201,8 +196,9 @@ def render_status(view: BatchView) -> str:
     if links:
         listed = json.loads(view.header.get("link_list") or "[]")
         lines.append(f"skipped  {links_note(listed, links)}")
-    lines += render_failures(view)
-    return "\n".join(lines)
+    failures = render_failures(view)
+    return Group(*texts(head), Text(""), files, *texts(lines),
+                 *texts(failures, style="red" if failures else None))
 
 
 def links_note(listed: list[str], total: int) -> str:
@@ -226,20 +222,20 @@ def render_failures(view: BatchView) -> list[str]:
     return lines
 
 
-def render_recent(store: StateStore, limit: int = 10) -> str:
-    """The `limit` newest batches, one line each."""
+def render_recent(store: StateStore, limit: int = 10) -> RenderableType:
+    """The `limit` newest batches, one row each."""
     ids = store.batch_ids(limit)
     if not ids:
-        return "no batches yet"
-    rows = [f"{'batch':<26}{'status':<11}{'files':>8}{'done':>8}{'failed':>8}  input"]
+        return Text("no batches yet")
+    rows = table("batch", "status", "files", "done", "failed", "input", right=("files", "done", "failed"))
     for batch_id in ids:
         view = load_view(store, batch_id, with_failures=False)
-        rows.append(f"{batch_id:<26}{view.status:<11}{view.total:>8}{view.counts.get('done', 0):>8}"
-                    f"{view.counts.get('failed', 0):>8}  {printable(view.header.get('input', ''))}")
-    return "\n".join(rows)
+        rows.add_row(*cells(batch_id, view.status, view.total, view.counts.get("done", 0),
+                            view.counts.get("failed", 0), view.header.get("input", "")))
+    return rows
 
 
-def render_endpoints(store: StateStore) -> str:
+def render_endpoints(store: StateStore) -> RenderableType:
     """The published endpoint set with each endpoint's owner, health and counters."""
     from batchscribe.common.config import parse_without_secrets
     from batchscribe.common.errors import ConfigError
@@ -247,21 +243,21 @@ def render_endpoints(store: StateStore) -> str:
 
     current = EndpointRegistry(store).current()
     if current is None:
-        return "endpoints: none published (workers use their --config file or the built-in local endpoint)"
+        return Text("endpoints: none published (workers use their --config file or the built-in local "
+                    "endpoint)")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.applied_at))
-    lines = [f"endpoint set v{current.version} from {current.source}, applied {when}"]
+    title = Text(printable(f"endpoint set v{current.version} from {current.source}, applied {when}"))
     try:
         names = [e.name for e in parse_without_secrets(current.yaml, current.source)[0]]
     except ConfigError as exc:
-        return "\n".join([*lines, f"  (cannot be parsed here: {exc})"])
+        return Group(title, Text(printable(f"  (cannot be parsed here: {exc})")))
     health = store.health(names)
     owners = store.owners(names)
-    lines.append(f"  {'endpoint':<16}{'owner':<16}{'health':<10}{'in flight':>10}{'done':>8}  note")
+    rows = table("endpoint", "owner", "health", "in flight", "done", "note", right=("in flight", "done"))
     for name in names:
-        owner = owners[name] or "-"
         h = health.get(name, {})
         state = "up" if h.get("usable") else ("tripped" if h.get("up") else "down") if h else "?"
         stats = store.endpoint_stats(name)
-        done, inflight = stats.get("done", "0"), stats["in_flight"]
-        lines.append(f"  {name:<16}{owner:<16}{state:<10}{inflight:>10}{done:>8}  {h.get('reason', '')}")
-    return "\n".join(lines)
+        rows.add_row(*cells(name, owners[name] or "-", state, stats["in_flight"], stats.get("done", "0"),
+                            h.get("reason", "")))
+    return Group(title, Padding(rows, (0, 0, 0, 2)))

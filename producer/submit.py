@@ -27,6 +27,7 @@ from batchscribe.common.output import output_path
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore, target_id
+from batchscribe.common.summary import complete_batch
 from batchscribe.producer.discover import Discovered, discover, outside_roots
 from batchscribe.producer.fingerprint import fingerprint_files
 
@@ -94,24 +95,25 @@ class Submitter:
 
     def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: TranscriptionOptions,
                formats: Sequence[str] = ("json",), batch_id: str | None = None, display_name: str = "",
-               confine: Sequence[Path] = ()) -> SubmitReport:
+               confine: Sequence[Path] = (), log_folder: str = "") -> SubmitReport:
         """`confine` (`batchscribe serve`'s allowed roots): refuse the batch, before anything is
         written, if an input, a file found under one (a symlink inside a folder) or the output
-        folder is outside them."""
+        folder is outside them. `log_folder`: where workers write each file's engine log (absolute)."""
         began = time.monotonic()
         out = Path(out_dir).expanduser().resolve()
         if confine:
             confined(confine, [*inputs, out])
-        found = discover(inputs, exclude=[out])
+        found = discover(inputs, exclude=[out, *([Path(log_folder)] if log_folder else [])])
         if confine:
             confined(confine, [path for path, _ in found.files])
-        report = self.submit_found(found, inputs, out, options, formats, batch_id, display_name)
+        report = self.submit_found(found, inputs, out, options, formats, batch_id, display_name, log_folder)
         report.seconds = time.monotonic() - began
         return report
 
     def submit_found(self, found: Discovered, inputs: Sequence[str | Path], out_dir: str | Path,
                      options: TranscriptionOptions, formats: Sequence[str] = ("json",),
-                     batch_id: str | None = None, display_name: str = "") -> SubmitReport:
+                     batch_id: str | None = None, display_name: str = "",
+                     log_folder: str = "") -> SubmitReport:
         """Submit files already found, each with its relative output path; `inputs` names them in the
         batch header. `watch` gives the files that landed, with the paths `submit DIR…` would give."""
         began = time.monotonic()
@@ -127,7 +129,7 @@ class Submitter:
         header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
                   "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner,
                   "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS],
-                  "display_name": display_name}
+                  "display_name": display_name, "log_folder": log_folder}
         self.store.create_batch(report.batch_id, header, records)
         clashes = self.store.reserve_outputs(report.batch_id, [(r.output, r.path) for r in records])
         if clashes:  # refused before anything was written or queued: leave no trace
@@ -141,6 +143,8 @@ class Submitter:
 
         good = [r for r, fp in zip(records, prints) if not fp.error]
         self._claim_and_publish(good, options, report)
+        if not records:  # nothing to settle, so nothing would complete it: it is complete now
+            complete_batch(self.store, report.batch_id)
         report.seconds = time.monotonic() - began
         return report
 
@@ -159,6 +163,7 @@ class Submitter:
         clashes = self.store.reserve_outputs(batch_id, [(r.output, r.path) for r in records])
         if clashes:
             raise output_clash(clashes)
+        self.store.set_live(batch_id, True)  # open again: its summary is kept fresh until it completes
         prints = fingerprint_files([r.path for r in records], self.store)
         good: list[FileRecord] = []
         for record, fp in zip(records, prints):
@@ -214,7 +219,7 @@ class Submitter:
         for record in records:
             result = results.get(record.job)
             if result is not None:
-                deliver_success(self.store, "", [record], result)
+                deliver_success(self.store, "", [record], result, cached=True)
 
     def _settle_attached(self, records: list[FileRecord], options: TranscriptionOptions,
                          report: SubmitReport) -> None:

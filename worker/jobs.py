@@ -39,7 +39,7 @@ from batchscribe.common.errors import (
     TransientError,
 )
 from batchscribe.common.models import FileRecord, TranscriptionOptions
-from batchscribe.common.names import printable
+from batchscribe.common.names import output_name, printable
 from batchscribe.common.outcomes import deliver_failure, deliver_success, records_for
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import pool_queue
@@ -91,6 +91,11 @@ class Delivery:
     @property
     def job_key(self) -> str:
         return self.task.job_key
+
+    @property
+    def worker(self) -> str:
+        """The consumer that received it (Celery's node name, ENDPOINT@HOST): the id's first part."""
+        return self.id.split("/", 1)[0]
 
     @property
     def options(self) -> dict[str, Any]:
@@ -176,7 +181,7 @@ class JobRunner:
         opts = TranscriptionOptions.from_dict(delivery.options)
         began = time.time()
         try:
-            result = self._transcribe(job_key, records, opts)
+            result = self._transcribe(job_key, records, opts, delivery.worker)
         except EngineStopped:
             return self._hand_back(delivery, records, start.attempts)
         except ProcessingError as exc:
@@ -224,11 +229,12 @@ class JobRunner:
         if cached is not None and records:
             deliver_success(self.store, job_key, records, cached)
 
-    def _transcribe(self, job_key: str, records: list[FileRecord],
-                    opts: TranscriptionOptions) -> dict[str, Any]:
+    def _transcribe(self, job_key: str, records: list[FileRecord], opts: TranscriptionOptions,
+                    worker: str) -> dict[str, Any]:
         from batchscribe.worker.audio import prepare  # ffmpeg side; imported lazily like the engines
 
         source = self._pick_input(records)
+        log_file = self._engine_log(records, worker)
         endpoint = self.endpoint.name
         self.store.track_inflight(endpoint, job_key)
         try:
@@ -236,12 +242,23 @@ class JobRunner:
                 self._check_stop()
                 audio = prepare(source, Path(workdir))
                 self._check_stop()
-                recognition = self.engine.transcribe(audio, opts, stop=self.stop)
+                recognition = self.engine.transcribe(audio, opts, stop=self.stop, log_file=log_file)
         finally:
             durably(lambda: self.store.release_inflight(endpoint, job_key), f"releasing {job_key}'s slot")
         return {"phrases": recognition.phrases, "duration": recognition.duration,
                 "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
                 "endpoint": self.endpoint.name, "options": opts.to_dict()}
+
+    def _engine_log(self, records: list[FileRecord], worker: str) -> Path | None:
+        """Where the engine traces this attempt when the batch has a `--log-folder`: batch-kit's
+        ``<name>_<ext>.<worker>.sdk.log``, in the input's mirrored sub-folder (two inputs of one name
+        in two folders keep two logs); the worker is this consumer, ENDPOINT@HOST."""
+        for record in records[:1]:  # several inputs share a job only by dedupe: the first one's batch
+            folder = self.store.batch_log_folder(record.batch_id)
+            if folder:
+                rel = Path(record.rel)
+                return Path(folder) / rel.parent / output_name(rel.name, f".{worker}.sdk.log")
+        return None
 
     def _check_stop(self) -> None:
         if self.stop.is_set():

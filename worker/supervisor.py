@@ -10,8 +10,9 @@ kept in line with the cluster's endpoint set. This module is the loop; each deci
   `celery -A batchscribe.worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
 
 Every `poll_interval` a tick runs them in that order, prunes stale in-flight entries and renews
-this VM's heartbeat (`batchscribe health`); every 0.25 s the pool reaps and restarts. The prober and
-the delayed-retry promoter run on watched threads: if one dies the worker stops.
+this VM's heartbeat (`batchscribe health`); every 0.25 s the pool reaps and restarts. The prober,
+the delayed-retry promoter and the run-summary refresher (`common.summary.refresh_live`) run on
+watched threads: if one dies the worker stops.
 
 A planned stop (`request_stop`: SIGTERM, SIGINT) stops every consumer — each hands its in-flight
 files back at once — kills those that outlast the grace period and hands back what they ran (so
@@ -47,6 +48,7 @@ from batchscribe.worker.pool import KILL_RETRY, Pool, PopenConsumer, Spawn
 log = logging.getLogger(__name__)
 
 LOOP = 0.25  # seconds between reaps of the pool
+SUMMARY_JOIN = 60.0  # seconds a stopping supervisor waits for a run-summary rewrite under way
 
 
 def consumer_command(endpoint: Endpoint, hostname: str) -> list[str]:
@@ -87,6 +89,7 @@ class Supervisor:
         self.health = EndpointHealth(self.store, self.hostname, owner_ttl)
         self.pool = Pool(spawn or self._spawn, clock, grace, on_killed=self._hand_back)
         self._stop = threading.Event()
+        self._summary_thread: threading.Thread | None = None
         self._failed = False
         self._redis_trouble = RedisTrouble(log, "supervisor")
 
@@ -151,7 +154,7 @@ class Supervisor:
 
     # ---- the loop ------------------------------------------------------------------------
 
-    def _watched(self, name: str, target: Callable[[], None]) -> None:
+    def _watched(self, name: str, target: Callable[[], None]) -> threading.Thread:
         def run() -> None:
             try:
                 target()
@@ -159,11 +162,29 @@ class Supervisor:
                 log.exception("background loop %s died; stopping this worker", name)
                 self._failed = True
                 self._stop.set()
-        threading.Thread(target=run, name=name, daemon=True).start()
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _prober(self) -> None:
         while not self._stop.wait(self.poll_interval):
             self.health.probe_all(list(self.source.current))
+
+    def _summaries(self) -> None:
+        """Keep every live batch's run_summary.json fresh (`common.summary.refresh_live`: one VM of the
+        cluster rewrites each one when it is due)."""
+        from batchscribe.common.summary import REFRESH_TICK, refresh_live
+
+        trouble = RedisTrouble(log, "run summaries")
+        while not self._stop.wait(REFRESH_TICK):
+            try:
+                refresh_live(self.store)
+            except StateError as exc:
+                trouble.failed(exc)
+            except Exception:
+                log.exception("refreshing run summaries failed; retrying")
+            else:
+                trouble.ok()
 
     def _start_background(self) -> None:
         from batchscribe.common.celery_app import make_app
@@ -171,6 +192,7 @@ class Supervisor:
         from batchscribe.worker.scheduler import run_promoter
 
         self._watched("prober", self._prober)
+        self._summary_thread = self._watched("summaries", self._summaries)
         publisher = Publisher(make_app(self.settings, "batchscribe-promoter"))
         self._watched("promoter", lambda: run_promoter(self._stop, self.store, publisher, 0.5))
 
@@ -203,6 +225,8 @@ class Supervisor:
             self.pool.check()
             time.sleep(0.1)
         self.health.close()
+        if self._summary_thread is not None:  # a rewrite under way finishes (or removes its temp file)
+            self._summary_thread.join(timeout=SUMMARY_JOIN)
         try:
             self.ownership.leave([e.name for e in self.source.current])
             self.store.forget_vm(self.hostname)

@@ -7,15 +7,19 @@ Exit codes: 0 every file succeeded · 1 some files failed · 2 bad usage, input 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from batchscribe.common.errors import BatchscribeError, StateError
+from batchscribe.common.errors import BatchscribeError, InputError, StateError
 from batchscribe.common.models import PROFANITY_MODES, TranscriptionOptions
 from batchscribe.common.names import printable
+from batchscribe.common.output import COMBINED_JSON
 from batchscribe.common.settings import Settings
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_REDIS = 0, 1, 2, 3
@@ -64,6 +68,69 @@ def transcription_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a batch writes besides each file's JSON, and where its logs go (none of it changes a
+    transcript, so none of it is in the dedupe key)."""
+
+    txt: bool = False
+    srt: bool = False
+    vtt: bool = False
+    combined_json: bool = False  # OUT/results.json when the batch completes
+    log_folder: str | None = None  # run.log and the Speech SDK's log of each file
+
+    @property
+    def formats(self) -> list[str]:
+        """The batch header's `formats` (`common.output.write_document`, `common.summary`)."""
+        chosen = {"txt": self.txt, "srt": self.srt, "vtt": self.vtt, COMBINED_JSON: self.combined_json}
+        return ["json", *(name for name, on in chosen.items() if on)]
+
+
+def output_options(combined: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--srt, --vtt, --combined-json (unless not `combined`) and --log-folder (`build_outputs`)."""
+    options = [
+        click.option("--srt", is_flag=True, help="Also write SRT subtitles per file (name_ext.srt)."),
+        click.option("--vtt", is_flag=True, help="Also write WebVTT subtitles per file (name_ext.vtt)."),
+        click.option("--combined-json", is_flag=True,
+                     help="Also write OUT/results.json with every file's result when the batch completes "
+                     "(batch-processing-kit's -combined_json)."),
+        click.option("--log-folder", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                     help="Write run.log (every attempt) and, for azure endpoints, the Speech SDK's log of "
+                     "each file here (shared storage in a cluster, like --out)."),
+    ]
+    if not combined:
+        options.pop(2)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def build_outputs(txt: bool, kw: dict[str, Any]) -> Outputs:
+    """The output choices among the command's parameters (removed from `kw`)."""
+    folder = kw.pop("log_folder", None)
+    if folder is not None:
+        folder = prepare_log_folder(folder)
+    return Outputs(txt=txt, srt=kw.pop("srt", False), vtt=kw.pop("vtt", False),
+                   combined_json=kw.pop("combined_json", False), log_folder=folder)
+
+
+def prepare_log_folder(folder: str) -> str:
+    """The folder as an absolute path (workers elsewhere write there), created now so that a path
+    that cannot be used is refused before anything is queued."""
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create --log-folder {path}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"--log-folder {path} is not writable")
+    return str(path)
 
 
 def build_options(kw: dict[str, Any]) -> TranscriptionOptions:

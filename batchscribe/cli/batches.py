@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +15,12 @@ import click
 
 from batchscribe.cli.base import (
     EXIT_FAILED_FILES,
+    Outputs,
     broker_option,
     build_options,
+    build_outputs,
     guarded,
+    output_options,
     settings_for,
     transcription_options,
 )
@@ -25,8 +31,10 @@ from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.producer.cancel import cancel as cancel_batch
+from batchscribe.producer.display import console_for
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.results import FORMATS, iter_results, write_results
+from batchscribe.producer.runlog import RunLog, event_cursor
 from batchscribe.producer.status import (
     BatchView,
     batch_document,
@@ -46,15 +54,17 @@ def submitter_for(settings: Settings, store: StateStore) -> Submitter:
 
 
 def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: TranscriptionOptions,
-                 txt: bool, batch_id: str | None, wait: bool, check_workers: bool = True) -> int:
+                 outputs: Outputs, batch_id: str | None, wait: bool, check_workers: bool = True) -> int:
     """Submit, then (with `wait`) follow the batch to its end; returns the exit code.
 
     `check_workers`: warn at once when no live worker serves the batch (`run` starts its own).
     """
     store = StateStore.connect(settings)
+    cursor = event_cursor(store) if wait and outputs.log_folder else "0-0"  # before its first attempt
     report = submitter_for(settings, store).submit(
-        inputs, out, opts, formats=["json", "txt"] if txt else ["json"], batch_id=batch_id)
-    click.echo(submit_line(report), err=True)
+        inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "")
+    line = submit_line(report)
+    click.echo(line, err=True)
     if check_workers and (report.published or report.attached):
         waiting = unserved(store, opts)
         if waiting:
@@ -62,9 +72,25 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Tr
     if not wait:
         click.echo(report.batch_id)
         return 0
-    code = follow(store, report.batch_id, settings.wait_redis_timeout)
+    with run_log_for(outputs.log_folder, report.batch_id, cursor) as run_log:
+        if run_log is not None:
+            run_log.note(line)
+        code = follow(store, report.batch_id, settings.wait_redis_timeout, run_log)
     click.echo(f"outputs in {printable(str(Path(out).resolve()))} (summary: run_summary.json)", err=True)
     return code
+
+
+@contextmanager
+def run_log_for(folder: str | None, batch_id: str, cursor: str) -> Iterator[RunLog | None]:
+    """`folder/run.log` while the batch is followed (None without a log folder)."""
+    if not folder:
+        yield None
+        return
+    run_log = RunLog(folder, batch_id, cursor)
+    try:
+        yield run_log
+    finally:
+        run_log.close()
 
 
 def submit_line(report: SubmitReport) -> str:
@@ -76,16 +102,20 @@ def submit_line(report: SubmitReport) -> str:
             f"(not audio/video){links} [{report.seconds:.1f}s]")
 
 
-def follow(store: StateStore, batch_id: str, redis_patience: float = 300.0) -> int:
+def follow(store: StateStore, batch_id: str, redis_patience: float = 300.0,
+           run_log: RunLog | None = None) -> int:
     """Show progress until the batch is finished; print its failures; return the exit code.
 
     Raises StoppedWaiting (exit 3) after `redis_patience` seconds without Redis."""
-    view = wait_for_batch(store, batch_id, redis_patience=redis_patience)
-    for line in render_failures(view):
-        click.echo(line, err=True)
+    view = wait_for_batch(store, batch_id, redis_patience=redis_patience, run_log=run_log)
+    said = render_failures(view)
     if view.status == "cancelled":
         cancelled = view.counts.get("cancelled", 0)
-        click.echo(f"batch {batch_id} was cancelled: {cancelled} file(s) not transcribed", err=True)
+        said.append(f"batch {batch_id} was cancelled: {cancelled} file(s) not transcribed")
+    for line in said:
+        click.echo(line, err=True)
+        if run_log is not None and line:
+            run_log.note(line, logging.ERROR if view.counts.get("failed") else logging.WARNING)
     return exit_code(view)
 
 
@@ -102,11 +132,13 @@ def exit_code(view: BatchView) -> int:
 @click.option("--batch-id", default=None, help="Name the batch (default: time-based id).")
 @broker_option
 @transcription_options
+@output_options()
 @guarded
 def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, broker: str | None,
            txt: bool, **kw: Any) -> None:
     """Queue every audio/video file under INPUTS for transcription (one task per unique file)."""
-    sys.exit(submit_batch(settings_for(broker), inputs, out, build_options(kw), txt, batch_id, wait))
+    outputs = build_outputs(txt, kw)
+    sys.exit(submit_batch(settings_for(broker), inputs, out, build_options(kw), outputs, batch_id, wait))
 
 
 @click.command()
@@ -126,13 +158,14 @@ def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -
         document = documents[0] if batch_id else {"batches": documents}
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
         sys.exit(exit_code(views[0]) if batch_id else 0)
+    console = console_for(sys.stdout)
     if batch_id is None:
-        click.echo(render_recent(store, last))
-        click.echo("")
-        click.echo(render_endpoints(store))
+        console.print(render_recent(store, last))
+        console.print()
+        console.print(render_endpoints(store))
         return
     view = load_view(store, batch_id, check_workers=True)
-    click.echo(render_status(view))
+    console.print(render_status(view))
     sys.exit(exit_code(view))
 
 
@@ -172,11 +205,17 @@ def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str
     """Queue a batch's failed files again (all, or one error class)."""
     settings = settings_for(broker)
     store = StateStore.connect(settings)
+    folder = store.batch(batch_id).get("log_folder") if wait else None  # run.log where the batch has it
+    cursor = event_cursor(store) if folder else "0-0"
     report = submitter_for(settings, store).retry_failed(batch_id, error_class)
-    click.echo(f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
-               f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable", err=True)
+    line = (f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
+            f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable")
+    click.echo(line, err=True)
     if wait:
-        sys.exit(follow(store, batch_id, settings.wait_redis_timeout))
+        with run_log_for(folder, batch_id, cursor) as run_log:
+            if run_log is not None:
+                run_log.note(line)
+            sys.exit(follow(store, batch_id, settings.wait_redis_timeout, run_log))
 
 
 @click.command()

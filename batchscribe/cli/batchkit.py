@@ -10,13 +10,13 @@ short forms, its long forms, its defaults and choices), turned into the argument
 
 The endpoint YAML (`-config`) is read unchanged. Every flag the user gave that has no counterpart
 is named on stderr, one line each with why; nothing is dropped silently. Unknown flags are an error,
-as in batch-kit. ONESHOT with `-combined_json` writes `OUTPUT/results.json` as batch-kit does.
+as in batch-kit. `-combined_json` is `--combined-json` (ONESHOT: `OUTPUT/results.json`), `-log_folder`
+is `--log-folder` (run.log and each file's Speech SDK log).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -28,8 +28,6 @@ from typing import Any
 import click
 
 from batchscribe.common.names import printable
-from batchscribe.common.output import write_json_atomic
-from batchscribe.common.summary import SUMMARY_NAME
 
 PROG = "run-batch-client"
 MODES = ("ONESHOT", "DAEMON", "APISERVER")
@@ -42,10 +40,9 @@ DEFAULTS: dict[str, Any] = {  # batch-kit's, applied after parsing so that we kn
 }
 # Flags without a counterpart, and why; named whenever the user gives them.
 IGNORED = {
-    "log_folder": "batchscribe prints where its worker log is and keeps it when files fail "
-                  "(`batchscribe run --keep-log` always keeps it)",
     "console_log_level": "batchscribe prints progress and one line per problem (`batchscribe -v` logs more)",
-    "file_log_level": "batchscribe writes no log files of its own besides the worker log",
+    "file_log_level": "run.log (-log_folder) holds every attempt: failures at WARNING and ERROR, the rest "
+                      "at INFO",
     "scratch_folder": "batchscribe needs no scratch folder (its private Redis lives in a private temporary "
                       "folder)",
     "sentiment": "batchscribe does no sentiment analysis",
@@ -61,7 +58,6 @@ IGNORED = {
 class Translation:
     args: list[str]  # for the `batchscribe` group
     notes: list[str] = field(default_factory=list)  # one line each, for stderr
-    combined_json: bool = False  # ONESHOT: write OUTPUT/results.json afterwards
     output_folder: str = ""
 
 
@@ -131,11 +127,14 @@ def translate(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
     args += ["--out", v["output_folder"], *_config_args(v, given, mode, env, notes), *_options(v, notes)]
     if mode == "DAEMON" and v["poll"]:
         args.append("--poll")
+    if mode == "ONESHOT" and v["combined_json"]:
+        args.append("--combined-json")
+    if "log_folder" in given:
+        args += ["--log-folder", v["log_folder"]]
     for key, only in (("port", "APISERVER"), ("poll", "DAEMON"), ("combined_json", "ONESHOT")):
         if key in given and mode != only:
             notes.append(f"{flag[key]} ignored: it applies to -m {only} only")
-    return Translation(args, notes, combined_json=mode == "ONESHOT" and v["combined_json"],
-                       output_folder=v["output_folder"])
+    return Translation(args, notes, output_folder=v["output_folder"])
 
 
 def _inputs(v: dict[str, Any], notes: list[str]) -> list[str]:
@@ -200,31 +199,15 @@ def _serve_args(v: dict[str, Any], given: dict[str, Any], flag: dict[str, str], 
         args.append("--no-auth")
         notes.append("-m APISERVER: no BATCHSCRIBE_API_TOKENS, so no auth and 127.0.0.1 only (batch-kit "
                      "listened on 0.0.0.0); set it to serve other machines, with bearer tokens")
-    for key in ("config", "language", "nbest", "profanity", "diarization", "combined_json"):
+    for key in ("config", "language", "nbest", "profanity", "diarization", "combined_json", "log_folder"):
         if key in given:
             notes.append(f"{flag[key]} ignored in APISERVER mode: " + (
                 "endpoints belong to the workers (`batchscribe worker --config`)" if key == "config" else
-                "each request gives its own"))
+                "batches submitted over HTTP keep no log folder (`batchscribe log` shows every attempt)"
+                if key == "log_folder" else "each request gives its own"))
     if "poll" in given:
         notes.append("-poll ignored: it applies to -m DAEMON only")
     return args
-
-
-def write_combined(out: str) -> Path | None:
-    """batch-kit's `OUTPUT/results.json`: every file's result of the run, in one document."""
-    try:
-        summary = json.loads((Path(out) / SUMMARY_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    results = []
-    for entry in summary.get("file_summaries", []):
-        try:
-            results += json.loads(Path(entry["output"]).read_text())["AudioFileResults"]
-        except (OSError, ValueError, KeyError):
-            continue
-    path = Path(out) / "results.json"
-    write_json_atomic(path, {"AudioFileResults": results})
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -244,14 +227,4 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{exc.strerror or exc}", fg="red", err=True)
         sys.exit(2)
     click.echo(f"{PROG}: running: batchscribe {shlex.join(translation.args)}", err=True)
-    try:
-        root.main(args=translation.args, prog_name="batchscribe")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    else:
-        code = 0
-    if translation.combined_json and code in (0, 1):
-        written = write_combined(translation.output_folder)
-        if written is not None:
-            click.echo(f"{PROG}: combined results: {printable(str(written))}", err=True)
-    sys.exit(code)
+    root.main(args=translation.args, prog_name="batchscribe")

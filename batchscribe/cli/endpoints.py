@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from batchscribe.cli.base import broker_option, guarded, settings_for
 from batchscribe.common.errors import ConfigError
 from batchscribe.common.registry import EndpointRegistry, validate
 from batchscribe.common.state import StateStore
+from batchscribe.producer.display import console_for
 from batchscribe.producer.status import render_endpoints
 
 
@@ -43,4 +45,4 @@ def endpoints_apply(path: str, broker: str | None) -> None:
 @guarded
 def endpoints_show(broker: str | None) -> None:
     """The published endpoint set, each endpoint's owner VM and health."""
-    click.echo(render_endpoints(StateStore.connect(settings_for(broker))))
+    console_for(sys.stdout).print(render_endpoints(StateStore.connect(settings_for(broker))))

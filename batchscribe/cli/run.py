@@ -30,8 +30,11 @@ from batchscribe.cli.base import (
     EXIT_OK,
     EXIT_REDIS,
     EXIT_USAGE,
+    Outputs,
     build_options,
+    build_outputs,
     guarded,
+    output_options,
     settings_for,
     transcription_options,
 )
@@ -61,10 +64,12 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
               help="Watch the run in Flower on http://127.0.0.1:PORT (default 5555) while it runs; "
               "its password is printed once.")
 @transcription_options
+@output_options()
 @guarded
 def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str | None, keep_log: bool,
         flower_port: int | None, txt: bool, **kw: Any) -> None:
     """Transcribe INPUTS on this machine: private Redis, local workers, progress, then clean up."""
+    outputs = build_outputs(txt, kw)
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
@@ -76,7 +81,8 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:
         try:
-            code = _run_in(folder, stop, inputs, out, opts, txt, endpoints, config_path, broker, flower_port)
+            code = _run_in(folder, stop, inputs, out, opts, outputs, endpoints, config_path, broker,
+                           flower_port)
         except Interrupted as exc:
             code = 128 + exc.signum
             click.echo(f"\ninterrupted by {signal.Signals(exc.signum).name}: workers stopped"
@@ -90,11 +96,11 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
 
 
 def _run_in(folder: Path, stop: StopSignals, inputs: tuple[str, ...], out: str,
-            opts: TranscriptionOptions, txt: bool, endpoints: EndpointSet, config_path: str | None,
+            opts: TranscriptionOptions, outputs: Outputs, endpoints: EndpointSet, config_path: str | None,
             broker: str | None, flower_port: int | None = None) -> int:
     with local_workers(folder, stop, endpoints, config_path, broker) as settings, \
             run_flower(folder, settings, flower_port):
-        return submit_batch(settings, inputs, out, opts, txt, None, wait=True, check_workers=False)
+        return submit_batch(settings, inputs, out, opts, outputs, None, wait=True, check_workers=False)
 
 
 @contextmanager

@@ -36,9 +36,12 @@ import click
 
 from batchscribe.cli.base import (
     EXIT_OK,
+    Outputs,
     broker_option,
     build_options,
+    build_outputs,
     guarded,
+    output_options,
     settings_for,
     transcription_options,
 )
@@ -83,12 +86,14 @@ from batchscribe.producer.watch import (
               "default: one local endpoint sized to this machine).")
 @broker_option
 @transcription_options
+@output_options(combined=False)
 @guarded
 def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | None, poll_interval: float,
           batch_window: float, batch_files: int, config_path: str | None, broker: str | None, txt: bool,
           **kw: Any) -> None:
     """Transcribe every media file under FOLDERS, then each new or changed one once it has landed,
     until stopped (Ctrl-C, SIGTERM)."""
+    outputs = build_outputs(txt, kw)
     opts = build_options(kw)
     roots = watched_folders(folders)
     if broker and config_path:
@@ -96,7 +101,7 @@ def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | 
                          "the cluster's workers transcribe (give them --config)")
     polling = _polling(roots, poll)
     policy = WatchPolicy(quiet_period, batch_window, batch_files, seen_late=poll_interval if polling else 0.0)
-    follow = _Follow(roots, out, opts, ["json", "txt"] if txt else ["json"], policy, polling, poll_interval)
+    follow = _Follow(roots, out, opts, outputs, policy, polling, poll_interval)
     if broker:
         with StopSignals(follow.stop_on, waiting="finishing the batch being submitted"):
             follow(settings_for(broker))
@@ -115,9 +120,9 @@ def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | 
 class _Follow:
     """The watch loop on one Redis: each batch through the producer's Submitter, one line each."""
 
-    def __init__(self, roots: list[Path], out: str, options: TranscriptionOptions, formats: list[str],
+    def __init__(self, roots: list[Path], out: str, options: TranscriptionOptions, outputs: Outputs,
                  policy: WatchPolicy, poll: bool, poll_interval: float) -> None:
-        self.roots, self.out, self.options, self.formats = roots, out, options, formats
+        self.roots, self.out, self.options, self.outputs = roots, out, options, outputs
         self.policy, self.poll, self.poll_interval = policy, poll, poll_interval
         self.stop = threading.Event()
 
@@ -132,7 +137,8 @@ class _Follow:
         def submit(files: list[tuple[str, str]]) -> None:
             try:
                 report = submitter.submit_found(Discovered(files=files), self.roots, self.out, self.options,
-                                                self.formats)
+                                                self.outputs.formats,
+                                                log_folder=self.outputs.log_folder or "")
             except InputError as exc:  # this batch is refused (an output clash); watching goes on
                 click.secho(f"error: {printable(str(exc))}", fg="red", err=True)
                 return

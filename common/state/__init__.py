@@ -21,7 +21,14 @@ workers see one consistent order of events:
 Every `now` comes from the store's clock (`StateStore.connect(…, clock=…)`).
 """
 
-from batchscribe.common.state.batches import CancelOutcome, split_target, target_id
+from batchscribe.common.state.batches import (
+    FILE_PAGE,
+    CancelOutcome,
+    SummaryClock,
+    file_pages,
+    split_target,
+    target_id,
+)
 from batchscribe.common.state.client import as_text, describe, text_dict, translate
 from batchscribe.common.state.endpoints import Breaker, CircuitOpened, PublishedSet
 from batchscribe.common.state.jobs import JobStart, LeaseItem, pack_result, unpack_result
@@ -29,7 +36,7 @@ from batchscribe.common.state.liveness import ConsumerBeat, ConsumerSlot, VMBeat
 from batchscribe.common.state.monitoring import DelayedCounts, QueueDepth, SeenVM
 from batchscribe.common.state.store import StateStore
 
-__all__ = ["Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot", "DelayedCounts",
-           "JobStart", "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore", "VMBeat", "as_text",
-           "describe", "pack_result",
-           "served_queues", "split_target", "target_id", "text_dict", "translate", "unpack_result"]
+__all__ = ["FILE_PAGE", "Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot",
+           "DelayedCounts", "JobStart", "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore",
+           "SummaryClock", "VMBeat", "as_text", "describe", "file_pages", "pack_result", "served_queues",
+           "split_target", "target_id", "text_dict", "translate", "unpack_result"]

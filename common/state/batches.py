@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from batchscribe.common.keys import SUMMARY_CLOCK_TTL
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.state.client import StoreBase, as_text, boundary, fields, stamp, text_dict
+
+FILE_PAGE = 1000  # file records read per round trip when a batch is read in full
 
 
 def target_id(batch_id: str, index: int) -> str:
@@ -24,9 +27,28 @@ def split_target(target: str) -> tuple[str, int]:
     return batch_id, int(index)
 
 
+def file_pages(store: Batches, batch_id: str, indexes: range | Sequence[int],
+               page: int = FILE_PAGE) -> Iterator[list[FileRecord]]:
+    """The batch's records at `indexes`, `page` per round trip: a batch of any size in bounded memory."""
+    for start in range(0, len(indexes), page):
+        yield store.files(batch_id, indexes[start:start + page])
+
+
 def _path_digest(path: str) -> bytes:
     """A path as a reservation's field or input tag: 16 bytes whatever its length (file-system bytes)."""
     return hashlib.sha256(os.fsencode(path)).digest()[:16]
+
+
+@dataclass(frozen=True)
+class SummaryClock:
+    """When a batch's run summary is rewritten (seconds; `common.summary` says why): when its counts
+    changed, after max(min_gap, factor × the last rewrite's cost); anyway after max(period, factor ×
+    cost); never waiting more than `most`."""
+
+    min_gap: float = 2.0
+    period: float = 30.0
+    factor: float = 10.0
+    most: float = SUMMARY_CLOCK_TTL / 2
 
 
 @dataclass
@@ -54,6 +76,7 @@ class Batches(StoreBase):
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.batch(batch_id), mapping=fields(head))
         pipe.zadd(self.keys.batches(), {batch_id: now})
+        pipe.sadd(self.keys.live_batches(), batch_id)
         for i, record in enumerate(records):
             pipe.hset(self.keys.file(batch_id, record.index), mapping=fields(record.to_redis()))
             if i % 2000 == 1999:
@@ -64,6 +87,7 @@ class Batches(StoreBase):
         """Remove a batch refused before anything of it was queued: header, records, its place in the list."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.batches(), batch_id)
+        pipe.srem(self.keys.live_batches(), batch_id)
         pipe.delete(self.keys.batch(batch_id), self.keys.failed(batch_id))
         for index in range(size):
             pipe.delete(self.keys.file(batch_id, index))
@@ -77,6 +101,10 @@ class Batches(StoreBase):
     def batch_formats(self, batch_id: str) -> list[str]:
         """The output formats the batch asked for (json, txt)."""
         return (as_text(self.redis.hget(self.keys.batch(batch_id), "formats")) or "json").split(",")
+
+    def batch_log_folder(self, batch_id: str) -> str:
+        """The batch's `--log-folder` ("" without one)."""
+        return as_text(self.redis.hget(self.keys.batch(batch_id), "log_folder"))
 
     def batch_ids(self, limit: int = 20, offset: int = 0) -> list[str]:
         """Batch ids, newest first: `limit` of them after skipping `offset`."""
@@ -92,6 +120,36 @@ class Batches(StoreBase):
         for i in indexes:
             pipe.hgetall(self.keys.file(batch_id, i))
         return [FileRecord.from_redis(text_dict(raw)) for raw in pipe.execute() if raw]
+
+    # ---- batches not finished yet, and their run summaries --------------------------------
+
+    def live_batch_ids(self) -> list[str]:
+        """Batches created (or re-opened by `retry-failed`) and not completed since."""
+        return sorted(as_text(b) for b in self.redis.smembers(self.keys.live_batches()))
+
+    def set_live(self, batch_id: str, live: bool) -> None:
+        if live:
+            self.redis.sadd(self.keys.live_batches(), batch_id)
+        else:
+            self.redis.srem(self.keys.live_batches(), batch_id)
+
+    def claim_summary(self, batch_id: str, signature: str, clock: SummaryClock) -> bool:
+        """True if this caller should rewrite the batch's run summary now (`common.lua.CLAIM_SUMMARY`);
+        then no other process starts one until `clock` says the next is due."""
+        return bool(self._run("claim_summary", [self.keys.summary_clock(batch_id)],
+                              [signature, stamp(self.clock()), clock.min_gap, clock.period, clock.factor,
+                               clock.most, int(1000 * SUMMARY_CLOCK_TTL)]))
+
+    def summary_written(self, batch_id: str, signature: str, started: float, cost: float) -> None:
+        """Record a rewrite begun at `started` that took `cost` seconds: the next waits in proportion."""
+        self.redis.set(self.keys.summary_clock(batch_id), f"{signature}|{stamp(started)}|{cost:.3f}",
+                       px=int(1000 * SUMMARY_CLOCK_TTL))
+
+    def hold_summary_lock(self, batch_id: str, holder: str, ttl: float) -> bool:
+        return bool(self.redis.set(self.keys.summary_lock(batch_id), holder, nx=True, px=int(1000 * ttl)))
+
+    def release_summary_lock(self, batch_id: str, holder: str) -> None:
+        self._run("release_held", [self.keys.summary_lock(batch_id)], [holder])
 
     def records(self, targets: Sequence[str]) -> list[FileRecord]:
         """The file records of "batch_id:index" targets, in one round trip; missing ones skipped."""

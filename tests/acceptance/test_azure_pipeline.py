@@ -3,30 +3,20 @@ emulator, which tells us what reached the wire and how many sessions ran at once
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+import srt
+import webvtt
 
 from batchscribe.common.state import StateStore
 from tests.support.cli import run_cli
-from tests.support.emulator import running_emulator, tone_wav
+from tests.support.emulator import endpoints_yaml, running_emulator, tones
 
 DURATIONS = [1.0 + 0.25 * i for i in range(12)]
-
-
-def endpoints_yaml(path: Path, ports: dict[str, int], concurrency: int = 2, stall: float = 30) -> Path:
-    path.write_text("".join(
-        f"{name}:\n  host: 127.0.0.1\n  port: {port}\n  concurrency: {concurrency}\n  rtf: 1000\n"
-        f"  stallTimeout: {stall}\n" for name, port in ports.items()))
-    return path
-
-
-def tones(folder: Path, durations: list[float]) -> dict[str, float]:
-    folder.mkdir()
-    return {f"t{i:02d}.wav": tone_wav(folder / f"t{i:02d}.wav", d, freq=300 + 20 * i).duration
-            for i, d in enumerate(durations)}
 
 
 def transcript(out: Path, name: str) -> dict:
@@ -96,3 +86,40 @@ def test_endpoint_faults_reach_the_file_record_with_their_class(tmp_path: Path, 
         assert result.returncode == 0, result.stderr
     errors = [e for _, e in store.events() if e.get("outcome") == "error"]
     assert all(e["endpoint"] == "bad" and e["error_class"] == error_class for e in errors)
+
+
+def test_log_folder_subtitles_and_combined_results_over_the_real_sdk(tmp_path: Path, redis_server,
+                                                                      store: StateStore, start_worker) -> None:
+    files = tones(tmp_path / "in", DURATIONS[:4])
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    with running_emulator(ports=2, rtf=4.0, transcribe="duration") as emu:
+        ports = dict(zip(("emu_a", "emu_b"), emu.ports))
+        start_worker(endpoints_yaml(tmp_path / "eps.yaml", ports, concurrency=1))  # 1: each trace its own
+        result = run_cli("submit", str(tmp_path / "in"), "--out", str(out), "--wait", "--word-timestamps",
+                         "--srt", "--vtt", "--combined-json", "--log-folder", str(logs), broker=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    # One Speech SDK log per file (batch-kit's <name>_<ext>.<worker>.sdk.log), holding the SDK's trace.
+    sdk_logs = {p.name.split(".", 1)[0]: p for p in logs.glob("*.sdk.log")}
+    assert sorted(sdk_logs) == sorted(name.replace(".wav", "_wav") for name in files), sorted(logs.iterdir())
+    for stem, log in sdk_logs.items():
+        assert re.fullmatch(rf"{stem}\.emu_[ab]@vm1\.sdk\.log", log.name)
+        lines = log.read_text().splitlines()
+        assert lines[0].startswith("[batchscribe] ") and "endpoint emu_" in lines[0]
+        assert sum("SPX_TRACE" in line for line in lines) > 50 and "ended: 1 phrase(s)" in lines[-1]
+    # run.log: batch-kit's line format, one line per attempt.
+    run_log = (logs / "run.log").read_text().splitlines()
+    done = [line for line in run_log if re.search(r":INFO:emu_[ab]:done ", line)]
+    assert len(done) == len(files), run_log
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}:", line) for line in run_log)
+    # Subtitles next to each JSON, timed by the transcript; results.json holds every file's result.
+    combined = json.loads((out / "results.json").read_text())["AudioFileResults"]
+    assert sorted(e["AudioFileName"] for e in combined) == sorted(files)
+    for name in files:
+        entry = transcript(out, name)
+        assert entry in combined
+        subs = list(srt.parse((out / name.replace(".wav", "_wav.srt")).read_text()))
+        captions = webvtt.from_buffer(io.StringIO((out / name.replace(".wav", "_wav.vtt")).read_text())).captions
+        assert " ".join(s.content.replace("\n", " ") for s in subs) == entry["CombinedResults"][0]["Display"]
+        assert [c.text.replace("\n", " ") for c in captions] == [s.content.replace("\n", " ") for s in subs]
+        first_word = entry["SegmentResults"][0]["NBest"][0]["Words"][0]
+        assert subs[0].start.total_seconds() == first_word["OffsetInSeconds"]

@@ -49,7 +49,8 @@ def test_oneshot_on_the_samples_writes_batchkits_outputs(tmp_path: Path) -> None
     with running_emulator(ports=1, transcribe="duration") as emu:
         result = client("-config", str(batchkit_yaml(tmp_path / "config.yaml", emu.ports[0])),
                         "-input_folder", str(SAMPLES), "-output_folder", str(out), "-combined_json",
-                        "-nbest", "2", "-sentiment", "-scratch_folder", str(tmp_path / "scratch"))
+                        "-nbest", "2", "-sentiment", "-scratch_folder", str(tmp_path / "scratch"),
+                        "-log_folder", str(tmp_path / "logs"))
     assert result.returncode == 0, result.stderr
     assert "run-batch-client: -sentiment ignored: batchscribe does no sentiment analysis" in result.stderr
     assert "run-batch-client: -scratch_folder ignored: " in result.stderr
@@ -62,6 +63,10 @@ def test_oneshot_on_the_samples_writes_batchkits_outputs(tmp_path: Path) -> None
     combined = json.loads((out / "results.json").read_text())["AudioFileResults"]
     assert sorted(e["AudioFileName"] for e in combined) == MEDIA
     assert (out / "run_summary.json").is_file()
+    assert "--combined-json" in result.stderr and f"--log-folder {tmp_path / 'logs'}" in result.stderr
+    sdk_logs = sorted(p.name.split(".", 1)[0] for p in (tmp_path / "logs").glob("*.sdk.log"))
+    assert sdk_logs == sorted(output_name(name)[:-len(".json")] for name in MEDIA)  # batch-kit's log names
+    assert (tmp_path / "logs" / "run.log").read_text().count(":done ") == len(MEDIA)
     assert not (tmp_path / "scratch").exists()
 
 

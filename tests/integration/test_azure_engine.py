@@ -219,3 +219,43 @@ def test_memory_and_threads_stay_flat_over_many_files(port: int, tones: list[Pre
     time.sleep(0.3)
     assert rss_mb() - rss0 < 10.0
     assert native_threads() <= threads0
+
+
+def test_each_file_gets_the_sdk_s_own_trace_in_its_log(emu: Emulator, port: int, tones: list[PreparedAudio],
+                                                       tmp_path: Path) -> None:
+    engine = AzureEngine(endpoint_for(port), stall_floor=STALL_FLOOR)
+    logs = [tmp_path / "sub" / f"tone{i}_wav.emu@vm1.sdk.log" for i in range(3)]
+    try:
+        run_concurrently(lambda audio, log: engine.transcribe(audio, TranscriptionOptions(), log_file=log),
+                         list(zip(tones[:3], logs)))
+        emu.set_fault(port, "http401")
+        with pytest.raises(EndpointError):
+            engine.transcribe(tones[3], TranscriptionOptions(), log_file=logs[0])  # a retry appends
+    finally:
+        engine.close()
+    for log in logs:
+        text = log.read_text()
+        first, *trace, last = text.splitlines()
+        assert first.startswith("[batchscribe] ") and f"endpoint emu (ws://127.0.0.1:{port})" in first
+        assert sum("SPX_TRACE" in line for line in trace) > 50, text[:2000]  # the SDK's own lines
+        assert "recognizer" in text.lower()
+    assert "ended: 1 phrase(s)" in logs[1].read_text().splitlines()[-1]
+    failed = logs[0].read_text().split("[batchscribe] ")[-1]
+    assert failed.startswith(tuple("0123456789")) and "ended: EndpointError" in failed
+    assert "401" in logs[0].read_text().split("[batchscribe] ")[-2]  # the SDK traced the refusal
+
+
+def test_a_file_s_sdk_log_is_capped(port: int, tones: list[PreparedAudio], tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchscribe.worker.engines import sdk_trace
+
+    monkeypatch.setattr(sdk_trace, "MAX_BYTES", 20_000)
+    engine = AzureEngine(endpoint_for(port), stall_floor=STALL_FLOOR)
+    log = tmp_path / "tone_wav.emu@vm1.sdk.log"
+    try:
+        engine.transcribe(tones[3], TranscriptionOptions(), log_file=log)
+    finally:
+        engine.close()
+    lines = log.read_text().splitlines()
+    assert log.stat().st_size < 20_000 + 1000
+    assert "log capped at" in lines[-2] and "ended: 1 phrase(s)" in lines[-1]

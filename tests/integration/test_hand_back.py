@@ -37,7 +37,7 @@ class BlockingEngine:
         self.started = threading.Event()
 
     def transcribe(self, audio: PreparedAudio, options: Any, progress: Any = None,
-                   stop: threading.Event | None = None) -> Recognition:
+                   stop: threading.Event | None = None, log_file: Any = None) -> Recognition:
         self.started.set()
         assert stop is not None and stop.wait(30)
         raise EngineStopped("stopped")

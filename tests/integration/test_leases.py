@@ -50,7 +50,8 @@ class ScriptedEngine:
         self.errors = list(errors or [])
         self.calls = 0
 
-    def transcribe(self, audio: PreparedAudio, options: Any, progress: Any = None, stop: Any = None) -> Recognition:
+    def transcribe(self, audio: PreparedAudio, options: Any, progress: Any = None, stop: Any = None,
+                   log_file: Any = None) -> Recognition:
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)

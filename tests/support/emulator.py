@@ -110,6 +110,21 @@ def tone_wav(path: Path, seconds: float, freq: float = 440.0) -> PreparedAudio:
     return PreparedAudio(path=path, duration=frames / SAMPLE_RATE)
 
 
+def endpoints_yaml(path: Path, ports: dict[str, int], concurrency: int = 2, stall: float = 30) -> Path:
+    """An endpoint YAML of azure endpoints on emulator ports (high rtf: the SDK does not throttle)."""
+    path.write_text("".join(
+        f"{name}:\n  host: 127.0.0.1\n  port: {port}\n  concurrency: {concurrency}\n  rtf: 1000\n"
+        f"  stallTimeout: {stall}\n" for name, port in ports.items()))
+    return path
+
+
+def tones(folder: Path, durations: list[float]) -> dict[str, float]:
+    """`folder`/tNN.wav, one tone per duration (each its own pitch: no dedupe); name -> duration."""
+    folder.mkdir()
+    return {f"t{i:02d}.wav": tone_wav(folder / f"t{i:02d}.wav", d, freq=300 + 20 * i).duration
+            for i, d in enumerate(durations)}
+
+
 def speech_wav(path: Path, text: str) -> PreparedAudio:
     """espeak-ng speech as engines take it (16 kHz mono 16-bit WAV)."""
     synthesize(text, path)

@@ -22,7 +22,7 @@ def test_oneshot_maps_to_run_with_batchkits_defaults_and_options(tmp_path: Path)
                   NO_ENV)
     assert t.args == ["run", "/data/in", "--out", "/data/out", "--config", str(config), "--language", "de-DE",
                       "--nbest", "3", "--profanity", "removed", "--diarization"]
-    assert not t.combined_json
+    assert "--combined-json" not in t.args and "--log-folder" not in t.args
     bare = translate([], NO_ENV)  # batch-kit's defaults; its default config file is absent here
     assert bare.args == ["run", "/usr/local/batch/input", "--out", "/usr/local/batch/output", "--language",
                          "en-US", "--nbest", "1", "--profanity", "masked"]
@@ -35,8 +35,21 @@ def test_long_forms_are_the_same_flags() -> None:
     long = translate(["--run-mode", "ONESHOT", "--input-folder", "i", "--output-folder", "o", "--nbest", "2",
                       "--profanity-mode", "Raw", "--language", "en-US", "fr-FR", "--store-combined-json"], NO_ENV)
     assert short == long
-    assert short.args[-2:] == ["--candidate-languages", "en-US,fr-FR"]  # several languages: identification
-    assert short.combined_json and short.output_folder == "o"
+    assert short.args[-3:-1] == ["--candidate-languages", "en-US,fr-FR"]  # several languages: identification
+    assert short.args[-1] == "--combined-json" and short.output_folder == "o"  # the native flag
+
+
+def test_log_folder_is_the_native_flag_in_oneshot_and_daemon() -> None:
+    for mode, command in (("ONESHOT", "run"), ("DAEMON", "watch")):
+        t = translate(["-m", mode, "-log_folder", "/logs"], NO_ENV)
+        assert t.args[0] == command and t.args[-2:] == ["--log-folder", "/logs"]
+        assert not [n for n in t.notes if "log_folder" in n]
+    daemon = translate(["-m", "DAEMON", "-combined_json"], NO_ENV)
+    assert "--combined-json" not in daemon.args
+    assert "-combined_json ignored: it applies to -m ONESHOT only" in daemon.notes
+    served = translate(["-m", "APISERVER", "-log_folder", "/logs"], NO_ENV)
+    assert "--log-folder" not in served.args
+    assert any(n.startswith("-log_folder ignored in APISERVER mode") for n in served.notes)
 
 
 def test_daemon_maps_to_watch_and_poll_to_poll() -> None:
@@ -67,14 +80,14 @@ def test_apiserver_maps_to_serve_with_auth_only_when_tokens_are_set() -> None:
 
 
 def test_every_flag_without_a_counterpart_is_named_once_with_why() -> None:
-    argv = ["-log_folder", "/l", "-console_log_level", "DEBUG", "-file_log_level", "ERROR", "-scratch_folder",
+    argv = ["-console_log_level", "DEBUG", "-file_log_level", "ERROR", "-scratch_folder",
             "/s", "-sentiment", "-resume", "-strict_config", "-max_segment_length", "60",
             "-debug_loop_interval", "5", "-port", "9000"]
     notes = translate(argv, NO_ENV).notes
-    for flag in ["-log_folder", "-console_log_level", "-file_log_level", "-scratch_folder", "-sentiment",
+    for flag in ["-console_log_level", "-file_log_level", "-scratch_folder", "-sentiment",
                  "-resume", "-strict_config", "-max_segment_length", "-debug_loop_interval", "-port"]:
         assert sum(n.startswith(f"{flag} ignored: ") for n in notes) == 1, (flag, notes)
-    assert len(IGNORED) == 9
+    assert len(IGNORED) == 8
     assert not [n for n in translate(["-input_folder", "x"], NO_ENV).notes if "ignored" in n]
 
 

@@ -20,7 +20,8 @@ def test_every_key_name_falls_in_its_own_family() -> None:
         keys.health("a"): "bs:health:*", keys.vm("vm1"): "bs:vm:*", keys.consumer("a@vm1"): "bs:consumer:*",
         keys.consumers(): "bs:consumers", keys.delayed(): "bs:delayed", keys.delayed_promoting(): "bs:delayed:promoting",
         keys.delayed_specs(): "bs:delayed:specs", keys.batchkit_ids(): "bs:batchkit:ids",
-        keys.batchkit_next(): "bs:batchkit:next",
+        keys.batchkit_next(): "bs:batchkit:next", keys.live_batches(): "bs:batches:live",
+        keys.summary_clock("b"): "bs:summary:*", keys.summary_lock("b"): "bs:summary-lock:*",
     }
     assert {key: getattr(pattern_of(key, patterns), "glob", None) for key in spelled} == spelled
     assert pattern_of("bs:something-new", patterns) is None

@@ -28,6 +28,7 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import azure.cognitiveservices.speech as sdk
@@ -44,6 +45,7 @@ from batchscribe.common.errors import (
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import TICKS_PER_SECOND
 from batchscribe.worker.engines.base import EngineStopped, PreparedAudio, ProgressCallback, Recognition
+from batchscribe.worker.engines.sdk_trace import TRACE
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +320,25 @@ class AzureEngine:
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
                    progress: ProgressCallback | None = None,
-                   stop: threading.Event | None = None) -> Recognition:
+                   stop: threading.Event | None = None, log_file: Path | None = None) -> Recognition:
+        """`log_file`: the Speech SDK's trace of this call is appended there (`sdk_trace`)."""
+        if log_file is None:
+            return self._transcribe(audio, options, progress, stop)
+        ep = self.endpoint
+        where = f"the cloud, region {ep.region}" if ep.is_cloud_service else ep.url
+        opening = (f"endpoint {ep.name} ({where}): {audio.duration:.3f} s of audio, language "
+                   f"{options.language}, Speech SDK {sdk.__version__}")
+        with TRACE.recording(log_file, opening) as say:
+            try:
+                recognition = self._transcribe(audio, options, progress, stop)
+            except BaseException as exc:
+                say(f"ended: {type(exc).__name__}: {exc}")
+                raise
+            say(f"ended: {len(recognition.phrases)} phrase(s)")
+            return recognition
+
+    def _transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
+                    progress: ProgressCallback | None, stop: threading.Event | None) -> Recognition:
         try:
             source = _AudioInput(audio, self.input_mode)
         except RuntimeError as exc:

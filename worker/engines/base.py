@@ -59,12 +59,14 @@ class Engine(Protocol):
 
     `stop` is set when the consumer is told to stop: the engine ends the call soon (within about a
     second) by raising `EngineStopped`, so the file can be handed back instead of killed mid-way.
+    `log_file`: where the engine may append a trace of its own of this call for support (the azure
+    engine: the Speech SDK's log, `--log-folder`); engines without one ignore it.
     """
 
     endpoint: Endpoint
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
                    progress: ProgressCallback | None = None,
-                   stop: threading.Event | None = None) -> Recognition: ...
+                   stop: threading.Event | None = None, log_file: Path | None = None) -> Recognition: ...
 
     def close(self) -> None: ...

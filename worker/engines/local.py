@@ -113,7 +113,8 @@ class LocalEngine:
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
                    progress: ProgressCallback | None = None,
-                   stop: threading.Event | None = None) -> Recognition:
+                   stop: threading.Event | None = None, log_file: Path | None = None) -> Recognition:
+        """(`log_file` is ignored: faster-whisper has no trace worth handing to support.)"""
         model = self.load()
         language = self._whisper_language(model, options)
         try:
