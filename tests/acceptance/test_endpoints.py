@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ from batchscribe.common.state import StateStore
 from tests.support.cli import run_cli
 from tests.support.emulator import running_emulator, tone_wav
 from tests.support.poll import wait_for
+from tests.support.threads import Repeater
 
 
 def consumers(broker: str) -> dict[str, list[str]]:
@@ -145,41 +145,25 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
     assert sampler.most == {"a": 1, "b": 1}, sampler.most
 
 
-class ConsumerSampler:
+class ConsumerSampler(Repeater):
     """Counts this test's consumers per endpoint every 0.1 s in a thread; `most` is the largest count
-    seen for each endpoint (a context manager: sampling stops on exit)."""
+    seen for each endpoint, `changes` how often the set of running consumers changed."""
 
     def __init__(self, broker: str) -> None:
         self.broker = broker
         self.most: dict[str, int] = {}
         self.samples = 0
-        self.changes = 0  # how often the set of running consumers changed
-        self.errors: list[Exception] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.changes = 0
+        self._last: set[str] = set()
+        super().__init__(0.1, self._sample)
 
-    def _run(self) -> None:
-        last: set[str] = set()
-        while not self._stop.wait(0.1):
-            try:
-                nodes = set(consumers(self.broker))
-            except Exception as exc:  # noqa: BLE001 - reported by the test: a dead sampler proves nothing
-                self.errors.append(exc)
-                continue
-            self.changes += nodes != last
-            last = nodes
-            counts = Counter(node.split("@", 1)[0] for node in nodes)
-            for name, count in counts.items():
-                self.most[name] = max(self.most.get(name, 0), count)
-            self.samples += 1
-
-    def __enter__(self) -> ConsumerSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def _sample(self, _tick: int) -> None:
+        nodes = set(consumers(self.broker))
+        self.changes += nodes != self._last
+        self._last = nodes
+        for name, count in Counter(node.split("@", 1)[0] for node in nodes).items():
+            self.most[name] = max(self.most.get(name, 0), count)
+        self.samples += 1
 
 
 def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server, store: StateStore,

@@ -8,13 +8,11 @@ What each one does and proves, and measured results: docs/chaos.md.
 
 from __future__ import annotations
 
-import itertools
 import re
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from tests.support.cluster import (
     write_endpoints,
 )
 from tests.support.poll import wait_for
+from tests.support.threads import Repeater
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(200)]
 
@@ -151,34 +150,6 @@ def _announced_batch(producer: subprocess.Popen[str]) -> str:
         if match := re.match(r"batch (\S+): \d+ file", line):
             return match.group(1)
     raise AssertionError(f"submit exited ({producer.wait()}) without announcing a batch")
-
-
-class Repeater:
-    """Runs `action(tick)` every `period` seconds in a thread until stopped (used as a context)."""
-
-    def __init__(self, period: float, action: Callable[[int], None]) -> None:
-        self.period = period
-        self.action = action
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for tick in itertools.count():
-            if self._stop.wait(self.period):
-                return
-            try:
-                self.action(tick)
-            except Exception as exc:  # noqa: BLE001 - reported by the test after stop
-                self.errors.append(exc)
-
-    def __enter__(self) -> Repeater:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 def test_flapping_and_stalling_endpoints(cluster: Cluster) -> None:

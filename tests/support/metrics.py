@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.threads import Repeater
 
 
 def scrape(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
@@ -30,29 +31,11 @@ def total(samples: dict[str, float], name: str, **labels: str) -> float:
                if k.split("{")[0] == name and all(w in k for w in wanted))
 
 
-class Scraper:
+class Scraper(Repeater):
     """Scrapes `url` every `interval` seconds on a thread while in its `with` block, as Prometheus
     would; keeps every answer (`seen`) and every failed scrape (`errors`)."""
 
     def __init__(self, url: str, interval: float = 0.15) -> None:
         self.url = url
-        self.interval = interval
         self.seen: list[dict[str, float]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.seen.append(scrape(self.url))
-            except OSError as exc:  # a failed scrape is a finding: keep it, keep looking
-                self.errors.append(str(exc))
-
-    def __enter__(self) -> Scraper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
+        super().__init__(interval, lambda _tick: self.seen.append(scrape(self.url)))
