@@ -59,16 +59,20 @@ def fetch_status(driver: Any, url: str, headers: dict[str, str]) -> int:
 
 def table_rows(driver: Any, selector: str) -> list[dict[str, str]]:
     """The rows of an HTML table as {header text: cell text} (the text as written, whatever CSS
-    does to it: a scrolling table's own header row is hidden)."""
-    table = driver.find_element("css selector", selector)
-    headers = [_text(th) for th in table.find_elements("css selector", "thead th")]
-    rows = []
-    for tr in table.find_elements("css selector", "tbody tr"):
-        cells = [_text(td) for td in tr.find_elements("css selector", "td")]
-        if len(cells) == len(headers):
-            rows.append(dict(zip(headers, cells)))
-    return rows
+    does to it: a scrolling table's own header row is hidden).
 
-
-def _text(element: Any) -> str:
-    return " ".join(str(element.get_attribute("textContent") or "").split())
+    The table is read by one script inside the page, so a redraw (Flower's tables refresh
+    themselves) cannot swap its elements out half-way through the read, as reading it element by
+    element over WebDriver would (a stale element reference)."""
+    script = """
+        const table = document.querySelector(arguments[0]);
+        if (!table) { return null; }
+        const text = el => (el.textContent || "").split(/\\s+/).filter(Boolean).join(" ");
+        const headers = Array.from(table.querySelectorAll("thead th"), text);
+        return [headers, Array.from(table.querySelectorAll("tbody tr"),
+                                    tr => Array.from(tr.querySelectorAll("td"), text))];
+    """
+    found = driver.execute_script(script, selector)
+    assert found is not None, f"no table {selector!r} on {driver.current_url}"
+    headers, rows = found
+    return [dict(zip(headers, cells)) for cells in rows if len(cells) == len(headers)]
