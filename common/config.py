@@ -21,7 +21,8 @@ import yaml
 
 from batchscribe.common.errors import ConfigError
 
-ENGINES = ("azure", "local")
+ENGINES = ("azure", "local", "ffmpeg")  # ffmpeg: the media converter (`batchscribe convert`)
+EVERY_VM = ("local", "ffmpeg")  # engines that run on each worker VM itself: no owner, no lease
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
 _ENV_RE = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
@@ -49,6 +50,12 @@ class Endpoint:
     @property
     def language(self) -> str:
         return self.languages[0]
+
+    @property
+    def on_every_vm(self) -> bool:
+        """Runs on the worker VM itself (local transcription, conversion), so every VM runs its own
+        consumer of it with its own slots; a remote endpoint has one owner cluster-wide."""
+        return self.engine in EVERY_VM
 
     @property
     def url(self) -> str:
@@ -310,6 +317,15 @@ def load_endpoints(path: str | os.PathLike[str], environ: Mapping[str, str] | No
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read endpoint file: {exc}") from exc
     return parse_endpoints(text, source=p.name, environ=environ)
+
+
+CONVERTER_NAME = "convert"
+
+
+def converter_endpoint(concurrency: int | None = None) -> Endpoint:
+    """The media converter of a worker VM: `concurrency` ffmpeg runs at once (default: its cores)."""
+    return Endpoint(name=CONVERTER_NAME, engine="ffmpeg", concurrency=concurrency or os.cpu_count() or 1,
+                    rtf=1.0)
 
 
 def default_local_endpoints(cpu_count: int | None = None) -> EndpointSet:

@@ -13,10 +13,13 @@
     │   └── PublishError             task messages may not all have been sent (common.publish)
     └── ProcessingError          one file's attempt failed; the subclass decides what happens next
         ├── TransientError       retry with backoff on any endpoint; spends the file's retry budget
-        │   └── StallError       no progress within the watchdog time
+        │   ├── StallError       no progress within the watchdog time
+        │   └── BlobUnavailableError  blob storage timed out, refused the connection or answered 5xx
         ├── EndpointError        the endpoint is down / refuses / rejects our key: reroute, budget untouched
         └── PermanentError       retrying cannot help: fail the file with a reason, the batch goes on
-            └── AudioError       unreadable, corrupt, empty or unsupported media (carries ffmpeg's words)
+            ├── AudioError       unreadable, corrupt, empty or unsupported media (carries ffmpeg's words)
+            ├── BlobNotFoundError    no such blob (or container)
+            └── BlobAccessError      blob storage refused our credentials, or there are none
 
 "crash" (a worker process killed mid-file) is not an exception: it is seen as a redelivered
 message (late ack + reject on worker loss) and counted per job.
@@ -115,3 +118,15 @@ class PermanentError(ProcessingError):
 
 class AudioError(PermanentError):
     """The media cannot be decoded into audio the engine accepts."""
+
+
+class BlobUnavailableError(TransientError):
+    """Blob storage did not answer in time, refused the connection or failed on its side (5xx)."""
+
+
+class BlobNotFoundError(PermanentError):
+    """The blob (or its container) does not exist."""
+
+
+class BlobAccessError(PermanentError):
+    """Blob storage refused the credentials (or the permission they carry), or none were found."""

@@ -155,7 +155,8 @@ return 1
 # targets...}; verdict is the previous state, or "deferred" when a live lease is held by another
 # delivery, or "bounced" when the job's last attempt failed on this very endpoint and it goes back
 # to the pool (at most max_bounces times per failure) so that another endpoint can take it, or
-# "cancelled" when no input wants the job any more (its batches were cancelled): nothing runs.
+# "cancelled" when no input wants the job any more (its batches were cancelled): nothing runs;
+# "redo" when the job is done but its cached result is gone (`forget_result`): it runs again.
 START = _FILES + _DELAY + r"""
 local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local jk, endpoint, now, delivery = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -168,6 +169,12 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
              tostring(lease)}
   for _, t in ipairs(targets) do r[#r + 1] = t end
   return r
+end
+if prev == "done" and redis.call("EXISTS", K.result(jk)) == 0 then
+  -- done, but its cached result (or the artefact it points at) is gone: the job is work to redo
+  prev = "redo"
+  redis.call("HSET", jkey, "attempts", 0, "crashes", 0, "reroutes", 0)
+  j[2], j[3] = "0", "0"
 end
 if prev == "done" or prev == "missing" or prev == "failed" then
   return reply(prev, j[2] or "0", j[3] or "0", "", 0, redis.call("LRANGE", tkey, 0, -1))

@@ -324,11 +324,11 @@ def _run(cmd: Sequence[str], timeout: float, source: str | os.PathLike[str] | No
     except subprocess.TimeoutExpired as exc:
         raise AudioError(f"cannot decode: {cmd[0]} gave up after {timeout:.0f} s") from exc
     except subprocess.CalledProcessError as exc:
-        raise AudioError(_failure_reason(exc.stderr or "", source)) from exc
+        raise AudioError(failure_reason(exc.stderr or "", source)) from exc
     return done
 
 
-def _failure_reason(stderr: str, source: str | os.PathLike[str] | None) -> str:
+def failure_reason(stderr: str, source: str | os.PathLike[str] | None) -> str:
     """Say what the file is when that explains it better than ffmpeg ("Invalid argument")."""
     reason = stderr_reason(stderr, source)
     if reason == "no audio stream":

@@ -28,8 +28,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from batchscribe.common.config import Endpoint, EndpointSet, parse_without_secrets
 from batchscribe.common.errors import ConfigError, ErrorClass, StateError
-from batchscribe.common.models import FileState, TranscriptionOptions
-from batchscribe.common.queues import consumer_queues, pool_queue
+from batchscribe.common.models import FileState, options_from_dict
+from batchscribe.common.queues import consumer_queues, queue_for
 from batchscribe.common.state import ConsumerBeat, StateStore
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,10 @@ def _queues(cluster: Cluster, batches: Batches) -> set[str]:
         found.update(consumer_queues(endpoint))
     for _, fields in batches:
         try:
-            opts = TranscriptionOptions.from_dict(json.loads(fields.get("options") or "{}"))
+            opts = options_from_dict(json.loads(fields.get("options") or "{}"))
         except (ValueError, TypeError):
             continue
-        found.add(pool_queue(opts.language, opts.engine))
+        found.add(queue_for(opts))
     return found
 
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from batchscribe.common.conversion import ConversionOptions, is_conversion
+
 PROFANITY_MODES = ("masked", "removed", "raw")
 
 
@@ -60,7 +62,17 @@ class TranscriptionOptions:
         return cached
 
 
-def job_key(sha256: str, options: TranscriptionOptions) -> str:
+JobOptions = TranscriptionOptions | ConversionOptions
+
+
+def options_from_dict(data: dict[str, Any]) -> JobOptions:
+    """A batch's or a task's options, of whichever kind they are (conversions say so)."""
+    if is_conversion(data):
+        return ConversionOptions.from_dict(data)
+    return TranscriptionOptions.from_dict(data)
+
+
+def job_key(sha256: str, options: JobOptions) -> str:
     """The unit of dedupe: same bytes + same result-changing options = one engine call."""
     return f"{sha256}.{options.cache_key()}"
 

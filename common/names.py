@@ -25,10 +25,15 @@ def output_name(input_name: str, suffix: str = ".json") -> str:
     stem, dot, ext = input_name.rpartition(".")
     if not dot or not stem:
         stem, ext = input_name, ""
-    tail = f"_{ext}{suffix}" if ext else suffix
+    return fitted(stem, f"_{ext}{suffix}" if ext else suffix, input_name)
+
+
+def fitted(stem: str, tail: str, whole: str) -> str:
+    """``stem + tail``, or, when that is over `NAME_MAX` bytes, the stem cut to fit with ``~`` and
+    12 hex digits of the sha256 of `whole` (the input's name) before `tail`."""
     if _size(stem + tail) <= NAME_MAX:
         return stem + tail
-    tag = "~" + hashlib.sha256(os.fsencode(input_name)).hexdigest()[:_HASH_CHARS]
+    tag = "~" + hashlib.sha256(os.fsencode(whole)).hexdigest()[:_HASH_CHARS]
     budget = NAME_MAX - _size(tag + tail)
     cut = stem[:budget]  # a character is at least one byte: start from here, never split one
     while _size(cut) > budget:

@@ -1,19 +1,39 @@
 """Hand a job's outcome to each of its inputs: write its output file, then settle its state.
 
-Used by the worker (after an engine call), and by the producer (dedupe hits and inputs that
-fail before any task exists): one code path, so every input gets exactly one output either way.
-The output is written *before* the state says done, so "done" always means "the file is there".
+Used by the worker (after an engine call or a conversion), and by the producer (dedupe hits and
+inputs that fail before any task exists): one code path, so every input gets exactly one output
+either way. The output is written *before* the state says done, so "done" always means "the file
+is there".
+
+A transcription's output is a JSON document built from the job's result (and its extra formats).
+A conversion's output is the converted file itself: the worker copies it from its scratch space to
+each input's output; a dedupe hit copies it from where the job first wrote it (the result's
+`artifact`), verified by its sha256. When that copy is gone or changed, `CacheMiss` tells the
+caller to do the job again: a cache entry that cannot be trusted is simply work to redo.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+from batchscribe.common.conversion import is_conversion
+from batchscribe.common.errors import ProcessingError
 from batchscribe.common.models import FileRecord, FileState
-from batchscribe.common.output import failure_document, success_document, write_document
+from batchscribe.common.output import (
+    MEDIA_FORMAT,
+    conversion_failure,
+    failure_document,
+    failure_location,
+    success_document,
+    write_document,
+    write_json_atomic,
+)
 from batchscribe.common.state import StateStore, target_id
+from batchscribe.common.storage import copy_verified, remove, size_of
 from batchscribe.common.summary import complete_batch
 
 log = logging.getLogger(__name__)
@@ -25,15 +45,21 @@ def _formats(store: StateStore, batch_id: str, cache: dict[str, list[str]]) -> l
     return cache[batch_id]
 
 
-def _settle(store: StateStore, record: FileRecord, document: dict[str, Any], state: FileState,
-            job_key: str, formats: list[str], **fields: Any) -> None:
+class CacheMiss(Exception):  # noqa: N818 - not an error: the cached artefact is gone, redo the job
+    """A dedupe hit whose cached artefact is gone or changed: the job must run again."""
+
+
+def _settle(store: StateStore, record: FileRecord, write: Callable[[], None], state: FileState,
+            job_key: str, **fields: Any) -> None:
+    """Run `write()` (the record's output), then move the record to `state`."""
     target = target_id(record.batch_id, record.index)
     try:
-        write_document(record, document, formats)
-    except OSError as exc:
-        # The output folder is the one thing we cannot route around: record it, keep the rest going.
+        write()
+    except (OSError, ProcessingError) as exc:
+        # The output storage is the one thing we cannot route around: record it, keep the rest going.
+        why = exc.reason if isinstance(exc, ProcessingError) else str(exc)
         state, fields = FileState.FAILED, {"error_class": "permanent",
-                                           "reason": f"cannot write output {record.output}: {exc}"}
+                                           "reason": f"cannot write output {record.output}: {why}"}
     if store.settle_file(target, state, job_key, **fields):
         path = complete_batch(store, record.batch_id)
         log.info("batch %s complete; summary at %s", record.batch_id, path)
@@ -48,20 +74,51 @@ def records_for(store: StateStore, targets: Sequence[str],
 
 
 def deliver_success(store: StateStore, job_key: str, records: Iterable[FileRecord],
-                    result: dict[str, Any], cached: bool = False) -> None:
-    """`cached`: the result came from the dedupe cache at submit (run_summary.json counts those)."""
+                    result: dict[str, Any], cached: bool = False, artifact: Path | None = None) -> None:
+    """`cached`: the result came from the dedupe cache at submit (run_summary.json counts those).
+    `artifact`: a conversion's output file, just made (else the result's stored copy is used).
+
+    Raises `CacheMiss` (before anything is written for that input) when a conversion's stored copy
+    is gone or changed; the inputs before it are delivered."""
     cache: dict[str, list[str]] = {}
     mark = {"cached": "1"} if cached else {}
+    converted = is_conversion(result.get("options") or {})
     for record in records:
-        document = success_document(record, result)
-        _settle(store, record, document, FileState.DONE, job_key, _formats(store, record.batch_id, cache),
-                error_class="", reason="", endpoint=result.get("endpoint", record.endpoint), **mark)
+        if converted:
+            write = _media_writer(record, result, artifact)
+        else:
+            write = partial(write_document, record, success_document(record, result),
+                            _formats(store, record.batch_id, cache))
+        _settle(store, record, write, FileState.DONE, job_key, error_class="", reason="",
+                endpoint=result.get("endpoint", record.endpoint), **mark)
+
+
+def _media_writer(record: FileRecord, result: dict[str, Any], artifact: Path | None) -> Callable[[], None]:
+    """How a converted file reaches `record.output`: copied from the fresh `artifact`, or from the
+    stored copy — not copied at all when that copy is this very output (a re-run into the same
+    folder), which then must still have its size."""
+    source = str(artifact) if artifact is not None else str(result.get("artifact") or "")
+    sha256, size = str(result.get("sha256") or ""), int(result.get("size") or 0)
+    if not source:
+        raise CacheMiss(f"no stored copy of job {record.job}")
+
+    def write() -> None:
+        in_place = artifact is None and source == record.output and size_of(record.output) == size
+        if not in_place and not copy_verified(source, record.output, sha256):
+            raise CacheMiss(f"{source} is gone or changed")
+        remove(failure_location(record.output))  # an earlier failure of this input is over
+
+    return write
 
 
 def deliver_failure(store: StateStore, job_key: str, records: Iterable[FileRecord],
                     error_class: str, reason: str) -> None:
     cache: dict[str, list[str]] = {}
     for record in records:
-        document = failure_document(record, error_class, reason)
-        _settle(store, record, document, FileState.FAILED, job_key,
-                _formats(store, record.batch_id, cache), error_class=error_class, reason=reason)
+        formats = _formats(store, record.batch_id, cache)
+        if MEDIA_FORMAT in formats:  # a conversion: the failure record sits beside the missing output
+            write = partial(write_json_atomic, failure_location(record.output),
+                            conversion_failure(record, error_class, reason))
+        else:
+            write = partial(write_document, record, failure_document(record, error_class, reason), formats)
+        _settle(store, record, write, FileState.FAILED, job_key, error_class=error_class, reason=reason)

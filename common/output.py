@@ -18,20 +18,18 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from batchscribe.common.conversion import ConversionOptions
+from batchscribe.common.locations import join, name_of, with_suffix
 from batchscribe.common.models import FileRecord
-from batchscribe.common.names import output_name
+from batchscribe.common.names import fitted, output_name
 from batchscribe.common.phrases import lexical, seconds
+from batchscribe.common.storage import Pending, write_bytes
 from batchscribe.common.subtitles import srt, vtt
-
-TEMP_PREFIX = ".bs-"  # hidden temp files of `write_atomic`: `.bs-<random>.tmp`
-COPY_CHUNK = 1 << 20
 
 
 def output_path(out_dir: str | Path, rel: str) -> Path:
@@ -40,60 +38,15 @@ def output_path(out_dir: str | Path, rel: str) -> Path:
     return Path(out_dir) / rel_path.parent / output_name(rel_path.name)
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see half a file."""
-    with PendingFile(path) as pending:
-        pending.write(data)
-        pending.commit()
+def output_location(out: str | Path, rel: str, suffix: str = ".json") -> str:
+    """`output_path` for any location: a folder or a blob prefix (`common.locations`)."""
+    parent, _, name = rel.replace(os.sep, "/").rpartition("/")
+    return join(out, f"{parent}/{output_name(name, suffix)}" if parent else output_name(name, suffix))
 
 
-class PendingFile:
-    """A file being written in a temp file next to `path`: `commit()` fsyncs it and renames it over
-    `path` (readers never see half a file); leaving the `with` block without a commit removes it.
-
-    The temp file has a short name of its own (a long output name plus a suffix would not fit in
-    255 bytes) and is created with the process umask like any other file (`mkstemp` makes 0600).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = _create_temp(self.path.parent)
-        self._fh = os.fdopen(fd, "wb")
-        self.committed = False
-
-    def write(self, data: bytes) -> None:
-        self._fh.write(data)
-
-    def copy_from(self, source: IO[bytes]) -> None:
-        shutil.copyfileobj(source, self._fh, COPY_CHUNK)
-
-    def commit(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        os.replace(self._tmp, self.path)
-        self.committed = True
-
-    def __enter__(self) -> PendingFile:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if not self.committed:
-            self._fh.close()
-            self._tmp.unlink(missing_ok=True)
-
-
-def _create_temp(folder: Path) -> tuple[int, Path]:
-    """A new hidden `.bs-<random>.tmp` in `folder`, opened for writing (O_EXCL: never an existing file
-    or a planted symlink)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
+def write_atomic(location: str | Path, data: bytes) -> None:
+    """Readers never see half a file (`common.storage.write_bytes`: a path or a blob)."""
+    write_bytes(location, data)
 
 
 def _json_bytes(value: Any, pad: str = "") -> bytes:
@@ -124,7 +77,7 @@ class JsonArray:
         self._spool.write(_array_item(item, first=not self.count))
         self.count += 1
 
-    def copy_into(self, pending: PendingFile) -> None:
+    def copy_into(self, pending: Pending) -> None:
         self._spool.seek(0)
         pending.copy_from(self._spool)
 
@@ -145,7 +98,7 @@ def _array_item(item: Any, first: bool) -> bytes:
     return (b"\n" if first else b",\n") + _ITEM_PAD.encode() + _json_bytes(item, _ITEM_PAD)
 
 
-def write_json_document(pending: PendingFile, document: dict[str, Any]) -> None:
+def write_json_document(pending: Pending, document: dict[str, Any]) -> None:
     """`document` as `write_json_atomic` writes it, into `pending`; a top-level value may be a
     `JsonArray` (copied from its spool) or an iterator (written item by item as it yields): neither
     is ever a list in memory."""
@@ -204,7 +157,7 @@ def _combined(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _header(record: FileRecord, duration: float) -> dict[str, Any]:
-    return {"AudioFileName": Path(record.path).name, "AudioFileUrl": record.path,
+    return {"AudioFileName": name_of(record.path), "AudioFileUrl": record.path,
             "AudioFileHash": record.sha256, "AudioLengthInSeconds": round(duration, 3)}
 
 
@@ -231,6 +184,40 @@ def failure_document(record: FileRecord, error_class: str, reason: str) -> dict[
     return {"AudioFileResults": [entry]}
 
 
+# A conversion batch's per-file output is the converted media itself (its header's `formats`).
+MEDIA_FORMAT = "media"
+FAILED_SUFFIX = ".failed.json"
+
+
+def media_output_location(out: str | Path, rel: str, extension: str) -> str:
+    """Where a conversion writes: ``sub/talk.mp4`` → ``OUT/sub/talk.mp3`` (the input's stem, the
+    target's extension, as ``ffmpeg -i talk.mp4 talk.mp3`` does). Over-long names are cut as
+    transcripts' are (`common.names.fitted`); two inputs that would share an output (``talk.mp4``
+    and ``talk.mov``) refuse the batch, naming both (`producer.submit.unique_outputs`)."""
+    parent, _, name = rel.replace(os.sep, "/").rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.strip(".") else name
+    base = fitted(stem, f".{extension}", name)
+    return join(out, f"{parent}/{base}" if parent else base)
+
+
+def output_for(out: str | Path, rel: str, options: Any) -> str:
+    """Where an input's output goes, for either kind of batch (`options`: transcription or conversion)."""
+    if isinstance(options, ConversionOptions):
+        return media_output_location(out, rel, options.spec.extension)
+    return output_location(out, rel)
+
+
+def failure_location(output: str) -> str:
+    """Where a conversion that failed leaves its record: beside the output it could not write."""
+    return output + FAILED_SUFFIX
+
+
+def conversion_failure(record: FileRecord, error_class: str, reason: str) -> dict[str, Any]:
+    """The record of a conversion that failed: which input, why, and what was asked."""
+    return {"InputFile": name_of(record.path), "InputUrl": record.path, "InputHash": record.sha256,
+            "Output": record.output, "Status": "Failed", "ErrorClass": error_class, "FailureReason": reason}
+
+
 def plain_text(document: dict[str, Any]) -> str:
     entry = document["AudioFileResults"][0]
     combined = entry.get("CombinedResults") or [{}]
@@ -251,4 +238,4 @@ def write_document(record: FileRecord, document: dict[str, Any], formats: list[s
         return
     for fmt, render in TEXT_FORMATS.items():
         if fmt in formats:
-            write_atomic(Path(record.output).with_suffix(f".{fmt}"), render(document).encode("utf-8"))
+            write_atomic(with_suffix(record.output, f".{fmt}"), render(document).encode("utf-8"))

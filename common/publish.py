@@ -67,6 +67,7 @@ class TaskSpec:
     duration: float
     queue: str
     batch: str = ""
+    task: str = TRANSCRIBE_TASK  # or CONVERT_TASK: which Celery task runs it (same arguments)
 
     def to_json(self) -> str:
         """How a task waits in the delayed set (`common.state` keeps it, the promoter publishes it)."""
@@ -214,7 +215,7 @@ class Publisher:
                 for spec in specs:
                     task_id = uuid.uuid4().hex
                     self.app.send_task(
-                        TRANSCRIBE_TASK, task_id=task_id, queue=spec.queue, producer=producer,
+                        spec.task, task_id=task_id, queue=spec.queue, producer=producer,
                         args=[spec.job_key, spec.options],
                         kwargs=task_kwargs(spec),
                     )
@@ -309,33 +310,45 @@ class _MessageBuilder:
         self.events = events
         self.pid = os.getpid()
         self.options_cache: dict[int, tuple[Any, str, str | None]] = {}  # id -> (options, JSON, repr tail)
+        self.hostname = hostname
+        self.event_exchange = app.conf.event_exchange
+        self.thread_oid = app.thread_oid
+        self._templates: dict[str, tuple[_Template, _Template]] = {}  # task name -> (message, event body)
         m = _mark
-        self.message = _Template({
-            "body": m("body"), "content-encoding": "utf-8", "content-type": "application/json",
-            "headers": {"lang": "py", "task": TRANSCRIBE_TASK, "id": m("id"), "shadow": None, "eta": None,
-                        "expires": None, "group": None, "group_index": None, "retries": 0,
-                        "timelimit": [None, None], "root_id": m("id"), "parent_id": None,
-                        "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr"), "origin": hostname,
-                        "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
-                        "stamps": {}},
-            "properties": {"correlation_id": m("id"), "reply_to": app.thread_oid, "delivery_mode": 2,
-                           "delivery_info": {"exchange": "", "routing_key": m("queue")}, "priority": 0,
-                           "body_encoding": "base64", "delivery_tag": m("tag")},
-        })
-        self.event_body = _Template({
-            "hostname": hostname, "utcoffset": m("utcoffset"), "pid": m("pid"), "clock": m("clock"),
-            "uuid": m("id"), "root_id": m("id"), "parent_id": None, "name": TRANSCRIBE_TASK,
-            "args": m("argsrepr"), "kwargs": m("kwargsrepr"), "retries": 0, "eta": None, "expires": None,
-            "queue": m("queue"), "exchange": "", "routing_key": m("queue"), "timestamp": m("timestamp"),
-            "type": "task-sent",
-        })
         self.event = _Template({
             "body": m("body"), "content-encoding": "utf-8", "content-type": "application/json",
             "headers": {"hostname": hostname},
             "properties": {"delivery_mode": 1,
-                           "delivery_info": {"exchange": app.conf.event_exchange, "routing_key": "task.sent"},
+                           "delivery_info": {"exchange": self.event_exchange, "routing_key": "task.sent"},
                            "priority": 0, "body_encoding": "base64", "delivery_tag": m("tag")},
         })
+
+    def _for(self, task: str) -> tuple[_Template, _Template]:
+        """The message and task-sent event templates of one task name."""
+        found = self._templates.get(task)
+        if found is None:
+            m, hostname = _mark, self.hostname
+            message = _Template({
+                "body": m("body"), "content-encoding": "utf-8", "content-type": "application/json",
+                "headers": {"lang": "py", "task": task, "id": m("id"), "shadow": None, "eta": None,
+                            "expires": None, "group": None, "group_index": None, "retries": 0,
+                            "timelimit": [None, None], "root_id": m("id"), "parent_id": None,
+                            "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr"), "origin": hostname,
+                            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
+                            "stamps": {}},
+                "properties": {"correlation_id": m("id"), "reply_to": self.thread_oid, "delivery_mode": 2,
+                               "delivery_info": {"exchange": "", "routing_key": m("queue")}, "priority": 0,
+                               "body_encoding": "base64", "delivery_tag": m("tag")},
+            })
+            event_body = _Template({
+                "hostname": hostname, "utcoffset": m("utcoffset"), "pid": m("pid"), "clock": m("clock"),
+                "uuid": m("id"), "root_id": m("id"), "parent_id": None, "name": task,
+                "args": m("argsrepr"), "kwargs": m("kwargsrepr"), "retries": 0, "eta": None, "expires": None,
+                "queue": m("queue"), "exchange": "", "routing_key": m("queue"), "timestamp": m("timestamp"),
+                "type": "task-sent",
+            })
+            found = self._templates[task] = (message, event_body)
+        return found
 
     def __call__(self, spec: TaskSpec, task_id: str) -> tuple[str, str]:
         options_json, tail = self._options(spec.options)
@@ -348,12 +361,13 @@ class _MessageBuilder:
         values = {"body": '"' + base64.b64encode(body.encode()).decode() + '"', "id": _json_str(task_id),
                   "argsrepr": _json_str(argsrepr), "kwargsrepr": _json_str(kwargsrepr),
                   "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4()}"'}
-        message = self.message.fill(values)
+        message_template, event_body = self._for(spec.task)
+        message = message_template.fill(values)
         if not self.events:
             return message, ""
         values.update(utcoffset=json.dumps(utcoffset()), pid=str(self.pid), clock=str(self.clock.forward()),
                       timestamp=json.dumps(time.time()))
-        values["body"] = '"' + base64.b64encode(self.event_body.fill(values).encode()).decode() + '"'
+        values["body"] = '"' + base64.b64encode(event_body.fill(values).encode()).decode() + '"'
         values["tag"] = f'"{uuid.uuid4()}"'
         return message, self.event.fill(values)
 

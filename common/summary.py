@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchscribe.common.errors import ProcessingError
+from batchscribe.common.locations import join
 from batchscribe.common.models import FileRecord, FileState
-from batchscribe.common.output import COMBINED_JSON, JsonArray, PendingFile, write_json_document
+from batchscribe.common.output import COMBINED_JSON, JsonArray, write_json_document
 from batchscribe.common.state import StateStore, SummaryClock, file_pages
+from batchscribe.common.storage import pending_output, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +197,16 @@ def _records(store: StateStore, batch_id: str, total: int,
 
 
 def write_summary(store: StateStore, batch_id: str, header: dict[str, str], final: bool,
-                  on_page: Callable[[list[FileRecord]], None] | None = None) -> Path | None:
+                  on_page: Callable[[list[FileRecord]], None] | None = None) -> str | None:
     """Write `OUT/run_summary.json` from the records, page by page; the path, or None when a
     mid-batch rewrite (`final` False) found the batch complete and left the final summary alone."""
-    path = Path(header["out"]) / SUMMARY_NAME
+    path = join(header["out"], SUMMARY_NAME)
     with JsonArray() as processed, JsonArray() as files:
         records = _records(store, batch_id, int(header.get("total", 0) or 0), on_page)
         tally = collect(records, processed.append, files.append)
         document = {"overall_summary": overall_summary(header, tally, store.clock()),
                     "processed_files": processed, "file_summaries": files}
-        with PendingFile(path) as pending:
+        with pending_output(path) as pending:
             write_json_document(pending, document)
             with _summary_lock(store, batch_id):
                 if final or not batch_complete(store.batch(batch_id)):
@@ -265,9 +268,8 @@ def _finish_abandoned(store: StateStore, batch_id: str, header: dict[str, str]) 
         complete_batch(store, batch_id)
 
 
-def read_document(path: str | Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        document: dict[str, Any] = json.load(fh)
+def read_document(location: str | Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(read_bytes(location))
     return document
 
 
@@ -278,22 +280,22 @@ def _combined_entries(store: StateStore, batch_id: str, total: int) -> Iterator[
             continue
         try:
             yield from read_document(record.output)["AudioFileResults"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ProcessingError, ValueError, KeyError, TypeError) as exc:
             log.warning("results.json of batch %s: skipping %s (%s)", batch_id, record.output, exc)
 
 
-def write_combined(store: StateStore, batch_id: str, header: dict[str, str]) -> Path:
+def write_combined(store: StateStore, batch_id: str, header: dict[str, str]) -> str:
     """batch-kit's `OUT/results.json`: ``{"AudioFileResults": [...]}`` of every file, streamed into
     a temp file and renamed (never a list of a million documents in memory)."""
-    path = Path(header["out"]) / COMBINED_NAME
+    path = join(header["out"], COMBINED_NAME)
     entries = _combined_entries(store, batch_id, int(header.get("total", 0) or 0))
-    with PendingFile(path) as pending:
+    with pending_output(path) as pending:
         write_json_document(pending, {"AudioFileResults": entries})
         pending.commit()
     return path
 
 
-def complete_batch(store: StateStore, batch_id: str) -> Path | None:
+def complete_batch(store: StateStore, batch_id: str) -> str | None:
     """The batch's last file settled: write `results.json` (when asked) and the final
     `run_summary.json`, release its output reservations (`StateStore.reserve_outputs`) so that
     later batches may write those files, and take it off the live batches."""

@@ -12,18 +12,28 @@ of a batch share an output:
 
 Symlinked folders inside a root are not followed (a link can loop back up the tree); they are
 listed so that `submit` and `status` can say so. A root given as a symlink is followed.
+
+A root may be a blob location (`common.locations`: ``az://CONTAINER/PREFIX``, a blob URL): every
+blob under the prefix counts, its name below the prefix as its relative path; what the listing
+says of each blob (size, ETag) is kept, so fingerprinting needs no second look.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from batchscribe.common.errors import InputError
+from batchscribe.common.errors import InputError, ProcessingError
+from batchscribe.common.locations import BlobLocation, is_blob, parse_blob, shown
 from batchscribe.common.media import is_media
+
+if TYPE_CHECKING:
+    from batchscribe.common.blob import StoredObject
 
 
 @dataclass
@@ -31,6 +41,7 @@ class Discovered:
     files: list[tuple[str, str]] = field(default_factory=list)  # (absolute path, relative path)
     skipped: list[str] = field(default_factory=list)  # not media (by extension)
     links: list[str] = field(default_factory=list)  # symlinked folders, not followed
+    blobs: dict[str, StoredObject] = field(default_factory=dict)  # what the listing said of each blob
     _seen: set[str] = field(default_factory=set, repr=False)
 
     def add(self, path: str, rel: str) -> None:
@@ -44,28 +55,59 @@ class Discovered:
 
 
 def discover(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> Discovered:
-    """Walk files and folders; relative paths as the module docstring says."""
-    given = [Path(p).expanduser() for p in inputs]
-    missing = [str(r) for r in given if not r.exists()]
+    """Walk files, folders and blob prefixes; relative paths as the module docstring says."""
+    given = [str(p) if is_blob(str(p)) else Path(p).expanduser() for p in inputs]
+    missing = [str(r) for r in given if isinstance(r, Path) and not r.exists()]
     if missing:
         raise InputError(f"input path not found: {', '.join(missing)}")
-    excluded = {os.path.realpath(e) for e in exclude}
-    roots = list(dict.fromkeys(r.resolve() for r in given))
+    excluded = {os.path.realpath(e) for e in exclude if not is_blob(str(e))}
+    blob_out = [parse_blob(str(e)) for e in exclude if is_blob(str(e))]
+    roots: list[Path | BlobLocation] = list(dict.fromkeys(
+        parse_blob(r) if isinstance(r, str) else r.resolve() for r in given))
     labels = root_labels(roots) if len(roots) > 1 else [""]
     found = Discovered()
     for root, label in zip(roots, labels):
-        if root.is_file():
+        if isinstance(root, BlobLocation):
+            _list_blobs(found, root, label, blob_out)
+        elif root.is_file():
             found.add(str(root), label or root.name)
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            subdirs = [os.path.join(dirpath, d) for d in sorted(dirnames)]
-            found.links += [d for d in subdirs if os.path.islink(d)]
-            dirnames[:] = [os.path.basename(d) for d in subdirs
-                           if not os.path.islink(d) and os.path.realpath(d) not in excluded]
-            for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                found.add(full, os.path.join(label, os.path.relpath(full, root)))
+        else:
+            _walk(found, root, label, excluded)
     return found
+
+
+def _walk(found: Discovered, root: Path, label: str, excluded: set[str]) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        subdirs = [os.path.join(dirpath, d) for d in sorted(dirnames)]
+        found.links += [d for d in subdirs if os.path.islink(d)]
+        dirnames[:] = [os.path.basename(d) for d in subdirs
+                       if not os.path.islink(d) and os.path.realpath(d) not in excluded]
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            found.add(full, os.path.join(label, os.path.relpath(full, root)))
+
+
+def _list_blobs(found: Discovered, root: BlobLocation, label: str, excluded: Sequence[BlobLocation]) -> None:
+    """Every blob under `root` (the output prefix left out when it lies inside it)."""
+    from batchscribe.common.storage import blob_store
+
+    skip = [e.name.rstrip("/") + "/" for e in excluded if e.container_key == root.container_key]
+    try:
+        for item in blob_store().list(root):
+            name = parse_blob(item.location).name
+            if any(name.startswith(prefix) for prefix in skip if prefix != "/"):
+                continue
+            found.blobs[item.location] = item
+            found.add(item.location, posixpath.join(label, item.rel) if label else item.rel)
+    except ProcessingError as exc:
+        raise InputError(f"cannot list {shown(root.canonical)}: {exc.reason}") from exc
+
+
+def _parts(root: Path | BlobLocation) -> tuple[str, ...]:
+    """A root's path as parts, for `root_labels`: a folder's, or a blob prefix's (container first)."""
+    if isinstance(root, BlobLocation):
+        return (root.container, *[p for p in root.name.split("/") if p])
+    return root.parts[1:]  # without the leading "/"
 
 
 def outside_roots(paths: Sequence[str | Path], roots: Sequence[Path]) -> list[str]:
@@ -80,13 +122,14 @@ def outside_roots(paths: Sequence[str | Path], roots: Sequence[Path]) -> list[st
     return [str(p) for p in paths if not inside(p)]
 
 
-def root_labels(roots: Sequence[Path]) -> list[str]:
-    """Per root, the shortest tail of its path that no other root's path ends with.
+def root_labels(roots: Sequence[Path | BlobLocation]) -> list[str]:
+    """Per root, the shortest tail of its path (a blob prefix: container/prefix) that no other
+    root's path ends with.
 
     Counted tail length by tail length, so a shell glob of thousands of files costs
     (roots × depth), not roots².
     """
-    parts = [root.parts[1:] for root in roots]  # without the leading "/"
+    parts = [_parts(root) for root in roots]
     labels: list[str | None] = [None] * len(parts)
     for k in range(1, max(map(len, parts), default=0) + 1):
         tails = Counter(p[-k:] for p in parts)

@@ -3,6 +3,11 @@
 Each file not in the cache is stat'ed once and opened once: its first block feeds both the hash
 and the WAV header parser (`common.media.probe_duration_from_head`); only non-WAV files (ffprobe)
 and WAVs with more than `HEAD` bytes of chunks before their audio are opened again.
+
+A blob is cached by location+size+ETag (what its listing said: an unchanged blob is never read
+again). One that is not is downloaded once, hashed as it streams, into a temp file that its
+duration is read from, then removed: dedupe is by content, so the producer reads each new blob
+once; its worker reads it again to process it (docs/design.md §Blob storage).
 """
 
 from __future__ import annotations
@@ -11,14 +16,21 @@ import hashlib
 import math
 import os
 import stat
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from batchscribe.common.errors import ProcessingError
+from batchscribe.common.locations import is_blob, name_of, parse_blob
 from batchscribe.common.media import HEAD_BYTES, not_found_reason, probe_duration_from_head
 from batchscribe.common.state import StateStore
+
+if TYPE_CHECKING:
+    from batchscribe.common.blob import StoredObject
 
 CHUNK = 1 << 20
 HEAD = HEAD_BYTES  # bytes of the first block kept for the header parser
@@ -61,7 +73,16 @@ def sha256_file(path: str, chunk: int = CHUNK) -> str:
     return hash_and_head(path, chunk, head=0)[0]
 
 
-def _stat(path: str) -> tuple[os.stat_result | None, str]:
+class Seen(NamedTuple):
+    """What a file's stat (or a blob's listing) says: enough to tell it unchanged."""
+
+    size: int
+    version: str  # mtime in ns, or the blob's ETag
+
+
+def _stat(path: str, blobs: Mapping[str, StoredObject]) -> tuple[Seen | None, str]:
+    if is_blob(path):
+        return _stat_blob(path, blobs)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -72,10 +93,26 @@ def _stat(path: str) -> tuple[os.stat_result | None, str]:
         return None, "not a regular file"
     if st.st_size == 0:
         return None, "empty file (0 bytes)"
-    return st, ""
+    return Seen(st.st_size, str(st.st_mtime_ns)), ""
+
+
+def _stat_blob(location: str, blobs: Mapping[str, StoredObject]) -> tuple[Seen | None, str]:
+    from batchscribe.common.storage import blob_store
+
+    try:
+        item = blobs.get(location) or blob_store().stat(parse_blob(location))
+    except ProcessingError as exc:
+        return None, exc.reason
+    if item is None:
+        return None, "blob not found (deleted after it was listed?)"
+    if item.size == 0:
+        return None, "empty file (0 bytes)"
+    return Seen(item.size, item.version), ""
 
 
 def _measure(path: str, size: int) -> Fingerprint:
+    if is_blob(path):
+        return _measure_blob(path, size)
     try:
         sha, head = hash_and_head(path)
         duration = probe_duration_from_head(path, head, size, strict=True)
@@ -86,10 +123,34 @@ def _measure(path: str, size: int) -> Fingerprint:
     return Fingerprint(sha256=sha, size=size, duration=duration)
 
 
-def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: int = 8) -> list[Fingerprint]:
-    """Fingerprints in input order; unchanged files come from the cache without reading them."""
-    stats = [_stat(p) for p in paths]
-    keys = [f"{p}|{st.st_size}|{st.st_mtime_ns}" if st else "" for p, (st, _) in zip(paths, stats)]
+def _measure_blob(location: str, size: int) -> Fingerprint:
+    """Hash a blob as it downloads into a temp file, then read its duration from that file."""
+    from batchscribe.common.storage import read_chunks
+
+    digest, head = hashlib.sha256(), b""
+    suffix = Path(name_of(location)).suffix  # the probe judges a misnamed file by its extension
+    with tempfile.NamedTemporaryFile(prefix="bs-probe-", suffix=suffix) as spool:
+        try:
+            for block in read_chunks(location):
+                digest.update(block)
+                if len(head) < HEAD:
+                    head += block[: HEAD - len(head)]
+                spool.write(block)
+            spool.flush()
+            duration = probe_duration_from_head(spool.name, head, size, strict=True)
+        except ProcessingError as exc:
+            return Fingerprint(size=size, error=exc.reason)
+        except OSError as exc:
+            return Fingerprint(size=size, error=f"cannot read blob: {exc.strerror or exc}")
+    return Fingerprint(sha256=digest.hexdigest(), size=size, duration=duration)
+
+
+def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: int = 8,
+                      blobs: Mapping[str, StoredObject] | None = None) -> list[Fingerprint]:
+    """Fingerprints in input order; unchanged files come from the cache without reading them.
+    `blobs`: what the listing said of blob inputs (else each is looked up)."""
+    stats = [_stat(p, blobs or {}) for p in paths]
+    keys = [f"{p}|{st.size}|{st.version}" if st else "" for p, (st, _) in zip(paths, stats)]
     cached = store.fingerprint_lookup([k for k in keys if k]) if store else []
     hits = dict(zip([k for k in keys if k], cached))
     out: list[Fingerprint | None] = [None] * len(paths)
@@ -99,12 +160,12 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
             out[i] = Fingerprint(error=err)
         elif hits.get(key):
             sha, _, dur = hits[key].partition("|")  # type: ignore[union-attr]
-            out[i] = Fingerprint(sha256=sha, size=st.st_size, duration=float(dur))
+            out[i] = Fingerprint(sha256=sha, size=st.size, duration=float(dur))
         else:
             todo.append(i)
 
     def measure(chunk: list[int]) -> list[Fingerprint]:
-        return [_measure(paths[i], stats[i][0].st_size) for i in chunk]  # type: ignore[union-attr]
+        return [_measure(paths[i], stats[i][0].size) for i in chunk]  # type: ignore[union-attr]
 
     # Hand the threads slices of files, not single files: a future per tiny file costs as much as
     # hashing it. Four slices per thread at least, so slow (large, remote) files still spread out.

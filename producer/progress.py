@@ -11,8 +11,8 @@ import time
 from typing import TextIO
 
 from batchscribe.common.errors import RedisUnavailableError
-from batchscribe.common.models import TranscriptionOptions
-from batchscribe.common.queues import pool_queue
+from batchscribe.common.models import options_from_dict
+from batchscribe.common.queues import queue_for
 from batchscribe.common.state import StateStore
 from batchscribe.producer.display import Display, Progress, plain_line
 from batchscribe.producer.runlog import RunLog
@@ -32,8 +32,7 @@ def progress_of(view: BatchView, in_flight: dict[str, int], title: str = "transc
 def in_flight_for(store: StateStore, header: dict[str, str]) -> dict[str, int]:
     """Files running now on each endpoint whose live consumers take this batch's files (all batches'
     files: in-flight entries are per endpoint)."""
-    options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
-    queue = pool_queue(options.language, options.engine)
+    queue = queue_for(options_from_dict(json.loads(header.get("options") or "{}")))
     endpoints = sorted({b.endpoint for b in store.consumer_beats().values() if queue in b.queues})
     return {ep: int(store.endpoint_stats(ep).get("in_flight", 0)) for ep in endpoints}
 

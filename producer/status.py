@@ -15,10 +15,11 @@ from rich.console import Group, RenderableType
 from rich.padding import Padding
 from rich.text import Text
 
+from batchscribe.common.conversion import ConversionOptions
 from batchscribe.common.errors import InputError
-from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
+from batchscribe.common.models import FileRecord, FileState, JobOptions, options_from_dict
 from batchscribe.common.names import printable
-from batchscribe.common.queues import pool_queue
+from batchscribe.common.queues import queue_for
 from batchscribe.common.state import FILE_PAGE, StateStore, file_pages, served_queues
 from batchscribe.producer.display import cells, fmt_duration, fmt_hours, table, texts
 
@@ -41,6 +42,15 @@ class BatchView:
     failures: dict[str, list[FileRecord]] = field(default_factory=dict)  # the first SHOW_FAILURES per class
     failed_by_class: dict[str, int] = field(default_factory=dict)
     unserved: str = ""  # why nothing will take the batch's files now ("" = a live worker serves it)
+
+    @property
+    def converting(self) -> bool:
+        """A conversion batch (`batchscribe convert`), not a transcription."""
+        return isinstance(self.options, ConversionOptions)
+
+    @property
+    def options(self) -> JobOptions:
+        return options_from_dict(json.loads(self.header.get("options") or "{}"))
 
     @property
     def settled(self) -> int:
@@ -100,17 +110,19 @@ def load_view(store: StateStore, batch_id: str, with_failures: bool = True,
             if len(samples) < SHOW_FAILURES:
                 samples.append(record)
     if check_workers and not view.complete:
-        options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
-        view.unserved = unserved(store, options)
+        view.unserved = unserved(store, view.options)
     return view
 
 
-def unserved(store: StateStore, options: TranscriptionOptions) -> str:
+def unserved(store: StateStore, options: JobOptions) -> str:
     """"" when some live consumer (by its heartbeat) takes files with these options, else a one-line
     explanation: such a batch waits until a worker that serves it starts."""
-    queue = pool_queue(options.language, options.engine)
+    queue = queue_for(options)
     if queue in served_queues(store.consumer_beats()):
         return ""
+    if isinstance(options, ConversionOptions):
+        return (f"no live worker converts media (queue {queue}): its files wait until a `batchscribe worker` "
+                "with --convert-concurrency of 1 or more starts")
     engine = f" with engine {options.engine}" if options.engine else ""
     return (f"no live worker serves language {options.language}{engine} (queue {queue}): its files wait "
             "until a worker whose endpoints serve it starts (endpoint `languages`, `engine`)")
@@ -139,7 +151,7 @@ def camel(name: str) -> str:
 
 def options_document(header: dict[str, str]) -> dict[str, Any]:
     """The batch's options as the API takes them (camelCase, plus `txt`)."""
-    options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}")).to_dict()
+    options = options_from_dict(json.loads(header.get("options") or "{}")).to_dict()
     document = {camel(k): v for k, v in options.items()}
     document["txt"] = "txt" in (header.get("formats") or "").split(",")
     return document
@@ -183,7 +195,8 @@ def render_status(view: BatchView) -> RenderableType:
     files.add_row(*cells("", view.total, c.get("queued", 0), c.get("running", 0), c.get("retrying", 0),
                          c.get("done", 0), c.get("failed", 0), c.get("cancelled", 0)))
     audio = f"{fmt_hours(view.audio_done, view.audio_total)} of {fmt_hours(view.audio_total)}"
-    lines = [f"audio    {audio} transcribed; {speed:.1f}× real time over {fmt_duration(view.elapsed)}"]
+    done = "converted" if view.converting else "transcribed"
+    lines = [f"audio    {audio} {done}; {speed:.1f}× real time over {fmt_duration(view.elapsed)}"]
     if view.header.get("cancelled_at"):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(view.header["cancelled_at"])))
         lines.append(f"cancelled at {when}: {c.get('cancelled', 0)} file(s) had not finished")

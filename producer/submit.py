@@ -19,13 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchscribe.common.errors import InputError, OutputConflictError, PathNotAllowedError
-from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions, job_key
+from batchscribe.common.errors import InputError, OutputConflictError, PathNotAllowedError, ProcessingError
+from batchscribe.common.locations import is_blob, parse_blob, shown
+from batchscribe.common.models import (
+    FileRecord,
+    FileState,
+    JobOptions,
+    TranscriptionOptions,
+    job_key,
+    options_from_dict,
+)
 from batchscribe.common.names import printable
-from batchscribe.common.outcomes import deliver_failure, deliver_success
-from batchscribe.common.output import output_path
+from batchscribe.common.outcomes import CacheMiss, deliver_failure, deliver_success
+from batchscribe.common.output import MEDIA_FORMAT, output_for
 from batchscribe.common.publish import Publisher, TaskSpec
-from batchscribe.common.queues import pool_queue
+from batchscribe.common.queues import queue_for, task_for
 from batchscribe.common.state import StateStore, target_id
 from batchscribe.common.summary import complete_batch
 from batchscribe.producer.discover import Discovered, discover, outside_roots
@@ -49,20 +57,42 @@ class SubmitReport:
     seconds: float = 0.0
 
 
-def unique_outputs(out: Path, files: Sequence[tuple[str, str]]) -> list[str]:
-    """Each input's output path; two inputs that would share one refuse the batch, naming both.
+def unique_outputs(out: str, files: Sequence[tuple[str, str]], options: JobOptions) -> list[str]:
+    """Each input's output location; two inputs that would share one refuse the batch, naming both,
+    and so does an output that would overwrite an input.
 
     Discovery makes them distinct (`producer.discover`); this is the guarantee, before anything is
     written or queued.
     """
-    outputs = [str(output_path(out, rel)) for _, rel in files]
+    outputs = [output_for(out, rel, options) for _, rel in files]
     owner: dict[str, str] = {}
+    inputs = {path for path, _ in files}
     for (path, _), output in zip(files, outputs):
         other = owner.setdefault(output, path)
         if other != path:
-            raise InputError(f"{other} and {path} would both be written to {output}; "
-                             "submit them in separate batches or to separate --out folders")
+            raise InputError(f"{printable(shown(other))} and {printable(shown(path))} would both be written "
+                             f"to {printable(shown(output))}; submit them in separate batches or to separate "
+                             "--out folders")
+        if output in inputs:
+            raise InputError(f"{printable(shown(output))} is an input and would be overwritten by its own "
+                             "output; choose another --out folder")
     return outputs
+
+
+def resolve_out(out_dir: str | Path) -> str:
+    """The output folder as it is stored: an absolute path, or a blob prefix's canonical location
+    (without a SAS). A blob container is created when missing."""
+    text = str(out_dir)
+    if not is_blob(text):
+        return str(Path(text).expanduser().resolve())
+    from batchscribe.common.storage import blob_store
+
+    location = parse_blob(text)
+    try:
+        blob_store().ensure_container(location)
+    except ProcessingError as exc:
+        raise InputError(f"cannot write to {shown(location.canonical)}: {exc.reason}") from exc
+    return location.canonical
 
 
 def output_clash(clashes: Sequence[tuple[str, str]]) -> OutputConflictError:
@@ -93,14 +123,17 @@ class Submitter:
         self.claim_ttl = claim_ttl
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
-    def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: TranscriptionOptions,
+    def submit(self, inputs: Sequence[str | Path], out_dir: str | Path, options: JobOptions,
                formats: Sequence[str] = ("json",), batch_id: str | None = None, display_name: str = "",
                confine: Sequence[Path] = (), log_folder: str = "") -> SubmitReport:
         """`confine` (`batchscribe serve`'s allowed roots): refuse the batch, before anything is
         written, if an input, a file found under one (a symlink inside a folder) or the output
         folder is outside them. `log_folder`: where workers write each file's engine log (absolute)."""
         began = time.monotonic()
-        out = Path(out_dir).expanduser().resolve()
+        if confine and any(is_blob(str(p)) for p in [*inputs, out_dir]):
+            raise PathNotAllowedError("this server reads and writes only its allowed folders, "
+                                      "not blob storage")
+        out = resolve_out(out_dir)
         if confine:
             confined(confine, [*inputs, out])
         found = discover(inputs, exclude=[out, *([Path(log_folder)] if log_folder else [])])
@@ -111,22 +144,25 @@ class Submitter:
         return report
 
     def submit_found(self, found: Discovered, inputs: Sequence[str | Path], out_dir: str | Path,
-                     options: TranscriptionOptions, formats: Sequence[str] = ("json",),
+                     options: JobOptions, formats: Sequence[str] = ("json",),
                      batch_id: str | None = None, display_name: str = "",
                      log_folder: str = "") -> SubmitReport:
         """Submit files already found, each with its relative output path; `inputs` names them in the
-        batch header. `watch` gives the files that landed, with the paths `submit DIR…` would give."""
+        batch header. `watch` gives the files that landed, with the paths `submit DIR…` would give.
+        A conversion's batch writes media (`formats` is ``media``)."""
         began = time.monotonic()
-        out = Path(out_dir).expanduser().resolve()
+        out = str(out_dir) if is_blob(str(out_dir)) else str(Path(out_dir).expanduser().resolve())
+        if not isinstance(options, TranscriptionOptions):
+            formats = (MEDIA_FORMAT,)
         report = SubmitReport(batch_id=batch_id or new_batch_id(), skipped=found.skipped, links=found.links)
-        outputs = unique_outputs(out, found.files)
-        prints = fingerprint_files([p for p, _ in found.files], self.store)
+        outputs = unique_outputs(out, found.files, options)
+        prints = fingerprint_files([p for p, _ in found.files], self.store, blobs=found.blobs)
         records = [FileRecord(batch_id=report.batch_id, index=i, path=path, rel=rel, output=output,
                               sha256=fp.sha256, size=fp.size, duration=fp.duration, queued_at=time.time(),
                               job=job_key(fp.sha256, options) if not fp.error else "")
                    for i, ((path, rel), output, fp) in enumerate(zip(found.files, outputs, prints))]
         report.files = len(records)
-        header = {"input": " ".join(str(p) for p in inputs), "out": str(out), "options": options.to_dict(),
+        header = {"input": " ".join(shown(p) for p in inputs), "out": out, "options": options.to_dict(),
                   "formats": ",".join(formats), "skipped": str(len(found.skipped)), "owner": self.owner,
                   "links": str(len(found.links)), "link_list": found.links[:KEEP_LINKS],
                   "display_name": display_name, "log_folder": log_folder}
@@ -156,7 +192,7 @@ class Submitter:
         if header.get("cancelled_at"):
             raise InputError(f"batch {batch_id} was cancelled: submit its inputs again as a new batch "
                              "(what was transcribed comes from the cache)")
-        options = TranscriptionOptions.from_dict(json.loads(header.get("options") or "{}"))
+        options = options_from_dict(json.loads(header.get("options") or "{}"))
         records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
                    if error_class is None or r.error_class == error_class]
         report = SubmitReport(batch_id=batch_id, files=len(records))
@@ -180,8 +216,10 @@ class Submitter:
         self._claim_and_publish(good, options, report)
         return report
 
-    def _claim_and_publish(self, records: list[FileRecord], options: TranscriptionOptions,
-                           report: SubmitReport) -> None:
+    def _claim_and_publish(self, records: list[FileRecord], options: JobOptions,
+                           report: SubmitReport, redo: bool = True) -> None:
+        """Claim each record's job; publish what we claimed, deliver what is cached, watch the rest.
+        `redo`: cached results whose artefact is gone are forgotten and claimed again (once)."""
         verdicts = self.store.claim([(r.job, target_id(r.batch_id, r.index), r.duration) for r in records],
                                     self.owner, self.claim_ttl)
         claimed, attached, cached = [], [], []
@@ -198,30 +236,44 @@ class Submitter:
             seen.add(record.job)
         self._publish(claimed, options)
         report.published += len(claimed)
-        self._deliver_cached(cached)
-        report.cached += len(cached)
+        missed = self._deliver_cached(cached)
+        report.cached += len(cached) - len(missed)
         report.attached += len(attached)
+        if missed and redo:
+            self._claim_and_publish(missed, options, report, redo=False)
         self._settle_attached(attached, options, report)
 
-    def _publish(self, records: list[FileRecord], options: TranscriptionOptions) -> None:
+    def _publish(self, records: list[FileRecord], options: JobOptions) -> None:
         """Longest first: the long tail of a batch is its longest file started last."""
         if not records:
             return
-        queue = pool_queue(options.language, options.engine)
+        queue, task = queue_for(options), task_for(options)
         opts = options.to_dict()
         ordered = sorted(records, key=lambda r: r.duration, reverse=True)
-        self.publisher.publish([TaskSpec(r.job, opts, r.path, r.duration, queue, r.batch_id)
+        self.publisher.publish([TaskSpec(r.job, opts, r.path, r.duration, queue, r.batch_id, task)
                                 for r in ordered])
         self.store.mark_published([r.job for r in ordered], self.owner)
 
-    def _deliver_cached(self, records: list[FileRecord]) -> None:
+    def _deliver_cached(self, records: list[FileRecord]) -> list[FileRecord]:
+        """Write the outputs of dedupe hits; returns those whose cached artefact is gone (their
+        results are forgotten: the caller claims them again)."""
         results = self.store.results(sorted({r.job for r in records}))
+        missed: list[FileRecord] = []
         for record in records:
             result = results.get(record.job)
-            if result is not None:
+            if result is None:
+                missed.append(record)  # expired between the claim and now
+                continue
+            try:
                 deliver_success(self.store, "", [record], result, cached=True)
+            except CacheMiss as exc:
+                log.info("cached result of %s is no longer usable (%s); doing it again",
+                         printable(shown(record.path)), exc)
+                self.store.forget_result(record.job)
+                missed.append(record)
+        return missed
 
-    def _settle_attached(self, records: list[FileRecord], options: TranscriptionOptions,
+    def _settle_attached(self, records: list[FileRecord], options: JobOptions,
                          report: SubmitReport) -> None:
         """Make sure every job we attached to gets published even if its claimer died."""
         pending = {r.job: r for r in records}
@@ -238,7 +290,7 @@ class Submitter:
             if pending:
                 time.sleep(0.5)
 
-    def _take_over(self, record: FileRecord, options: TranscriptionOptions, report: SubmitReport,
+    def _take_over(self, record: FileRecord, options: JobOptions, report: SubmitReport,
                    pending: dict[str, FileRecord]) -> None:
         log.warning("claim on %s expired (its producer died?); taking it over", printable(record.path))
         verdict = self.store.claim([(record.job, target_id(record.batch_id, record.index), record.duration)],
@@ -247,7 +299,9 @@ class Submitter:
             self._publish([record], options)
             report.published, report.attached = report.published + 1, report.attached - 1
         elif verdict == "done":
-            self._deliver_cached([record])
+            if self._deliver_cached([record]):  # its artefact is gone and its result forgotten: claim it
+                self._take_over(record, options, report, pending)
+                return
             report.cached, report.attached = report.cached + 1, report.attached - 1
         else:
             pending[record.job] = record

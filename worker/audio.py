@@ -53,17 +53,22 @@ def prepare(path: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Pr
     stated = None
     if not _link_if_canonical(source, out):
         run_ffmpeg(normalise_args(source, out), ffmpeg_timeout(size), source)
-        stated = _stated(source)
+        stated = stated_seconds(source)
     info = read_wav_header(out)
     if info.data_size < 2:
         raise AudioError("no audio: the file decodes to zero samples")
-    if stated is not None and info.duration < stated - max(SHORTFALL_SECONDS, SHORTFALL_FRACTION * stated):
-        kind = source.suffix.lstrip(".").upper() or "file"
-        raise AudioError(truncation(kind, stated, info.duration) + CUT_SHORT_HINT)
+    check_whole(source, stated, info.duration)
     return PreparedAudio(path=out, duration=info.duration, sample_rate=SAMPLE_RATE)
 
 
-def _stated(source: Path) -> float | None:
+def check_whole(source: Path, stated: float | None, decoded: float) -> None:
+    """Refuse a file that decoded to well under what its header states: it was cut short."""
+    if stated is not None and decoded < stated - max(SHORTFALL_SECONDS, SHORTFALL_FRACTION * stated):
+        kind = source.suffix.lstrip(".").upper() or "file"
+        raise AudioError(truncation(kind, stated, decoded) + CUT_SHORT_HINT)
+
+
+def stated_seconds(source: Path) -> float | None:
     """The header's duration; None when it states none, or when only ffmpeg could read the file."""
     try:
         return stated_duration(source)

@@ -14,6 +14,7 @@ consumer's `HealthGate` hands files back instead of calling an unusable one, `st
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import ssl
 import threading
@@ -43,6 +44,9 @@ def probe(endpoint: Endpoint, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
     """One look at the endpoint; never raises."""
     if endpoint.engine == "local":
         return ProbeResult(True)
+    if endpoint.engine == "ffmpeg":  # the converter needs only its tool
+        found = shutil.which("ffmpeg")
+        return ProbeResult(True) if found else ProbeResult(False, "ffmpeg is not installed on this VM")
     if endpoint.is_cloud_service:
         return _tls_connect(endpoint.host, endpoint.port, timeout)
     for path in ("/ready", "/status"):

@@ -20,9 +20,7 @@ finds the job running under a live lease is deferred the same way, without runni
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,23 +29,25 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from batchscribe.common.config import Endpoint
+from batchscribe.common.conversion import ConversionOptions
 from batchscribe.common.errors import (
     ErrorClass,
-    PermanentError,
     ProcessingError,
     RedisUnavailableError,
     TransientError,
 )
-from batchscribe.common.models import FileRecord, TranscriptionOptions
+from batchscribe.common.models import FileRecord, JobOptions, TranscriptionOptions, options_from_dict
 from batchscribe.common.names import output_name, printable
-from batchscribe.common.outcomes import deliver_failure, deliver_success, records_for
+from batchscribe.common.outcomes import CacheMiss, deliver_failure, deliver_success, records_for
 from batchscribe.common.publish import TaskSpec
-from batchscribe.common.queues import pool_queue
+from batchscribe.common.queues import queue_for
 from batchscribe.common.settings import RetryPolicy, Settings
 from batchscribe.common.state import JobStart, StateStore
 from batchscribe.worker.engines import build_engine
 from batchscribe.worker.engines.base import Engine, EngineStopped
 from batchscribe.worker.health import HealthGate
+from batchscribe.worker.inputs import local_input
+from batchscribe.worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -81,8 +81,17 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Work:
+    """What one engine call or conversion produced: the job's result (cached for dedupe) and, for a
+    conversion, the converted file in the delivery's scratch folder."""
+
+    result: dict[str, Any]
+    artifact: Path | None = None
+
+
+@dataclass(frozen=True)
 class Delivery:
-    """One receipt of a transcribe task message: what to run, and how to find it again."""
+    """One receipt of a transcribe or convert task message: what to run, and how to find it again."""
 
     task: TaskSpec  # what was received; its queue is where it came from
     id: str  # unique per receipt: the job's lease holder
@@ -106,9 +115,9 @@ class Delivery:
         return replace(self.task, queue=queue or self.task.queue)
 
     def pool_spec(self) -> TaskSpec:
-        """The task that runs the job again wherever its language pool has a free slot."""
-        opts = TranscriptionOptions.from_dict(self.options)
-        return self.spec(pool_queue(opts.language, opts.engine))
+        """The task that runs the job again wherever its pool (language, or the converters) has a
+        free slot."""
+        return self.spec(queue_for(options_from_dict(self.options)))
 
 
 def durably(call: Callable[[], R], what: str, patience: float = REDIS_OUTAGE_PATIENCE) -> R:
@@ -135,6 +144,7 @@ def backoff_delay(policy: RetryPolicy, attempt: int, rng: random.Random | None =
 
 
 _SUPERSEDED = Outcome("superseded", "another delivery took the job over; it goes on there")
+_REDO = Outcome("cached", "the cached result is gone: the job runs again")
 
 
 class JobRunner:
@@ -142,12 +152,13 @@ class JobRunner:
 
     def __init__(self, settings: Settings, store: StateStore, endpoint: Endpoint,
                  engine: Engine | None = None, stop: threading.Event | None = None,
-                 gate: HealthGate | None = None) -> None:
+                 gate: HealthGate | None = None, scratch: Scratch | None = None) -> None:
         self.settings = settings
         self.store = store
         self.endpoint = endpoint
         self.stop = stop or threading.Event()  # set when the consumer is told to stop (planned)
         self.gate = gate or HealthGate(store, endpoint.name)
+        self.scratch = scratch or Scratch.for_node(endpoint.name)
         self._engine = engine
         self._engine_lock = threading.Lock()
 
@@ -158,13 +169,18 @@ class JobRunner:
                 self._engine = build_engine(self.endpoint)
             return self._engine
 
-    def run(self, delivery: Delivery) -> Outcome:
-        """Process one delivery. Whatever happens, the task's message can be acked afterwards."""
+    def run(self, delivery: Delivery, redo: bool = True) -> Outcome:
+        """Process one delivery. Whatever happens, the task's message can be acked afterwards.
+
+        `redo`: a finished job whose cached artefact turns out to be gone runs again (once)."""
         job_key = delivery.job_key
         start = self.store.start_job(job_key, self.endpoint.name, delivery.id, self.settings.lease_ttl,
                                      delivery.spec().to_json(), MAX_BOUNCES, BOUNCE_DELAY)
         if not start.runs:
-            return self._not_run(delivery, start)
+            outcome = self._not_run(delivery, start)
+            if outcome is _REDO and redo:
+                return self.run(delivery, redo=False)
+            return outcome
         records = records_for(self.store, start.targets)
         if start.crashed_endpoint:  # (the script counted it in the endpoint's stats)
             self._log(job_key, records, "crash", attempt=start.attempts, error_class=ErrorClass.CRASH.value,
@@ -178,29 +194,48 @@ class JobRunner:
                       error_class=ErrorClass.ENDPOINT.value, reason=closed)
             return self._requeue(delivery, ErrorClass.ENDPOINT, closed, spend=False,
                                  delay=ENDPOINT_REQUEUE_DELAY)
-        opts = TranscriptionOptions.from_dict(delivery.options)
+        opts = options_from_dict(delivery.options)
         began = time.time()
-        try:
-            result = self._transcribe(job_key, records, opts, delivery.worker)
-        except EngineStopped:
-            return self._hand_back(delivery, records, start.attempts)
-        except ProcessingError as exc:
-            return self._on_error(delivery, start, records, exc, time.time() - began)
-        except Exception as exc:  # a bug or an untranslated library error: never leave it "running"
-            log.exception("unexpected error on %s", job_key)
-            internal = TransientError(f"internal error: {type(exc).__name__}: {exc}")
-            return self._on_error(delivery, start, records, internal, time.time() - began)
-        seconds = time.time() - began
+        with self.scratch.workdir() as workdir:
+            try:
+                work = self._perform(job_key, records, opts, delivery.worker, workdir)
+            except EngineStopped:
+                return self._hand_back(delivery, records, start.attempts)
+            except ProcessingError as exc:
+                return self._on_error(delivery, start, records, exc, time.time() - began)
+            except Exception as exc:  # a bug or an untranslated library error: never leave it "running"
+                log.exception("unexpected error on %s", job_key)
+                internal = TransientError(f"internal error: {type(exc).__name__}: {exc}")
+                return self._on_error(delivery, start, records, internal, time.time() - began)
+            seconds = time.time() - began
+            result = work.result
 
-        def record() -> None:
-            self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
-            self.store.record_attempt(self.endpoint.name, audio_seconds=float(result.get("duration") or 0),
-                                      busy_seconds=seconds)
-            targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
-            deliver_success(self.store, job_key, records_for(self.store, targets, records), result)
+            def record() -> None:
+                self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
+                self.store.record_attempt(self.endpoint.name,
+                                          audio_seconds=float(result.get("duration") or 0),
+                                          busy_seconds=seconds)
+                targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
+                deliver_success(self.store, job_key, records_for(self.store, targets, records), result,
+                                artifact=work.artifact)
 
-        durably(record, f"recording the transcript of {job_key}")
+            durably(record, f"recording the result of {job_key}")
         return Outcome("done", f"{float(result.get('duration') or 0):.1f} s of audio in {seconds:.1f} s")
+
+    def _perform(self, job_key: str, records: list[FileRecord], opts: JobOptions, worker: str,
+                 workdir: Path) -> Work:
+        """The engine call (or the conversion), counted in flight on this endpoint while it runs."""
+        endpoint = self.endpoint.name
+        self.store.track_inflight(endpoint, job_key)
+        try:
+            self._check_stop()
+            source = local_input(records, workdir)
+            self._check_stop()
+            if isinstance(opts, ConversionOptions):
+                return self._convert(records, opts, source, workdir)
+            return self._transcribe(records, opts, source, worker, workdir)
+        finally:
+            durably(lambda: self.store.release_inflight(endpoint, job_key), f"releasing {job_key}'s slot")
 
     def _not_run(self, delivery: Delivery, start: JobStart) -> Outcome:
         """A delivery that must not call the engine: deferred duplicate, finished or stale job."""
@@ -220,34 +255,46 @@ class JobRunner:
         if start.previous == "failed":  # a stale copy: a failed job runs again only if re-submitted
             log.info("job %s already failed; dropping a stale delivery", delivery.job_key)
             return Outcome("stale", "a late copy of a file that already failed")
-        self._deliver_cached(delivery.job_key, records_for(self.store, start.targets))
-        return Outcome("cached", "already transcribed: outputs written from the cached transcript")
+        if not self._deliver_cached(delivery.job_key, records_for(self.store, start.targets)):
+            return _REDO
+        return Outcome("cached", "already done: outputs written from the cached result")
 
-    def _deliver_cached(self, job_key: str, records: list[FileRecord]) -> None:
-        """A redelivery of a finished job (e.g. crash after finishing): outputs only, no engine."""
+    def _deliver_cached(self, job_key: str, records: list[FileRecord]) -> bool:
+        """A redelivery of a finished job (e.g. crash after finishing): outputs only, no engine.
+        False when the cached artefact is gone: its result is forgotten, the job must run again."""
         cached = self.store.results([job_key]).get(job_key)
-        if cached is not None and records:
+        if cached is None or not records:
+            return True
+        try:
             deliver_success(self.store, job_key, records, cached)
+        except CacheMiss as exc:
+            log.warning("job %s: %s; doing it again", job_key, exc)
+            self.store.forget_result(job_key)
+            return False
+        return True
 
-    def _transcribe(self, job_key: str, records: list[FileRecord], opts: TranscriptionOptions,
-                    worker: str) -> dict[str, Any]:
+    def _transcribe(self, records: list[FileRecord], opts: TranscriptionOptions, source: Path,
+                    worker: str, workdir: Path) -> Work:
         from batchscribe.worker.audio import prepare  # ffmpeg side; imported lazily like the engines
 
-        source = self._pick_input(records)
-        log_file = self._engine_log(records, worker)
-        endpoint = self.endpoint.name
-        self.store.track_inflight(endpoint, job_key)
-        try:
-            with tempfile.TemporaryDirectory(prefix="batchscribe-") as workdir:
-                self._check_stop()
-                audio = prepare(source, Path(workdir))
-                self._check_stop()
-                recognition = self.engine.transcribe(audio, opts, stop=self.stop, log_file=log_file)
-        finally:
-            durably(lambda: self.store.release_inflight(endpoint, job_key), f"releasing {job_key}'s slot")
-        return {"phrases": recognition.phrases, "duration": recognition.duration,
-                "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
-                "endpoint": self.endpoint.name, "options": opts.to_dict()}
+        audio = prepare(source, workdir)
+        self._check_stop()
+        recognition = self.engine.transcribe(audio, opts, stop=self.stop,
+                                             log_file=self._engine_log(records, worker))
+        return Work({"phrases": recognition.phrases, "duration": recognition.duration,
+                     "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
+                     "endpoint": self.endpoint.name, "options": opts.to_dict()})
+
+    def _convert(self, records: list[FileRecord], opts: ConversionOptions, source: Path,
+                 workdir: Path) -> Work:
+        """ffmpeg into the scratch folder; the result points at the first input's output, where the
+        converted file will be stored (later dedupe hits copy it from there)."""
+        from batchscribe.worker.convert import convert
+
+        converted = convert(source, opts, workdir, stop=self.stop)
+        return Work({"kind": "convert", "duration": converted.duration, "size": converted.size,
+                     "sha256": converted.sha256, "artifact": records[0].output, "engine": "ffmpeg",
+                     "endpoint": self.endpoint.name, "options": opts.to_dict()}, converted.path)
 
     def _engine_log(self, records: list[FileRecord], worker: str) -> Path | None:
         """Where the engine traces this attempt when the batch has a `--log-folder`: batch-kit's
@@ -263,16 +310,6 @@ class JobRunner:
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise EngineStopped("the consumer is stopping")
-
-    @staticmethod
-    def _pick_input(records: list[FileRecord]) -> str:
-        """Any input with these bytes will do; prefer one that still exists."""
-        if not records:
-            raise PermanentError("no input file is attached to this job any more")
-        for record in records:
-            if os.path.exists(record.path):
-                return record.path
-        return records[0].path
 
     def _on_error(self, delivery: Delivery, start: JobStart, records: list[FileRecord],
                   exc: ProcessingError, seconds: float) -> Outcome:

@@ -3,7 +3,7 @@ kept in line with the cluster's endpoint set. This module is the loop; each deci
 
 * `endpoint_source.EndpointSource` — the endpoint set (the `--config` file, the published set);
 * `ownership.Ownership` / `ownership.Rebalancer` — which shared endpoints this VM runs (a `local`
-  endpoint is every VM's own);
+  endpoint and the `ffmpeg` converter are every VM's own);
 * `health.EndpointHealth` — which of them are usable: probes (on their own thread) and one circuit
   breaker per endpoint, published with a TTL for the consumers;
 * `pool.Pool` — a consumer process for exactly the wanted endpoints:
@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import IO
 
 from batchscribe.common.config import Endpoint, EndpointSet
@@ -74,7 +75,7 @@ class Supervisor:
                  hostname: str | None = None, log_file: IO[bytes] | None = None,
                  poll_interval: float = 1.0, grace: float = 30.0, store: StateStore | None = None,
                  follow_registry: bool = True, owner_ttl: float = 15.0, spawn: Spawn | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, converter: Endpoint | None = None) -> None:
         self.settings = settings
         self.hostname = hostname or socket.gethostname()
         self.log_file = log_file
@@ -84,6 +85,7 @@ class Supervisor:
         self.store = store or StateStore.connect(settings)
         self.owner_ttl = owner_ttl
         self.source = EndpointSource(self.store, endpoints, config_path, follow_registry)
+        self.converter = converter  # this VM's media converter, unless the set names one (engine ffmpeg)
         self.ownership = Ownership(self.store, self.hostname, owner_ttl, clock)
         self.rebalancer = Rebalancer(self.ownership)
         self.health = EndpointHealth(self.store, self.hostname, owner_ttl)
@@ -95,11 +97,18 @@ class Supervisor:
 
     # ---- one tick ------------------------------------------------------------------------
 
+    def desired(self, endpoints: EndpointSet | None = None) -> EndpointSet:
+        """The set to run here: the endpoint set, plus this VM's converter when the set has none."""
+        current = self.source.current if endpoints is None else endpoints
+        if self.converter is None or any(e.engine == "ffmpeg" for e in current):
+            return current
+        return replace(current, endpoints=(*current.endpoints, self.converter))
+
     def tick(self) -> None:
-        desired = self.source.refresh()
-        shared = [e.name for e in desired if e.engine != "local"]
+        desired = self.desired(self.source.refresh())
+        shared = [e.name for e in desired if not e.on_every_vm]
         owned = self.rebalancer.adjust(self.ownership.sync(shared), len(shared), self.pool.names())
-        owned |= {e.name for e in desired if e.engine == "local"}
+        owned |= {e.name for e in desired if e.on_every_vm}
         usable = self.health.assess(e.name for e in desired if e.name in owned)
         self.health.forget(e.name for e in desired)
         self.pool.reconcile(wanted(desired, owned, usable))
@@ -168,7 +177,7 @@ class Supervisor:
 
     def _prober(self) -> None:
         while not self._stop.wait(self.poll_interval):
-            self.health.probe_all(list(self.source.current))
+            self.health.probe_all(list(self.desired()))
 
     def _summaries(self) -> None:
         """Keep every live batch's run_summary.json fresh (`common.summary.refresh_live`: one VM of the
@@ -198,7 +207,7 @@ class Supervisor:
 
     def run(self) -> None:
         """Supervise until request_stop() (signal handler or another thread)."""
-        self.health.probe_all(list(self.source.refresh()))
+        self.health.probe_all(list(self.desired(self.source.refresh())))
         self._start_background()
         next_tick = 0.0
         try:

@@ -1,12 +1,15 @@
-"""The Celery side of the worker: the transcribe task and how a consumer learns its endpoint.
+"""The Celery side of the worker: the transcribe and convert tasks, and how a consumer learns its
+endpoint.
 
 A consumer is started either by `batchscribe worker` (which passes the endpoint in
 BATCHSCRIBE_ENDPOINT_JSON) or by hand as a plain Celery worker:
 
     celery -A batchscribe.worker.app worker -Q ep.NAME,pool.en-US -c N -P threads
+    celery -A batchscribe.worker.app worker -Q convert -c N -P threads -n convert@%h
 
 in which case the endpoint is the one named by its `ep.NAME` queue, looked up in
-BATCHSCRIBE_CONFIG (or the built-in local endpoint when NAME is `local`).
+BATCHSCRIBE_CONFIG (or the built-in local endpoint when NAME is `local`); a consumer of the
+`convert` queue alone is a media converter running N ffmpeg at once.
 
 A consumer told to stop (SIGTERM from its supervisor, `docker stop`, systemd; SIGINT, SIGQUIT)
 does not finish its files: it sets its stop event, each running engine call ends within about a
@@ -34,17 +37,25 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown, worker_shutting_down
 
-from batchscribe.common.config import Endpoint, default_local_endpoints, load_endpoints
+from batchscribe.common.config import Endpoint, converter_endpoint, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, StateError
-from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.models import options_from_dict
 from batchscribe.common.publish import TaskSpec
-from batchscribe.common.queues import TRANSCRIBE_TASK, endpoint_from_queues, pool_queue
+from batchscribe.common.queues import (
+    CONVERT_QUEUE,
+    CONVERT_TASK,
+    TRANSCRIBE_TASK,
+    endpoint_from_queues,
+    queue_for,
+    task_for,
+)
 from batchscribe.common.settings import Settings, redact
 from batchscribe.common.state import LeaseItem, StateStore
 from batchscribe.worker.jobs import Delivery, JobRunner, Outcome
 from batchscribe.worker.leases import LeaseKeeper
 from batchscribe.worker.liveness import ConsumerPresence
 from batchscribe.worker.outage import redis_errors_in_one_line
+from batchscribe.worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +66,13 @@ class FileFailed(Exception):
     logs it in one line, without a traceback. One argument, so it pickles (Celery checks)."""
 
 
-def resolve_endpoint(environ: Mapping[str, str], queues: list[str]) -> Endpoint:
-    """Which endpoint this consumer serves (see module docstring)."""
+def resolve_endpoint(environ: Mapping[str, str], queues: list[str], concurrency: int = 0) -> Endpoint:
+    """Which endpoint this consumer serves (see module docstring); a plain `-Q convert` consumer is a
+    converter with its own -c."""
     if environ.get("BATCHSCRIBE_ENDPOINT_JSON"):
         return Endpoint.from_dict(json.loads(environ["BATCHSCRIBE_ENDPOINT_JSON"]))
+    if queues == [CONVERT_QUEUE]:
+        return converter_endpoint(concurrency or None)
     name = environ.get("BATCHSCRIBE_ENDPOINT") or endpoint_from_queues(queues)
     if environ.get("BATCHSCRIBE_CONFIG"):
         endpoints = load_endpoints(environ["BATCHSCRIBE_CONFIG"], environ)
@@ -82,10 +96,10 @@ def delivery_of(request: Any, job_key: str, options: dict[str, Any], path: str,
     """
     properties = getattr(request, "properties", None) or {}
     info = getattr(request, "delivery_info", None) or {}
-    opts = TranscriptionOptions.from_dict(options)
-    queue = info.get("routing_key") or pool_queue(opts.language, opts.engine)
+    opts = options_from_dict(options)
+    queue = info.get("routing_key") or queue_for(opts)
     return Delivery(
-        task=TaskSpec(job_key, options, path, duration, queue, batch),
+        task=TaskSpec(job_key, options, path, duration, queue, batch, task_for(opts)),
         id=f"{request.hostname}/{request.id}/{uuid.uuid4().hex[:8]}",
         tag=str(properties.get("delivery_tag") or ""),
     )
@@ -98,6 +112,7 @@ class ConsumerRuntime:
         self.settings = settings
         self.queues: list[str] = []
         self.node = ""  # Celery's node name (ENDPOINT@HOST), known once Celery has set up
+        self.concurrency = 0  # the worker's -c, known once Celery has set up
         self.stopping = threading.Event()  # a planned stop: running files are handed back
         self._runner: JobRunner | None = None
         self._leases: LeaseKeeper | None = None
@@ -110,9 +125,11 @@ class ConsumerRuntime:
         """The runner and its lease keeper, built together on first use (the keeper starts then)."""
         with self._lock:
             if self._runner is None or self._leases is None:
-                endpoint = resolve_endpoint(os.environ, self.queues)
+                endpoint = resolve_endpoint(os.environ, self.queues, self.concurrency)
                 store = StateStore.connect(self.settings, check=False)
-                self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping)
+                scratch = Scratch.for_node(self.node or endpoint.name)
+                scratch.clean_leftovers()  # what a SIGKILLed predecessor left
+                self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping, scratch=scratch)
                 presence = ConsumerPresence(store, self.node, endpoint.name, self.queues,
                                             self.settings.lease_ttl,
                                             concurrency=endpoint.concurrency) if self.node else None
@@ -162,10 +179,8 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
     runtime = ConsumerRuntime(settings)
     redis_errors_in_one_line(redact(settings.redis_url))
 
-    @app.task(name=TRANSCRIBE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              max_retries=None, ignore_result=True, throws=(FileFailed,))
-    def transcribe(self: Task, job_key: str, options: dict[str, Any], path: str = "",
-                   duration: float = 0.0, batch: str = "") -> str:
+    def execute(task: Task, job_key: str, options: dict[str, Any], path: str, duration: float,
+                batch: str) -> str:
         """Never uses Celery's retry/ETA: a job that must run again is in the delayed set by the
         time this returns, so the message is acked. Returns what became of the delivery; raises
         `FileFailed` (acked too) when the file ended failed. `batch`: the batch that published the
@@ -176,7 +191,7 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
         if runtime.stopping.is_set():  # received as the consumer stops: back to its queue untouched
             raise Reject("the consumer is stopping", requeue=True)
         try:
-            outcome = runtime.run(delivery_of(self.request, job_key, options, path, duration, batch))
+            outcome = runtime.run(delivery_of(task.request, job_key, options, path, duration, batch))
         except StateError as exc:
             log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)
             raise Reject(exc, requeue=True) from exc
@@ -184,12 +199,28 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
             raise FileFailed(f"{outcome.error_class}: {outcome.reason}")
         return str(outcome)
 
+    task_options: dict[str, Any] = dict(bind=True, acks_late=True, reject_on_worker_lost=True,
+                                        max_retries=None, ignore_result=True, throws=(FileFailed,))
+
+    @app.task(name=TRANSCRIBE_TASK, **task_options)
+    def transcribe(self: Task, job_key: str, options: dict[str, Any], path: str = "",
+                   duration: float = 0.0, batch: str = "") -> str:
+        """Transcribe one unique file (see `execute`)."""
+        return execute(self, job_key, options, path, duration, batch)
+
+    @app.task(name=CONVERT_TASK, **task_options)
+    def convert(self: Task, job_key: str, options: dict[str, Any], path: str = "",
+                duration: float = 0.0, batch: str = "") -> str:
+        """Convert one unique file with ffmpeg (see `execute`); consumed from the `convert` queue."""
+        return execute(self, job_key, options, path, duration, batch)
+
     @celeryd_after_setup.connect(weak=False)
     def _learn_queues(sender: Any, instance: Any, conf: Any, **_: Any) -> None:
         if instance.app is not app:
             return
         runtime.queues = list(instance.app.amqp.queues.consume_from or {})
         runtime.node = str(sender)
+        runtime.concurrency = int(instance.concurrency or 0)
         endpoint = runtime.runner().endpoint
         if instance.concurrency != endpoint.concurrency:
             log.warning("endpoint %s has concurrency %d in its config but this worker runs -c %d; "

@@ -11,6 +11,7 @@ import logging
 import click
 
 from batchscribe.cli.batches import cancel, log_cmd, results, retry_failed, status, submit
+from batchscribe.cli.convert import convert
 from batchscribe.cli.emulator import emulator_command
 from batchscribe.cli.endpoints import endpoints
 from batchscribe.cli.flower import flower
@@ -24,13 +25,13 @@ from batchscribe.cli.worker import worker
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def root(verbose: bool) -> None:
-    """batchscribe: transcribe very many recordings on speech endpoints with Celery workers."""
+    """batchscribe: transcribe (and convert) very many recordings with Celery workers."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 for command in (submit, status, log_cmd, retry_failed, cancel, results, worker, health, endpoints, run, watch,
-                serve, emulator_command, flower):
+                serve, emulator_command, flower, convert):
     root.add_command(command)
 
 

@@ -25,7 +25,7 @@ from batchscribe.cli.base import (
     transcription_options,
 )
 from batchscribe.common.celery_app import make_app
-from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.models import JobOptions
 from batchscribe.common.names import printable
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
@@ -53,7 +53,7 @@ def submitter_for(settings: Settings, store: StateStore) -> Submitter:
     return Submitter(store, Publisher(make_app(settings, "batchscribe-producer")), settings.claim_ttl)
 
 
-def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: TranscriptionOptions,
+def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: JobOptions,
                  outputs: Outputs, batch_id: str | None, wait: bool, check_workers: bool = True) -> int:
     """Submit, then (with `wait`) follow the batch to its end; returns the exit code.
 
@@ -107,11 +107,13 @@ def follow(store: StateStore, batch_id: str, redis_patience: float = 300.0,
     """Show progress until the batch is finished; print its failures; return the exit code.
 
     Raises StoppedWaiting (exit 3) after `redis_patience` seconds without Redis."""
-    view = wait_for_batch(store, batch_id, redis_patience=redis_patience, run_log=run_log)
+    title = "converting" if load_view(store, batch_id, with_failures=False).converting else "transcribing"
+    view = wait_for_batch(store, batch_id, redis_patience=redis_patience, run_log=run_log, title=title)
     said = render_failures(view)
     if view.status == "cancelled":
         cancelled = view.counts.get("cancelled", 0)
-        said.append(f"batch {batch_id} was cancelled: {cancelled} file(s) not transcribed")
+        said.append(f"batch {batch_id} was cancelled: {cancelled} file(s) not "
+                    f"{'converted' if view.converting else 'transcribed'}")
     for line in said:
         click.echo(line, err=True)
         if run_log is not None and line:

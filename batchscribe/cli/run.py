@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -30,7 +30,6 @@ from batchscribe.cli.base import (
     EXIT_OK,
     EXIT_REDIS,
     EXIT_USAGE,
-    Outputs,
     build_options,
     build_outputs,
     guarded,
@@ -44,6 +43,7 @@ from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
+from batchscribe.common.storage import adopt_sas
 
 LOG_NAME = "worker.log"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -73,16 +73,27 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
+    adopt_sas([*inputs, out])
+    on_this_machine(endpoints, config_path, broker, keep_log, flower_port,
+                    lambda settings: submit_batch(settings, inputs, out, opts, outputs, None, wait=True,
+                                                  check_workers=False))
+
+
+def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str | None, keep_log: bool,
+                    flower_port: int | None, work: Callable[[Settings], int]) -> NoReturn:
+    """Start Redis (unless `broker`) and local workers for `endpoints`, run `work` (it submits and
+    follows a batch, returning the exit code), stop everything, exit (`run`, `convert`)."""
     if flower_port is not None:
         from batchscribe.cli.flower import check_free
 
         check_free(flower_port)  # likewise: a taken port is said before anything starts
     folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
-    code = EXIT_USAGE  # until _run_in returns: a usage, config or input error (guarded prints it)
+    code = EXIT_USAGE  # until the work returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:
         try:
-            code = _run_in(folder, stop, inputs, out, opts, outputs, endpoints, config_path, broker,
-                           flower_port)
+            with local_workers(folder, stop, endpoints, config_path, broker) as settings, \
+                    run_flower(folder, settings, flower_port):
+                code = work(settings)
         except Interrupted as exc:
             code = 128 + exc.signum
             click.echo(f"\ninterrupted by {signal.Signals(exc.signum).name}: workers stopped"
@@ -93,14 +104,6 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
         finally:  # the log may explain failed files, an interruption or a Redis failure
             _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
     sys.exit(code)
-
-
-def _run_in(folder: Path, stop: StopSignals, inputs: tuple[str, ...], out: str,
-            opts: TranscriptionOptions, outputs: Outputs, endpoints: EndpointSet, config_path: str | None,
-            broker: str | None, flower_port: int | None = None) -> int:
-    with local_workers(folder, stop, endpoints, config_path, broker) as settings, \
-            run_flower(folder, settings, flower_port):
-        return submit_batch(settings, inputs, out, opts, outputs, None, wait=True, check_workers=False)
 
 
 @contextmanager

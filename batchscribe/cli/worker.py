@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from batchscribe.cli.base import broker_option, fail, guarded, settings_for
-from batchscribe.common.config import default_local_endpoints, load_endpoints
+from batchscribe.common.config import converter_endpoint, default_local_endpoints, load_endpoints
 from batchscribe.common.settings import redact
 from batchscribe.common.state import StateStore
 
@@ -24,10 +24,14 @@ from batchscribe.common.state import StateStore
               "0: any free port).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="Address the metrics are served on (0.0.0.0: every interface).")
+@click.option("--convert-concurrency", type=click.IntRange(0, 1000), default=None, metavar="N",
+              envvar="BATCHSCRIBE_CONVERT_CONCURRENCY",
+              help="Media conversions (ffmpeg) run at once on this VM, from the `convert` queue "
+              "(default: its core count; 0: none). An endpoint of engine ffmpeg in the YAML sets it too.")
 @broker_option
 @guarded
 def worker(config_path: str | None, hostname: str | None, metrics_port: int | None, metrics_host: str,
-           broker: str | None) -> None:
+           convert_concurrency: int | None, broker: str | None) -> None:
     """Run one Celery consumer per endpoint on this VM; follows edits of the endpoint file."""
     from batchscribe.worker.supervisor import Supervisor
 
@@ -35,7 +39,9 @@ def worker(config_path: str | None, hostname: str | None, metrics_port: int | No
     StateStore.connect(settings)  # fail fast with a clear message if Redis is unreachable
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     logging.getLogger().setLevel(logging.INFO)
-    supervisor = Supervisor(settings, endpoints, config_path=config_path, hostname=hostname)
+    converter = None if convert_concurrency == 0 else converter_endpoint(convert_concurrency)
+    supervisor = Supervisor(settings, endpoints, config_path=config_path, hostname=hostname,
+                            converter=converter)
     _stop_on_signals(supervisor)
     source = config_path or "the cluster's published endpoint set (or the built-in local endpoint)"
     click.echo(f"worker {supervisor.hostname}: endpoints from {source}; broker {redact(settings.redis_url)}",

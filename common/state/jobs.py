@@ -152,6 +152,11 @@ class Jobs(StoreBase):
                       [job_key, state, error_class, reason[:2000], stamp(self.clock()), ttl, blob])
         return [as_text(t) for t in r]
 
+    def forget_result(self, job_key: str) -> None:
+        """Drop a done job's cached result (what it points at is gone): the next claim claims it
+        again and the next delivery runs it (`redo`)."""
+        self.redis.delete(self.keys.result(job_key))
+
     def results(self, job_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Cached results of done jobs (dedupe hits)."""
         if not job_keys:

@@ -22,6 +22,9 @@ def cli_env(broker: str | None = None, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     if broker:
         env["BATCHSCRIBE_REDIS_URL"] = broker
+    # A worker VM runs a media converter by default; the tests' VMs run none unless a test asks
+    # (BATCHSCRIBE_CONVERT_CONCURRENCY=N), so that they start one consumer per endpoint, as before.
+    env["BATCHSCRIBE_CONVERT_CONCURRENCY"] = "0"
     env.update(extra)
     return env
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from batchscribe.common.conversion import ConversionOptions
 from batchscribe.common.errors import InputError
+from batchscribe.common.models import TranscriptionOptions
 from batchscribe.producer.discover import discover, root_labels
 from batchscribe.producer.submit import unique_outputs
 
@@ -55,4 +57,18 @@ def test_inputs_that_would_still_share_an_output_refuse_the_batch(tmp_path: Path
     found = discover([tmp_path / "q", tmp_path / "z/q/in", tmp_path / "w/in"])
     with pytest.raises(InputError, match=r"q/in/x\.wav and .*z/q/in/x\.wav would both be written to "
                                          r".*/out/q/in/x_wav\.json"):
-        unique_outputs(tmp_path / "out", found.files)
+        unique_outputs(str(tmp_path / "out"), found.files, TranscriptionOptions())
+
+
+def test_conversions_refuse_two_inputs_of_one_stem_and_an_output_over_its_input(tmp_path: Path) -> None:
+    touch(tmp_path, "in/talk.mp4", "in/talk.mov", "in/other.mp4")
+    found = discover([tmp_path / "in"])
+    mp3 = ConversionOptions("mp3")
+    with pytest.raises(InputError, match=r"talk\.mov and .*talk\.mp4 would both be written to .*/out/talk\.mp3"):
+        unique_outputs(str(tmp_path / "out"), found.files, mp3)
+    touch(tmp_path, "songs/a.mp3")
+    same = discover([tmp_path / "songs"])
+    with pytest.raises(InputError, match=r"songs/a\.mp3 is an input and would be overwritten"):
+        unique_outputs(str(tmp_path / "songs"), same.files, mp3)
+    assert unique_outputs(str(tmp_path / "out"), discover([tmp_path / "in/other.mp4"]).files, mp3) == [
+        str(tmp_path / "out" / "other.mp3")]
