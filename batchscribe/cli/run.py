@@ -30,7 +30,6 @@ from batchscribe.cli.base import (
     EXIT_OK,
     EXIT_REDIS,
     EXIT_USAGE,
-    Outputs,
     build_options,
     build_outputs,
     guarded,
@@ -42,6 +41,7 @@ from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.output import Outputs
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
 

@@ -36,7 +36,6 @@ import click
 
 from batchscribe.cli.base import (
     EXIT_OK,
-    Outputs,
     broker_option,
     build_options,
     build_outputs,
@@ -51,6 +50,7 @@ from batchscribe.common.config import default_local_endpoints, load_endpoints
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.names import printable
+from batchscribe.common.output import Outputs
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX

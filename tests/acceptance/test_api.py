@@ -111,6 +111,43 @@ def test_submit_long_poll_list_files_report_and_results(tmp_path: Path, root: Pa
     assert "[done]\nduration 1.50 seconds" in text and "[failed]\npermanent: " in text
 
 
+def test_output_options_and_a_log_folder_as_submit_takes_them(tmp_path: Path, root: Path,
+                                                             redis_server: PrivateRedis, store: StateStore,
+                                                             start_worker) -> None:
+    """`srt`, `vtt`, `combinedJson` and `logFolder`: what `submit --srt --vtt --combined-json
+    --log-folder` writes; a log folder outside the allowed roots is refused before it is created."""
+    tone_wav(root / "in" / "a.wav", 1.5)
+    tone_wav(root / "in" / "b.wav", 2.0)
+    (root / "escape").symlink_to(tmp_path)
+    body = {"inputs": [str(root / "in")], "out": str(root / "out")}
+    outputs = {"srt": True, "vtt": True, "combinedJson": True, "logFolder": str(root / "logs")}
+    with running_emulator(rtf=0, transcribe="duration") as emu, serve(redis_server, root) as api:
+        for folder in (str(tmp_path / "logs"), str(root / "escape" / "logs"), f"{root}/../logs"):
+            refused = api("POST", "/batches", {**body, "options": {"logFolder": folder}})
+            assert refused.status == 403 and refused.body["code"] == "PathNotAllowed", (folder, refused)
+        assert not (tmp_path / "logs").exists()
+        relative = api("POST", "/batches", {**body, "options": {"logFolder": "logs"}})
+        assert relative.status == 422 and "options.logFolder" in relative.body["message"], relative
+        nothing_queued(store)
+
+        start_worker(emulator_config(tmp_path, emu.ports[0]))
+        created = api("POST", "/batches", {**body, "options": outputs})
+        assert created.status == 201, created
+        assert {k: created.body["options"][k] for k in outputs} == outputs
+        assert created.body["options"]["txt"] is False
+        finished = api("GET", f"/batches/{created.body['id']}?wait=120", timeout=150)
+        assert finished.body["status"] == "succeeded", finished
+    for stem, seconds in (("a", 1.5), ("b", 2.0)):
+        text = f"duration {seconds:.2f} seconds"
+        assert text in (root / "out" / f"{stem}_wav.srt").read_text()
+        assert (root / "out" / f"{stem}_wav.vtt").read_text().startswith("WEBVTT")
+        assert not (root / "out" / f"{stem}_wav.txt").exists()
+        logs = list((root / "logs").glob(f"{stem}_wav.emu@vm1.sdk.log"))
+        assert len(logs) == 1 and "SPX_TRACE" in logs[0].read_text(), sorted((root / "logs").iterdir())
+    combined = json.loads((root / "out" / "results.json").read_text())["AudioFileResults"]
+    assert sorted(e["AudioFileName"] for e in combined) == ["a.wav", "b.wav"]
+
+
 def test_a_missing_or_wrong_token_is_refused_and_nothing_happens(root: Path, redis_server: PrivateRedis,
                                                                  store: StateStore) -> None:
     tone_wav(root / "in" / "a.wav", 1.0)
