@@ -215,7 +215,7 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
     tone_wav(root / "in" / "b.wav", 1.75)
     submit = {"type": "SpeechSDKBatchRequest", "files": [str(root / "in" / "a.wav"), str(root / "in" / "b.wav")],
               "language": "en-US", "diarization": "None", "nbest": 1, "profanity": "Masked",
-              "allow_resume": "false", "sentiment": False, "combine_results": False}
+              "allow_resume": "false", "sentiment": False, "combine_results": "True"}
     with running_emulator(rtf=0, transcribe="duration") as emu, \
             serve(redis_server, root, "--batchkit-open-localhost") as api:
         start_worker(emulator_config(tmp_path, emu.ports[0]))
@@ -226,12 +226,17 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
         assert set(status) == {"py/object", "batch_id", "run_summary_path", "results_dir", "combined_results_file",
                                "status"}
         number = status["batch_id"]
+        assert status["combined_results_file"] is None  # not done yet
         done = api("GET", f"/watch?batch_id={number}&target_state=done&timeout=120", token=None, timeout=150)
         assert done.status == 200 and done.body["status"] == "done", done
         results = Path(done.body["results_dir"])
         assert results == root / "batchkit" / f"batch_{number}"
         entry = json.loads((results / "b_wav.json").read_text())["AudioFileResults"][0]
         assert entry["CombinedResults"][0]["Display"] == "duration 1.75 seconds"
+        combined = Path(done.body["combined_results_file"])  # combine_results: batch-kit's results.json
+        assert combined == results / "results.json"
+        assert sorted(e["AudioFileName"] for e in json.loads(combined.read_text())["AudioFileResults"]) == \
+            ["a.wav", "b.wav"]
         assert Path(done.body["run_summary_path"]).is_file()
         assert api("GET", f"/status?batch_id={number}", token=None).body == done.body
         assert api("GET", "/list", token=None).body == [number]
@@ -240,6 +245,7 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
         deleted = api("PUT", f"/delete?batch_id={number}", token=None)
         assert deleted.status == 200 and deleted.body["status"] == "deleted"
         assert not (results / "b_wav.json").exists() and not (results / "run_summary.json").exists()
+        assert not combined.exists() and deleted.body["combined_results_file"] is None
         assert api("GET", f"/status?batch_id={number}", token=None).body["status"] == "deleted"
 
         assert api("GET", "/status?batch_id=999", token=None).status == 404
