@@ -327,6 +327,10 @@ def test_serve_refuses_to_start_without_a_token_and_no_auth_stays_on_localhost(r
     assert code == 2 and "choose one" in said, said
     code, said = serve_cli("--batchkit-out", str(root.parent), BATCHSCRIBE_API_TOKENS=TOKEN)
     assert code == 2 and "must be inside one of the --allow-root folders" in said, said
+    code, said = serve_cli("--local", BATCHSCRIBE_API_TOKENS=TOKEN)  # and BATCHSCRIBE_REDIS_URL
+    assert code == 2 and "--local starts a private Redis" in said and "choose one" in said, said
+    code, said = serve_cli("--config", "eps.yaml", BATCHSCRIBE_API_TOKENS=TOKEN)
+    assert code == 2 and "--config is for the workers of `serve --local`" in said, said
     with serve(redis_server, root, "--no-auth", tokens=None) as api:
         assert api.url.startswith("http://127.0.0.1:")
         assert api("GET", "/batches", token=None).status == 200
