@@ -19,11 +19,13 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from batchscribe.common.conversion import ConversionOptions
+from batchscribe.common.errors import InputError
 from batchscribe.common.locations import join, name_of, with_suffix
 from batchscribe.common.models import FileRecord
 from batchscribe.common.names import fitted, output_name
@@ -229,6 +231,45 @@ def plain_text(document: dict[str, Any]) -> str:
 TEXT_FORMATS: dict[str, Callable[[dict[str, Any]], str]] = {"txt": plain_text, "srt": srt, "vtt": vtt}
 # Not a per-file format: the batch's `OUT/results.json` (`common.summary.write_combined`).
 COMBINED_JSON = "combined-json"
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What a batch writes besides each file's JSON, and where its logs go (none of it changes a
+    transcript, so none of it is in the dedupe key): `submit`'s --txt, --srt, --vtt,
+    --combined-json and --log-folder, the API's options of the same names."""
+
+    txt: bool = False
+    srt: bool = False
+    vtt: bool = False
+    combined_json: bool = False  # OUT/results.json when the batch completes
+    log_folder: str | None = None  # run.log and the Speech SDK's log of each file
+
+    @property
+    def formats(self) -> list[str]:
+        """The batch header's `formats` (`write_document`, `common.summary`)."""
+        chosen = {"txt": self.txt, "srt": self.srt, "vtt": self.vtt, COMBINED_JSON: self.combined_json}
+        return ["json", *(name for name, on in chosen.items() if on)]
+
+    @classmethod
+    def of_batch(cls, header: Mapping[str, str]) -> Outputs:
+        """What a batch asked for, from its header (`formats`, `log_folder`)."""
+        formats = (header.get("formats") or "").split(",")
+        return cls(txt="txt" in formats, srt="srt" in formats, vtt="vtt" in formats,
+                   combined_json=COMBINED_JSON in formats, log_folder=header.get("log_folder") or None)
+
+
+def prepare_log_folder(folder: str, name: str = "--log-folder") -> str:
+    """The folder as an absolute path (workers elsewhere write there), created now so that a path
+    that cannot be used is refused before anything is queued; `name` is what the user called it."""
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {name} {path}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(f"{name} {path} is not writable")
+    return str(path)
 
 
 def write_document(record: FileRecord, document: dict[str, Any], formats: list[str]) -> None:

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +19,7 @@ from batchscribe.common.conversion import ConversionOptions
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import FileRecord, FileState, JobOptions, options_from_dict
 from batchscribe.common.names import printable
+from batchscribe.common.output import Outputs
 from batchscribe.common.queues import queue_for
 from batchscribe.common.state import FILE_PAGE, StateStore, file_pages, served_queues
 from batchscribe.producer.display import cells, fmt_duration, fmt_hours, table, texts
@@ -150,11 +151,10 @@ def camel(name: str) -> str:
 
 
 def options_document(header: dict[str, str]) -> dict[str, Any]:
-    """The batch's options as the API takes them (camelCase, plus `txt`)."""
+    """The batch's options as the API takes them (camelCase), its outputs among them (`txt`, `srt`,
+    `vtt`, `combinedJson`, `logFolder`)."""
     options = options_from_dict(json.loads(header.get("options") or "{}")).to_dict()
-    document = {camel(k): v for k, v in options.items()}
-    document["txt"] = "txt" in (header.get("formats") or "").split(",")
-    return document
+    return {camel(k): v for k, v in {**options, **asdict(Outputs.of_batch(header))}.items()}
 
 
 def batch_document(view: BatchView) -> dict[str, Any]:

@@ -16,9 +16,9 @@ own words), 404 for an unknown batch. Its integer batch ids come from a cluster-
 Redis (`StateStore.new_batchkit_id`) mapped to our batch ids; each batch writes its outputs to
 `--batchkit-out`/batch_N/, as batch-kit writes to its scratch folder's batch_N/.
 
-Mapped: `diarization` other than None → on; `profanity` Masked|Raw|Removed. Accepted and ignored:
-`sentiment` (no sentiment analysis), `allow_resume` (dedupe always resumes), `combine_results`
-(no results.json; `combined_results_file` stays null).
+Mapped: `diarization` other than None → on; `profanity` Masked|Raw|Removed; `combine_results` →
+batch_N/results.json (`--combined-json`), named in `combined_results_file` once the batch is done.
+Accepted and ignored: `sentiment` (no sentiment analysis), `allow_resume` (dedupe always resumes).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from batchscribe.api.routes import bearer, service
 from batchscribe.api.service import BatchService
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import TranscriptionOptions
-from batchscribe.common.summary import SUMMARY_NAME
+from batchscribe.common.output import Outputs
+from batchscribe.common.summary import COMBINED_NAME, SUMMARY_NAME
 from batchscribe.producer.cancel import AlreadyFinished
 from batchscribe.producer.status import BatchView, iter_records, load_view
 
@@ -65,11 +66,14 @@ def state_of(view: BatchView) -> str:
 
 
 def status_json(number: int, view: BatchView, results_dir: Path) -> dict[str, Any]:
+    """batch-kit's BatchStatus; `combined_results_file` once the batch is done, if it asked for one
+    (batch-kit names the path of a done batch even when it wrote none)."""
     state = state_of(view)
+    combined = state == "done" and Outputs.of_batch(view.header).combined_json
     return {"py/object": "batchkit.batch_status.BatchStatus", "batch_id": number,
             "run_summary_path": str(results_dir / SUMMARY_NAME),
             "results_dir": None if state == "waiting" else str(results_dir),
-            "combined_results_file": None, "status": state}
+            "combined_results_file": str(results_dir / COMBINED_NAME) if combined else None, "status": state}
 
 
 class BatchKit:
@@ -103,8 +107,8 @@ class BatchKit:
         files = [os.path.abspath(f) for f in body["files"]]  # as batch-kit: relative to the server's folder
         number = self.svc.store.new_batchkit_id()
         results = self.results_dir(number)
-        _report, view = self.svc.submit(files, results, options, txt=False,
-                                        display_name=f"batch-kit {number}")
+        outputs = Outputs(combined_json=str(body["combine_results"]).lower() == "true")  # batch-kit's to_bool
+        _report, view = self.svc.submit(files, results, options, outputs, display_name=f"batch-kit {number}")
         self.svc.store.bind_batchkit_id(number, view.batch_id)
         return status_json(number, view, results)
 
@@ -122,7 +126,8 @@ class BatchKit:
             if results in output.parents:
                 for path in (output, output.with_suffix(".txt")):
                     path.unlink(missing_ok=True)
-        (results / SUMMARY_NAME).unlink(missing_ok=True)
+        for name in (SUMMARY_NAME, COMBINED_NAME):
+            (results / name).unlink(missing_ok=True)
         self.svc.store.mark_batch(ours, deleted_at=f"{time.time():.3f}")
         return status_json(number, load_view(self.svc.store, ours, with_failures=False), results)
 

@@ -13,13 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from batchscribe.common.models import PROFANITY_MODES, TranscriptionOptions
+from batchscribe.common.output import Outputs
 
 LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$"  # a BCP-47 tag such as en-US (it names a queue)
 _DEFAULTS = TranscriptionOptions()
 
 
 class Options(BaseModel):
-    """The options of `batchscribe submit`; all but `txt` change the transcript (dedupe key)."""
+    """The options of `batchscribe submit`; all but the outputs (`txt`, `srt`, `vtt`, `combinedJson`,
+    `logFolder`) change the transcript (dedupe key)."""
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
@@ -31,6 +33,12 @@ class Options(BaseModel):
     diarization: bool = _DEFAULTS.diarization
     candidate_languages: list[str] = Field(default_factory=list, description="language identification")
     txt: bool = Field(False, description="also write a plain-text transcript next to each JSON")
+    srt: bool = Field(False, description="also write SRT subtitles next to each JSON (name_ext.srt)")
+    vtt: bool = Field(False, description="also write WebVTT subtitles next to each JSON (name_ext.vtt)")
+    combined_json: bool = Field(False, description="also write OUT/results.json, every file's result, "
+                                "when the batch completes")
+    log_folder: str | None = Field(None, description="write each file's Speech SDK log here (absolute, "
+                                   "under an --allow-root folder)")
 
     @field_validator("candidate_languages")
     @classmethod
@@ -40,11 +48,20 @@ class Options(BaseModel):
             raise ValueError(f"not a language tag: {bad[0]!r}")
         return value
 
+    @field_validator("log_folder")
+    @classmethod
+    def _log_folder(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value, "logFolder")
+
     def transcription(self) -> TranscriptionOptions:
         return TranscriptionOptions(language=self.language, engine=self.engine, nbest=self.nbest,
                                     word_timestamps=self.word_timestamps, profanity=self.profanity,
                                     diarization=self.diarization,
                                     candidate_languages=tuple(self.candidate_languages))
+
+    def outputs(self) -> Outputs:
+        return Outputs(txt=self.txt, srt=self.srt, vtt=self.vtt, combined_json=self.combined_json,
+                       log_folder=self.log_folder)
 
 
 class BatchRequest(BaseModel):

@@ -57,7 +57,7 @@ def next_link(request: Request, skip: int | None, top: int) -> str | None:
 @router.post("/batches", status_code=201, response_model=Batch, response_model_by_alias=True)
 def create_batch(body: BatchRequest, request: Request, response: Response, svc: Svc) -> dict[str, Any]:
     """Submit a batch: every audio/video file under `inputs`, outputs under `out` (as `submit`)."""
-    report, view = svc.submit(body.inputs, body.out, body.options.transcription(), body.options.txt,
+    report, view = svc.submit(body.inputs, body.out, body.options.transcription(), body.options.outputs(),
                               body.displayName or "")
     document = batch_json(request, view, report)
     response.headers["Location"] = document["self"]

@@ -17,12 +17,13 @@ from starlette.requests import Request
 from batchscribe.api.config import ApiConfig
 from batchscribe.api.errors import ApiError
 from batchscribe.common.models import FileRecord, FileState, TranscriptionOptions
+from batchscribe.common.output import Outputs, prepare_log_folder
 from batchscribe.common.state import StateStore
 from batchscribe.common.summary import build_summary
 from batchscribe.producer.cancel import CancelReport, cancel
 from batchscribe.producer.results import file_document
 from batchscribe.producer.status import BatchView, iter_records, load_view
-from batchscribe.producer.submit import SubmitReport, Submitter
+from batchscribe.producer.submit import SubmitReport, Submitter, confined
 
 SCAN_LIMIT = 5000  # records looked at per page of a filtered file listing (then a shorter page + next link)
 
@@ -35,11 +36,17 @@ class BatchService:
 
     # ---- submit and read ------------------------------------------------------------------
 
-    def submit(self, inputs: list[str], out: str | Path, options: TranscriptionOptions, txt: bool,
+    def submit(self, inputs: list[str], out: str | Path, options: TranscriptionOptions, outputs: Outputs,
                display_name: str = "") -> tuple[SubmitReport, BatchView]:
-        """`submit`'s own code path (dedupe, outputs, clashes), confined to the allowed roots."""
-        report = self.submitter.submit(inputs, out, options, formats=["json", "txt"] if txt else ["json"],
-                                       display_name=display_name, confine=self.config.roots)
+        """`submit`'s own code path (dedupe, outputs, clashes), confined to the allowed roots; a
+        log folder too, checked before it is created."""
+        log_folder = ""
+        if outputs.log_folder:
+            confined(self.config.roots, [*inputs, out, outputs.log_folder])
+            log_folder = prepare_log_folder(outputs.log_folder, "logFolder")
+        report = self.submitter.submit(inputs, out, options, formats=outputs.formats,
+                                       display_name=display_name, confine=self.config.roots,
+                                       log_folder=log_folder)
         return report, load_view(self.store, report.batch_id)
 
     def view(self, batch_id: str) -> BatchView:

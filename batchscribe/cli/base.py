@@ -7,19 +7,16 @@ Exit codes: 0 every file succeeded · 1 some files failed · 2 bad usage, input 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from batchscribe.common.errors import BatchscribeError, InputError, StateError
+from batchscribe.common.errors import BatchscribeError, StateError
 from batchscribe.common.models import PROFANITY_MODES, TranscriptionOptions
 from batchscribe.common.names import printable
-from batchscribe.common.output import COMBINED_JSON
+from batchscribe.common.output import Outputs, prepare_log_folder
 from batchscribe.common.settings import Settings
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_REDIS = 0, 1, 2, 3
@@ -70,24 +67,6 @@ def transcription_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-@dataclass(frozen=True)
-class Outputs:
-    """What a batch writes besides each file's JSON, and where its logs go (none of it changes a
-    transcript, so none of it is in the dedupe key)."""
-
-    txt: bool = False
-    srt: bool = False
-    vtt: bool = False
-    combined_json: bool = False  # OUT/results.json when the batch completes
-    log_folder: str | None = None  # run.log and the Speech SDK's log of each file
-
-    @property
-    def formats(self) -> list[str]:
-        """The batch header's `formats` (`common.output.write_document`, `common.summary`)."""
-        chosen = {"txt": self.txt, "srt": self.srt, "vtt": self.vtt, COMBINED_JSON: self.combined_json}
-        return ["json", *(name for name, on in chosen.items() if on)]
-
-
 def output_options(combined: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--srt, --vtt, --combined-json (unless not `combined`) and --log-folder (`build_outputs`)."""
     options = [
@@ -118,19 +97,6 @@ def build_outputs(txt: bool, kw: dict[str, Any]) -> Outputs:
         folder = prepare_log_folder(folder)
     return Outputs(txt=txt, srt=kw.pop("srt", False), vtt=kw.pop("vtt", False),
                    combined_json=kw.pop("combined_json", False), log_folder=folder)
-
-
-def prepare_log_folder(folder: str) -> str:
-    """The folder as an absolute path (workers elsewhere write there), created now so that a path
-    that cannot be used is refused before anything is queued."""
-    path = Path(folder).expanduser().resolve()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create --log-folder {path}: {exc.strerror or exc}") from exc
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(f"--log-folder {path} is not writable")
-    return str(path)
 
 
 def build_options(kw: dict[str, Any]) -> TranscriptionOptions:

@@ -15,7 +15,6 @@ import click
 
 from batchscribe.cli.base import (
     EXIT_FAILED_FILES,
-    Outputs,
     broker_option,
     build_options,
     build_outputs,
@@ -27,6 +26,7 @@ from batchscribe.cli.base import (
 from batchscribe.common.celery_app import make_app
 from batchscribe.common.models import JobOptions
 from batchscribe.common.names import printable
+from batchscribe.common.output import Outputs
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore

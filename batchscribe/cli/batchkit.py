@@ -6,9 +6,12 @@ short forms, its long forms, its defaults and choices), turned into the argument
 
     -m ONESHOT    batchscribe run INPUT --out OUTPUT      (private Redis and local workers)
     -m DAEMON     batchscribe watch INPUT --out OUTPUT    (plus --poll with -poll)
-    -m APISERVER  batchscribe serve --port PORT --allow-root INPUT
+    -m APISERVER  batchscribe serve --port PORT --allow-root INPUT --allow-root OUTPUT
+                  --batchkit-out OUTPUT --local       (private Redis and local workers, as DAEMON)
 
-The endpoint YAML (`-config`) is read unchanged. Every flag the user gave that has no counterpart
+Without BATCHSCRIBE_REDIS_URL every mode runs on this machine alone, with the endpoint YAML
+(`-config`), read unchanged, for its workers; with it, DAEMON and APISERVER are producers of that
+cluster, whose workers transcribe. Every flag the user gave that has no counterpart
 is named on stderr, one line each with why; nothing is dropped silently. Unknown flags are an error,
 as in batch-kit. `-combined_json` is `--combined-json` (ONESHOT: `OUTPUT/results.json`), `-log_folder`
 is `--log-folder` (run.log and each file's Speech SDK log).
@@ -159,9 +162,9 @@ def _inputs(v: dict[str, Any], notes: list[str]) -> list[str]:
 def _config_args(v: dict[str, Any], given: dict[str, Any], mode: str, env: Mapping[str, str],
                  notes: list[str]) -> list[str]:
     """-config as given; batch-kit's default path when it exists, else batchscribe's default
-    (one local endpoint on this machine). A cluster's `watch` (BATCHSCRIBE_REDIS_URL) has no local
-    workers to give it to."""
-    if mode == "DAEMON" and env.get("BATCHSCRIBE_REDIS_URL"):
+    (one local endpoint on this machine). A cluster's `watch` or `serve` (BATCHSCRIBE_REDIS_URL)
+    has no local workers to give it to."""
+    if mode != "ONESHOT" and env.get("BATCHSCRIBE_REDIS_URL"):
         if "config" in given:
             notes.append("-config ignored: BATCHSCRIBE_REDIS_URL is set, so the cluster's workers "
                          "(and their endpoint files) transcribe")
@@ -190,7 +193,9 @@ def _serve_args(v: dict[str, Any], given: dict[str, Any], flag: dict[str, str], 
                 notes: list[str]) -> list[str]:
     """APISERVER: batch-kit listened on 0.0.0.0 with no auth. `serve` needs tokens for that; without
     BATCHSCRIBE_API_TOKENS it runs with --no-auth, which binds localhost only. Requests may read
-    the input folder and write the output folder, where batch-kit's submissions go (batch_N/)."""
+    the input folder and write the output folder, where batch-kit's submissions go (batch_N/).
+    Like batch-kit's server, it transcribes too (`serve --local`: a private Redis and workers for
+    -config) unless BATCHSCRIBE_REDIS_URL names a cluster."""
     args = ["serve", "--port", str(v["port"]), "--allow-root", v["input_folder"],
             "--allow-root", v["output_folder"], "--batchkit-out", v["output_folder"]]
     if env.get("BATCHSCRIBE_API_TOKENS"):
@@ -199,11 +204,13 @@ def _serve_args(v: dict[str, Any], given: dict[str, Any], flag: dict[str, str], 
         args.append("--no-auth")
         notes.append("-m APISERVER: no BATCHSCRIBE_API_TOKENS, so no auth and 127.0.0.1 only (batch-kit "
                      "listened on 0.0.0.0); set it to serve other machines, with bearer tokens")
-    for key in ("config", "language", "nbest", "profanity", "diarization", "combined_json", "log_folder"):
+    if not env.get("BATCHSCRIBE_REDIS_URL"):
+        args.append("--local")
+    args += _config_args(v, given, "APISERVER", env, notes)
+    for key in ("language", "nbest", "profanity", "diarization", "combined_json", "log_folder"):
         if key in given:
             notes.append(f"{flag[key]} ignored in APISERVER mode: " + (
-                "endpoints belong to the workers (`batchscribe worker --config`)" if key == "config" else
-                "batches submitted over HTTP keep no log folder (`batchscribe log` shows every attempt)"
+                "batch-kit's requests carry no log folder (`batchscribe log -f` shows every attempt)"
                 if key == "log_folder" else "each request gives its own"))
     if "poll" in given:
         notes.append("-poll ignored: it applies to -m DAEMON only")

@@ -13,11 +13,12 @@ import sys
 
 import click
 
-from batchscribe.cli.base import Outputs, broker_option, guarded, settings_for
+from batchscribe.cli.base import broker_option, guarded, settings_for
 from batchscribe.cli.batches import submit_batch
 from batchscribe.cli.run import on_this_machine
 from batchscribe.common.config import EndpointSet, converter_endpoint
 from batchscribe.common.conversion import TARGETS, ConversionOptions
+from batchscribe.common.output import Outputs
 from batchscribe.common.storage import adopt_sas
 
 

@@ -13,6 +13,9 @@ or Redis failed, it is kept (only it) and its path printed. `--flower [PORT]` ad
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
 import signal
 import sys
@@ -39,11 +42,12 @@ from batchscribe.cli.base import (
 )
 from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
-from batchscribe.common.errors import ConfigError, StateError
+from batchscribe.common.errors import ConfigError, InputError, StateError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
 from batchscribe.common.storage import adopt_sas
+from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX
 
 LOG_NAME = "worker.log"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -161,6 +165,35 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
             yield settings
         finally:
             stop.disarm()  # whatever ends the run, a signal can no longer cut the cleanup short
+
+
+def state_folder(kind: str, key: str) -> Path:
+    """The kept folder of a one-machine `watch` (`kind` "watch", one per output folder `key`) or
+    `serve --local` ("serve", one per --batchkit-out): its Redis, worker log and lock, kept across
+    restarts so that a restart finds what was done and what is still queued. Mode 0700: its Redis
+    socket is guarded by it, as `run`'s is."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    real = os.path.realpath(os.path.expanduser(key))
+    folder = base / "batchscribe" / kind / hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
+    if len(os.fsencode(folder / "redis" / SOCKET_NAME)) > SOCKET_PATH_MAX:
+        raise InputError(f"the private Redis socket path under {folder} would be too long for a unix "
+                         "socket; set XDG_STATE_HOME to a shorter folder (e.g. ~/.state)")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    (folder / "out").write_text(real + "\n", errors="surrogateescape")  # for a person looking inside
+    return folder
+
+
+@contextmanager
+def held_alone(folder: Path, refusal: str) -> Iterator[None]:
+    """One process per state folder (two would start two Redis servers on it); `refusal` is the
+    InputError's message when another holds it."""
+    with open(folder / "lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(refusal) from None
+        yield
 
 
 def check_served(endpoints: EndpointSet, opts: TranscriptionOptions) -> None:

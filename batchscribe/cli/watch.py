@@ -20,15 +20,10 @@ settled or batched are left for the next start's scan, and `watch` exits 0.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +31,6 @@ import click
 
 from batchscribe.cli.base import (
     EXIT_OK,
-    Outputs,
     broker_option,
     build_options,
     build_outputs,
@@ -46,14 +40,14 @@ from batchscribe.cli.base import (
     transcription_options,
 )
 from batchscribe.cli.batches import submit_line, submitter_for
-from batchscribe.cli.run import StopSignals, local_workers
+from batchscribe.cli.run import StopSignals, held_alone, local_workers, state_folder
 from batchscribe.common.config import default_local_endpoints, load_endpoints
 from batchscribe.common.errors import InputError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.names import printable
+from batchscribe.common.output import Outputs
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
-from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX
 from batchscribe.producer.discover import Discovered
 from batchscribe.producer.watch import (
     Watcher,
@@ -108,8 +102,9 @@ def watch(folders: tuple[str, ...], out: str, quiet_period: float, poll: bool | 
         click.echo("stopped watching; queued files stay queued for the workers", err=True)
     else:
         endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
-        folder = state_folder(out)
-        with only_watch_of(folder, out), StopSignals(follow.stop_on) as stop:
+        folder = state_folder("watch", out)
+        refusal = f"another `batchscribe watch` on this machine writes to {out}; stop it first"
+        with held_alone(folder, refusal), StopSignals(follow.stop_on) as stop:
             with local_workers(folder, stop, endpoints, config_path, None, append_log=True) as settings:
                 follow(settings)
         click.echo(f"stopped: workers, then Redis; queued files stay queued in {printable(str(folder))} "
@@ -162,30 +157,3 @@ def _polling(roots: list[Path], poll: bool | None) -> bool:
         click.echo(f"{printable(str(folder))} is on {kind}: polling (--no-poll uses file-system events, "
                    "which miss files written by other machines)", err=True)
     return bool(network)
-
-
-def state_folder(out: str) -> Path:
-    """The folder of one-machine `watch` for this output folder (its Redis, worker log, lock),
-    kept across restarts; mode 0700: its Redis socket is guarded by it, as `run`'s is."""
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    real = os.path.realpath(os.path.expanduser(out))
-    folder = base / "batchscribe" / "watch" / hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
-    if len(os.fsencode(folder / "redis" / SOCKET_NAME)) > SOCKET_PATH_MAX:
-        raise InputError(f"the private Redis socket path under {folder} would be too long for a unix "
-                         "socket; set XDG_STATE_HOME to a shorter folder (e.g. ~/.state)")
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    (folder / "out").write_text(real + "\n", errors="surrogateescape")  # for a person looking inside
-    return folder
-
-
-@contextmanager
-def only_watch_of(folder: Path, out: str) -> Iterator[None]:
-    """One one-machine `watch` per output folder: two would start two Redis servers on one folder."""
-    with open(folder / "lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"another `batchscribe watch` on this machine writes to {out}; stop it "
-                             "first") from None
-        yield

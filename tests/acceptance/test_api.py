@@ -111,6 +111,43 @@ def test_submit_long_poll_list_files_report_and_results(tmp_path: Path, root: Pa
     assert "[done]\nduration 1.50 seconds" in text and "[failed]\npermanent: " in text
 
 
+def test_output_options_and_a_log_folder_as_submit_takes_them(tmp_path: Path, root: Path,
+                                                             redis_server: PrivateRedis, store: StateStore,
+                                                             start_worker) -> None:
+    """`srt`, `vtt`, `combinedJson` and `logFolder`: what `submit --srt --vtt --combined-json
+    --log-folder` writes; a log folder outside the allowed roots is refused before it is created."""
+    tone_wav(root / "in" / "a.wav", 1.5)
+    tone_wav(root / "in" / "b.wav", 2.0)
+    (root / "escape").symlink_to(tmp_path)
+    body = {"inputs": [str(root / "in")], "out": str(root / "out")}
+    outputs = {"srt": True, "vtt": True, "combinedJson": True, "logFolder": str(root / "logs")}
+    with running_emulator(rtf=0, transcribe="duration") as emu, serve(redis_server, root) as api:
+        for folder in (str(tmp_path / "logs"), str(root / "escape" / "logs"), f"{root}/../logs"):
+            refused = api("POST", "/batches", {**body, "options": {"logFolder": folder}})
+            assert refused.status == 403 and refused.body["code"] == "PathNotAllowed", (folder, refused)
+        assert not (tmp_path / "logs").exists()
+        relative = api("POST", "/batches", {**body, "options": {"logFolder": "logs"}})
+        assert relative.status == 422 and "options.logFolder" in relative.body["message"], relative
+        nothing_queued(store)
+
+        start_worker(emulator_config(tmp_path, emu.ports[0]))
+        created = api("POST", "/batches", {**body, "options": outputs})
+        assert created.status == 201, created
+        assert {k: created.body["options"][k] for k in outputs} == outputs
+        assert created.body["options"]["txt"] is False
+        finished = api("GET", f"/batches/{created.body['id']}?wait=120", timeout=150)
+        assert finished.body["status"] == "succeeded", finished
+    for stem, seconds in (("a", 1.5), ("b", 2.0)):
+        text = f"duration {seconds:.2f} seconds"
+        assert text in (root / "out" / f"{stem}_wav.srt").read_text()
+        assert (root / "out" / f"{stem}_wav.vtt").read_text().startswith("WEBVTT")
+        assert not (root / "out" / f"{stem}_wav.txt").exists()
+        logs = list((root / "logs").glob(f"{stem}_wav.emu@vm1.sdk.log"))
+        assert len(logs) == 1 and "SPX_TRACE" in logs[0].read_text(), sorted((root / "logs").iterdir())
+    combined = json.loads((root / "out" / "results.json").read_text())["AudioFileResults"]
+    assert sorted(e["AudioFileName"] for e in combined) == ["a.wav", "b.wav"]
+
+
 def test_a_missing_or_wrong_token_is_refused_and_nothing_happens(root: Path, redis_server: PrivateRedis,
                                                                  store: StateStore) -> None:
     tone_wav(root / "in" / "a.wav", 1.0)
@@ -178,7 +215,7 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
     tone_wav(root / "in" / "b.wav", 1.75)
     submit = {"type": "SpeechSDKBatchRequest", "files": [str(root / "in" / "a.wav"), str(root / "in" / "b.wav")],
               "language": "en-US", "diarization": "None", "nbest": 1, "profanity": "Masked",
-              "allow_resume": "false", "sentiment": False, "combine_results": False}
+              "allow_resume": "false", "sentiment": False, "combine_results": "True"}
     with running_emulator(rtf=0, transcribe="duration") as emu, \
             serve(redis_server, root, "--batchkit-open-localhost") as api:
         start_worker(emulator_config(tmp_path, emu.ports[0]))
@@ -189,12 +226,17 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
         assert set(status) == {"py/object", "batch_id", "run_summary_path", "results_dir", "combined_results_file",
                                "status"}
         number = status["batch_id"]
+        assert status["combined_results_file"] is None  # not done yet
         done = api("GET", f"/watch?batch_id={number}&target_state=done&timeout=120", token=None, timeout=150)
         assert done.status == 200 and done.body["status"] == "done", done
         results = Path(done.body["results_dir"])
         assert results == root / "batchkit" / f"batch_{number}"
         entry = json.loads((results / "b_wav.json").read_text())["AudioFileResults"][0]
         assert entry["CombinedResults"][0]["Display"] == "duration 1.75 seconds"
+        combined = Path(done.body["combined_results_file"])  # combine_results: batch-kit's results.json
+        assert combined == results / "results.json"
+        assert sorted(e["AudioFileName"] for e in json.loads(combined.read_text())["AudioFileResults"]) == \
+            ["a.wav", "b.wav"]
         assert Path(done.body["run_summary_path"]).is_file()
         assert api("GET", f"/status?batch_id={number}", token=None).body == done.body
         assert api("GET", "/list", token=None).body == [number]
@@ -203,6 +245,7 @@ def test_a_batch_kit_client_works_unchanged(tmp_path: Path, root: Path, redis_se
         deleted = api("PUT", f"/delete?batch_id={number}", token=None)
         assert deleted.status == 200 and deleted.body["status"] == "deleted"
         assert not (results / "b_wav.json").exists() and not (results / "run_summary.json").exists()
+        assert not combined.exists() and deleted.body["combined_results_file"] is None
         assert api("GET", f"/status?batch_id={number}", token=None).body["status"] == "deleted"
 
         assert api("GET", "/status?batch_id=999", token=None).status == 404
@@ -284,6 +327,10 @@ def test_serve_refuses_to_start_without_a_token_and_no_auth_stays_on_localhost(r
     assert code == 2 and "choose one" in said, said
     code, said = serve_cli("--batchkit-out", str(root.parent), BATCHSCRIBE_API_TOKENS=TOKEN)
     assert code == 2 and "must be inside one of the --allow-root folders" in said, said
+    code, said = serve_cli("--local", BATCHSCRIBE_API_TOKENS=TOKEN)  # and BATCHSCRIBE_REDIS_URL
+    assert code == 2 and "--local starts a private Redis" in said and "choose one" in said, said
+    code, said = serve_cli("--config", "eps.yaml", BATCHSCRIBE_API_TOKENS=TOKEN)
+    assert code == 2 and "--config is for the workers of `serve --local`" in said, said
     with serve(redis_server, root, "--no-auth", tokens=None) as api:
         assert api.url.startswith("http://127.0.0.1:")
         assert api("GET", "/batches", token=None).status == 200

@@ -10,14 +10,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
 
 from batchscribe.private_redis import free_port
-from tests.support.api import request
+from tests.support.api import request as http
 from tests.support.cli import BIN, ROOT, cli_env
-from tests.support.cluster import write_tone
+from tests.support.cluster import processes_in, processes_with_env, write_tone
 from tests.support.emulator import running_emulator
 from tests.support.poll import wait_for
 from tests.support.service import ServiceProcess
@@ -25,6 +26,7 @@ from tests.support.service import ServiceProcess
 CLIENT = BIN.parent / "run-batch-client"
 SAMPLES = ROOT / "samples"
 MEDIA = sorted(p.name for p in SAMPLES.iterdir() if p.suffix != ".json")
+MARKER = "BATCHKIT_TEST_MARKER"  # not a setting: tells this test's processes apart
 
 
 def batchkit_yaml(path: Path, port: int) -> Path:
@@ -121,28 +123,44 @@ def test_unknown_flags_are_an_error_and_nothing_runs(tmp_path: Path) -> None:
     assert "running:" not in result.stderr and not (tmp_path / "o").exists()
 
 
-def test_apiserver_mode_serves_a_batch_kit_client(tmp_path: Path, redis_server, start_worker) -> None:
-    """`-m APISERVER`: `serve` on batch-kit's port flag, no token (batch-kit's clients send none, so
-    it listens on 127.0.0.1 only), its submissions written under -output_folder/batch_N/."""
+def test_apiserver_mode_transcribes_on_its_own_and_leaves_nothing_running(tmp_path: Path,
+                                                                          request: pytest.FixtureRequest) -> None:
+    """`-m APISERVER` with nothing else running but the endpoint, as batch-kit's server ran: `serve`
+    on batch-kit's port flag with its own Redis and workers for -config; no token (batch-kit's
+    clients send none, so it listens on 127.0.0.1 only); submissions written under
+    -output_folder/batch_N/. SIGTERM stops server, workers and Redis."""
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     write_tone(folder / "a.wav", 1.5, 300)
+    state = Path(tempfile.mkdtemp(prefix="bss-"))  # short: the Redis socket lives under it
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
+    marker = uuid.uuid4().hex  # in the environment of everything it starts
+    env = cli_env(XDG_STATE_HOME=str(state), **{MARKER: marker})  # no BATCHSCRIBE_REDIS_URL: no cluster
     with running_emulator(ports=1, transcribe="duration") as emu, \
             ServiceProcess([str(CLIENT), "-m", "APISERVER", "-port", str(free_port()), "-input_folder", str(folder),
-                            "-output_folder", str(out)], r"batchscribe serve: (http://\S+)",
-                           cli_env(redis_server.url), log_path=tmp_path / "serve.log", timeout=30) as server:
-        start_worker(batchkit_yaml(tmp_path / "config.yaml", emu.ports[0]))
+                            "-output_folder", str(out), "-config", str(batchkit_yaml(tmp_path / "c.yaml",
+                                                                                      emu.ports[0]))],
+                           r"batchscribe serve: (http://\S+)", env, log_path=tmp_path / "serve.log",
+                           timeout=60) as server:
         url = server.announced[0].group(1)
         assert url.startswith("http://127.0.0.1:"), "no token: localhost only"
         body = {"type": "SpeechSDKBatchRequest", "files": [str(folder / "a.wav")], "language": "en-US",
                 "diarization": "None", "nbest": 1, "profanity": "Masked", "allow_resume": "false",
                 "sentiment": False, "combine_results": False}  # every field, as batch-kit's clients send
-        submitted = request("POST", url + "/submit", body, token=None)
+        submitted = http("POST", url + "/submit", body, token=None)
         assert submitted.status == 200, submitted
         number = submitted.body["batch_id"]
-        done = request("GET", f"{url}/watch?batch_id={number}&target_state=done&timeout=120", token=None,
-                       timeout=150)
-        assert done.status == 200 and done.body["status"] == "done", done
+        done = http("GET", f"{url}/watch?batch_id={number}&target_state=done&timeout=120", token=None,
+                    timeout=150)
+        assert done.status == 200 and done.body["status"] == "done", (done, server.log())
         assert Path(done.body["results_dir"]) == out / f"batch_{number}"
+        assert done.body["combined_results_file"] is None  # combine_results was false
         entry = json.loads((out / f"batch_{number}" / "a_wav.json").read_text())["AudioFileResults"][0]
         assert entry["CombinedResults"][0]["Display"] == "duration 1.50 seconds"
+        assert processes_in(state) and len(processes_with_env(f"{MARKER}={marker}")) > 1  # redis, workers
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0, server.log()
+    said = server.log()
+    assert "stopped: server, workers, then Redis" in said and "Traceback" not in said, said
+    assert processes_in(state) == [], "its redis-server outlived serve"
+    assert processes_with_env(f"{MARKER}={marker}") == [], "a worker outlived serve"

@@ -5,6 +5,7 @@ processes with the Speech SDK against the emulator (duration transcripts), the `
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,6 +16,9 @@ import time
 import wave
 from pathlib import Path
 
+from batchscribe.common.models import FileState
+from batchscribe.common.queues import pool_queue
+from batchscribe.common.state import StateStore
 from batchscribe.emulator import Emulator
 from tests.support.cluster import EndpointSpec, processes_in, write_endpoints, write_tone
 from tests.support.emulator import running_emulator
@@ -160,3 +164,68 @@ def test_a_file_still_being_copied_is_not_submitted(tmp_path: Path, redis_server
     assert "batch " not in half, half  # nothing submitted while the copy was under way
     with wave.open(str(watched / "call.wav")) as wav:
         assert abs(wav.getnframes() / wav.getframerate() - length) < 0.001
+
+
+def test_a_file_landing_under_poll_is_transcribed(tmp_path: Path, redis_server, start_worker) -> None:
+    """--poll: no file-system events, the folders re-listed every --poll-interval (what NFS and SMB
+    need); a file written into a sub-folder made after the start is found and transcribed whole."""
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    with running_emulator(ports=1, transcribe="duration") as emu:
+        start_worker(write_endpoints(tmp_path / "eps.yaml", [EndpointSpec("emu", emu.ports[0])]))
+        with WatchProcess(str(watched), "--out", str(out), "--poll", "--poll-interval", "0.5", *FAST,
+                          log_path=tmp_path / "watch.log", broker=redis_server.url) as watcher:
+            wait_for(lambda: "watching" in watcher.log(), what="watch to start", on_timeout=watcher.log)
+            assert "(polling every 0.5s;" in watcher.log(), watcher.log()
+            assert inotify_instances(watcher.proc.pid) == 0  # events off (without --poll it holds one)
+            (watched / "day1").mkdir()
+            length = write_tone(watched / "day1" / "late.wav", 2.0, 300)
+            wait_transcribed(out, {"day1/late.wav": length}, watcher)
+            wait_for(lambda: sessions(emu) >= 1, what="the engine session to be counted")
+            assert watcher.stop(signal.SIGTERM) == 0, watcher.log()
+        assert abs(spoken_seconds(transcript(out, "day1/late.wav")) - length) < 0.011
+        assert sessions(emu) == 1, watcher.log()
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify instances the process holds open (a listing's folder may close meanwhile)."""
+    found = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found += os.readlink(fd) == "anon_inode:inotify"
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def test_stopping_watch_leaves_its_submitted_work_queued_for_the_workers(tmp_path: Path, redis_server,
+                                                                          store: StateStore, start_worker) -> None:
+    """With --broker and no worker running, SIGTERM ends `watch` (exit 0) and what it submitted stays
+    in Redis: the batch, its files queued, one task message per file on the broker; a worker that
+    starts later transcribes them."""
+    watched, out = tmp_path / "in", tmp_path / "out"
+    watched.mkdir()
+    seconds = {name: write_tone(watched / name, 1.0 + i / 2, 300 + 100 * i)
+               for i, name in enumerate(("a.wav", "b.wav"))}
+    with WatchProcess(str(watched), "--out", str(out), *FAST, log_path=tmp_path / "watch.log",
+                      broker=redis_server.url) as watcher:
+        wait_for(lambda: "2 queued" in watcher.log(), what="both files to be queued", on_timeout=watcher.log)
+        assert watcher.stop(signal.SIGTERM) == 0, watcher.log()
+    assert "stopped watching; queued files stay queued for the workers" in watcher.log(), watcher.log()
+
+    [batch] = store.batch_ids()
+    records = store.files(batch, range(2))
+    assert sorted(Path(r.path).name for r in records) == ["a.wav", "b.wav"]
+    assert [r.state for r in records] == [FileState.QUEUED] * 2
+    assert [store.job(r.job)["state"] for r in records] == ["queued"] * 2
+    messages = [json.loads(m) for m in store.redis.lrange(pool_queue("en-US"), 0, -1)]
+    tasks = [json.loads(base64.b64decode(m["body"])) for m in messages]
+    assert sorted((args[0], kwargs["path"], kwargs["batch"]) for args, kwargs, _ in tasks) == \
+        sorted((r.job, r.path, batch) for r in records)  # one task per file, nothing consumed
+
+    with running_emulator(ports=1, transcribe="duration") as emu:
+        worker = start_worker(write_endpoints(tmp_path / "eps.yaml", [EndpointSpec("emu", emu.ports[0])]))
+        wait_for(lambda: all((out / name.replace(".wav", "_wav.json")).is_file() for name in seconds),
+                 timeout=90, what="the workers to transcribe what watch left queued", on_timeout=worker.log)
+    for name, length in seconds.items():
+        assert abs(spoken_seconds(transcript(out, name)) - length) < 0.011

@@ -66,17 +66,25 @@ def test_daemon_on_a_cluster_leaves_the_endpoints_to_its_workers() -> None:
 
 def test_apiserver_maps_to_serve_with_auth_only_when_tokens_are_set() -> None:
     open_local = translate(["-m", "APISERVER", "-port", "5001", "-input_folder", "/shared/in",
-                            "-output_folder", "/shared/out"], NO_ENV)
+                            "-output_folder", "/shared/out", "-config", "c.yaml"], NO_ENV)
     assert open_local.args == ["serve", "--port", "5001", "--allow-root", "/shared/in", "--allow-root",
-                               "/shared/out", "--batchkit-out", "/shared/out", "--no-auth"]
+                               "/shared/out", "--batchkit-out", "/shared/out", "--no-auth", "--local",
+                               "--config", "c.yaml"]  # it transcribes too, as batch-kit's server did
     assert any("127.0.0.1 only" in n for n in open_local.notes)
     tokens = translate(["-m", "APISERVER"], {"BATCHSCRIBE_API_TOKENS": "t1"})
     assert tokens.args == ["serve", "--port", "5000", "--allow-root", "/usr/local/batch/input",
                            "--allow-root", "/usr/local/batch/output", "--batchkit-out", "/usr/local/batch/output",
-                           "--host", "0.0.0.0"]  # batch-kit's port and all interfaces, behind the tokens
-    per_request = translate(["-m", "APISERVER", "-language", "fr-FR", "-config", "c.yaml"], NO_ENV)
+                           "--host", "0.0.0.0", "--local"]  # batch-kit's port and all interfaces, behind the tokens
+    assert any("config.yaml not found" in n for n in tokens.notes)  # batch-kit's default config path
+    per_request = translate(["-m", "APISERVER", "-language", "fr-FR", "-combined_json"], NO_ENV)
     assert any(n.startswith("-language ignored in APISERVER mode") for n in per_request.notes)
-    assert any(n.startswith("-config ignored in APISERVER mode") for n in per_request.notes)
+    assert any(n.startswith("-combined_json ignored in APISERVER mode") for n in per_request.notes)
+
+
+def test_apiserver_on_a_cluster_serves_its_redis_and_leaves_the_endpoints_to_its_workers() -> None:
+    t = translate(["-m", "APISERVER", "-config", "eps.yaml"], {"BATCHSCRIBE_REDIS_URL": "redis://h:6379/0"})
+    assert "--local" not in t.args and "--config" not in t.args
+    assert any(n.startswith("-config ignored: BATCHSCRIBE_REDIS_URL is set") for n in t.notes)
 
 
 def test_every_flag_without_a_counterpart_is_named_once_with_why() -> None:
