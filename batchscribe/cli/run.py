@@ -43,6 +43,7 @@ from batchscribe.cli.base import (
 from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, InputError, StateError
+from batchscribe.common.locations import is_blob
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
@@ -84,19 +85,23 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
 
 
 def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str | None, keep_log: bool,
-                    flower_port: int | None, work: Callable[[Settings], int]) -> NoReturn:
+                    flower_port: int | None, work: Callable[[Settings], int], kept: Path | None = None
+                    ) -> NoReturn:
     """Start Redis (unless `broker`) and local workers for `endpoints`, run `work` (it submits and
-    follows a batch, returning the exit code), stop everything, exit (`run`, `convert`)."""
+    follows a batch, returning the exit code), stop everything, exit (`run`, `convert`).
+
+    `kept`: a state folder (`state_folder`) whose Redis and log outlive the command, so that running
+    the same command again finds what was done; else a private temp folder, removed afterwards."""
     if flower_port is not None:
         from batchscribe.cli.flower import check_free
 
         check_free(flower_port)  # likewise: a taken port is said before anything starts
-    folder = Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
+    folder = kept or Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until the work returns: a usage, config or input error (guarded prints it)
     with StopSignals() as stop:
         try:
-            with local_workers(folder, stop, endpoints, config_path, broker) as settings, \
-                    run_flower(folder, settings, flower_port):
+            with local_workers(folder, stop, endpoints, config_path, broker, append_log=kept is not None) \
+                    as settings, run_flower(folder, settings, flower_port):
                 code = work(settings)
         except Interrupted as exc:
             code = 128 + exc.signum
@@ -106,7 +111,8 @@ def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str
             code = EXIT_REDIS
             raise
         finally:  # the log may explain failed files, an interruption or a Redis failure
-            _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
+            if kept is None:
+                _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
     sys.exit(code)
 
 
@@ -168,12 +174,13 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
 
 
 def state_folder(kind: str, key: str) -> Path:
-    """The kept folder of a one-machine `watch` (`kind` "watch", one per output folder `key`) or
-    `serve --local` ("serve", one per --batchkit-out): its Redis, worker log and lock, kept across
+    """The kept folder of a one-machine `watch` (`kind` "watch", one per output folder `key`),
+    `convert` ("convert", likewise) or `serve --local` ("serve", one per --batchkit-out): its Redis,
+    worker log and lock, kept across
     restarts so that a restart finds what was done and what is still queued. Mode 0700: its Redis
     socket is guarded by it, as `run`'s is."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    real = os.path.realpath(os.path.expanduser(key))
+    real = key if is_blob(key) else os.path.realpath(os.path.expanduser(key))
     folder = base / "batchscribe" / kind / hashlib.sha256(os.fsencode(real)).hexdigest()[:16]
     if len(os.fsencode(folder / "redis" / SOCKET_NAME)) > SOCKET_PATH_MAX:
         raise InputError(f"the private Redis socket path under {folder} would be too long for a unix "
