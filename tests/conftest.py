@@ -5,6 +5,8 @@ Helpers that tests and benchmarks import live in `tests/support/` (this module i
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +26,17 @@ def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A folder with a short path (a unix socket's path must fit in 108 bytes: the one-machine
+    commands keep their Redis socket under $XDG_STATE_HOME or $TMPDIR), removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="bs-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

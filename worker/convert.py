@@ -50,7 +50,7 @@ def convert(source: Path, options: ConversionOptions, workdir: Path,
     size = check_file(source)
     out = workdir / f"output.{options.spec.extension}"
     out.unlink(missing_ok=True)
-    written = _run(list(_GLOBAL) + ffmpeg_args(options, media_arg(source), media_arg(out)), workdir,
+    written = _run(list(_GLOBAL) + ffmpeg_args(options, media_arg(source), media_arg(out)),
                    ffmpeg_timeout(size), source, stop or threading.Event())
     if written <= 0 or not out.is_file() or out.stat().st_size == 0:
         raise AudioError("no audio: the file decodes to zero samples")
@@ -58,34 +58,36 @@ def convert(source: Path, options: ConversionOptions, workdir: Path,
     return Converted(out, written, out.stat().st_size, _sha256(out))
 
 
-def _run(cmd: list[str], workdir: Path, timeout: float, source: Path, stop: threading.Event) -> float:
-    """Run ffmpeg; returns the seconds of audio it reports written (`-progress`)."""
-    progress, errors = workdir / "ffmpeg.progress", workdir / "ffmpeg.err"
-    with open(progress, "wb") as out, open(errors, "wb") as err:
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        except FileNotFoundError as exc:
-            raise ConfigError("ffmpeg not found on PATH: install ffmpeg on this machine") from exc
-        deadline = time.monotonic() + timeout
-        try:
-            while proc.poll() is None:
+def _run(cmd: list[str], timeout: float, source: Path, stop: threading.Event) -> float:
+    """Run ffmpeg; returns the seconds of audio it reports written (`-progress`). Its output is read
+    through pipes, not files: on a full disk, files would lose the very words that say so."""
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+    except FileNotFoundError as exc:
+        raise ConfigError("ffmpeg not found on PATH: install ffmpeg on this machine") from exc
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                progress, stderr = proc.communicate(timeout=POLL)  # retried: no output is lost
+                break
+            except subprocess.TimeoutExpired:
                 if stop.is_set():
-                    raise EngineStopped("the consumer is stopping")
+                    raise EngineStopped("the consumer is stopping") from None
                 if time.monotonic() > deadline:
                     raise TransientError(f"ffmpeg made no end after {timeout:.0f} s (a stalled disk or "
-                                         "network mount?)")
-                time.sleep(POLL)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stderr = errors.read_text(errors="replace")
+                                         "network mount?)") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     failed_write = next((line for line in stderr.splitlines() if any(w in line for w in _WRITE_FAILURES)), "")
     if failed_write:
         raise TransientError(f"cannot write the converted file: {failed_write.strip()[-200:]}")
     if proc.returncode != 0:
         raise AudioError(failure_reason(stderr, source))
-    return _written_seconds(progress.read_text(errors="replace"))
+    return _written_seconds(progress)
 
 
 def _written_seconds(progress: str) -> float:
