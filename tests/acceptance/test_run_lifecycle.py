@@ -25,7 +25,7 @@ from batchscribe.common.state import StateStore
 from tests.support.cli import BIN, ROOT, cli_env, run_cli
 from tests.support.cluster import children, kill_pids, processes_in, processes_with_env
 from tests.support.emulator import LOOPBACK, running_emulator, tone_wav
-from tests.support.intruder import ping_as_another_user, redis_address
+from tests.support.intruder import can_act_as_another_user, ping_as_another_user, redis_address
 from tests.support.poll import wait_for
 
 MARKER_VAR = "BATCHSCRIBE_TEST_MARKER_RUN"  # not a setting: only tells our processes apart
@@ -107,14 +107,12 @@ def redis_child(proc: subprocess.Popen[str]) -> int:
     return found[0]
 
 
-def test_runs_redis_is_out_of_reach_of_other_users_and_run_still_transcribes(tmp_path: Path, runs: Runs) -> None:
+def test_runs_redis_is_a_unix_socket_in_a_0700_folder_and_run_still_transcribes(tmp_path: Path, runs: Runs) -> None:
     inputs = audio(tmp_path / "in", 4, 2.0)
     with running_emulator(rtf=1.0) as emu:  # 2 files at once, 2 s each: long enough to look around
         proc = runs.start(str(inputs), "--out", str(tmp_path / "out"),
                           "--config", str(endpoint_file(tmp_path, emu.ports[0])))
         address = redis_address(redis_child(proc))
-        intruder = ping_as_another_user(address)
-        assert "PONG" not in intruder.stdout, f"user nobody reached run's Redis at {address}"
         assert address.startswith("unixsocket:"), f"no TCP port at all, got {address}"
         folder = Path(address.removeprefix("unixsocket:")).parents[1]
         assert folder.parent == runs.tmpdir and stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -123,7 +121,22 @@ def test_runs_redis_is_out_of_reach_of_other_users_and_run_still_transcribes(tmp
     for i in range(4):
         result = json.loads((tmp_path / "out" / f"f{i}_wav.json").read_text())["AudioFileResults"][0]
         assert result["TranscriptionStatus"] == "Succeeded"
+    assert "worker log kept" not in err
     assert runs.leftovers() == [], "Redis data, socket and worker log are removed after a successful run"
+    assert runs.processes() == []
+
+
+@pytest.mark.skipif(not can_act_as_another_user(), reason="switching to another user needs root")
+def test_runs_redis_is_out_of_reach_of_other_users(tmp_path: Path, runs: Runs) -> None:
+    inputs = audio(tmp_path / "in", 1, 2.0)
+    with running_emulator(rtf=1.0) as emu:  # one file of 2 s: Redis runs while user nobody tries it
+        proc = runs.start(str(inputs), "--out", str(tmp_path / "out"),
+                          "--config", str(endpoint_file(tmp_path, emu.ports[0])))
+        address = redis_address(redis_child(proc))
+        intruder = ping_as_another_user(address)
+        assert "PONG" not in intruder.stdout, f"user nobody reached run's Redis at {address}"
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
     assert runs.processes() == []
 
 
@@ -182,3 +195,4 @@ def test_ctrl_c_with_a_shared_redis_releases_the_endpoint(tmp_path: Path, runs: 
     assert "interrupted by SIGINT: workers stopped" in err and "private Redis" not in err
     assert store.redis.get(store.keys.owner("emu")) is None, "the endpoint was not released"
     assert runs.processes() == []
+
