@@ -1,5 +1,5 @@
 """`batchscribe run` as a user runs it: what it starts is private to its user and is gone afterwards —
-after success, after an early error, after Ctrl-C in the middle of a batch.
+after success, after an early error, after Ctrl-C, SIGTERM or SIGHUP in the middle of a batch.
 
 Processes are found through a marker in their environment (every child of `run` inherits it), in
 /proc; `run` runs in its own process group, as a terminal's foreground job does, so that Ctrl-C
@@ -140,6 +140,19 @@ def test_runs_redis_is_out_of_reach_of_other_users(tmp_path: Path, runs: Runs) -
     assert runs.processes() == []
 
 
+def test_keep_log_keeps_the_worker_log_after_a_successful_run(tmp_path: Path, runs: Runs) -> None:
+    inputs = audio(tmp_path / "in", 1, 0.5)
+    with running_emulator(rtf=0) as emu:
+        result = run_cli("run", str(inputs), "--out", str(tmp_path / "out"), "--keep-log",
+                         "--config", str(endpoint_file(tmp_path, emu.ports[0])), **runs.env())
+    assert result.returncode == 0, result.stderr
+    (folder,) = runs.tmpdir.iterdir()
+    assert [p.name for p in folder.iterdir()] == ["worker.log"], "only the worker log is kept"
+    assert f"worker log kept: {folder / 'worker.log'}" in result.stderr
+    assert "consumer" in (folder / "worker.log").read_text(errors="replace")
+    assert runs.processes() == []
+
+
 @pytest.mark.parametrize("case", ["bad setting", "missing input"])
 def test_an_early_error_leaves_nothing_running_or_on_disk(tmp_path: Path, runs: Runs, case: str) -> None:
     inputs = audio(tmp_path / "in", 1, 0.5)
@@ -159,18 +172,21 @@ def test_an_early_error_leaves_nothing_running_or_on_disk(tmp_path: Path, runs: 
     assert runs.leftovers() == [], "the failed run left files in its temporary folder"
 
 
-def test_ctrl_c_mid_batch_stops_the_workers_before_redis(tmp_path: Path, runs: Runs) -> None:
-    """A terminal's Ctrl-C (SIGINT to the whole foreground group) must not kill Redis under the
-    workers: they stop and release their endpoints first, and nothing is left afterwards."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_mid_batch_stops_the_workers_before_redis(tmp_path: Path, runs: Runs,
+                                                               sig: signal.Signals) -> None:
+    """A terminal's Ctrl-C (SIGINT) or hang-up (SIGHUP), or a service manager's SIGTERM — each to the
+    whole foreground group — must not kill Redis under the workers: they stop and release their
+    endpoints first, and nothing is left afterwards."""
     inputs = audio(tmp_path / "in", 4, 3.0)
     with running_emulator(rtf=1.0) as emu:
         port = emu.ports[0]
         proc = runs.start(str(inputs), "--out", str(tmp_path / "out"), "--config", str(endpoint_file(tmp_path, port)))
         wait_for(lambda: emu.stats(port)["active"] > 0 or proc.poll() is not None, 60, what="a file in flight")
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err
-    assert "interrupted by SIGINT: workers stopped, private Redis stopped" in err
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name}: workers stopped, private Redis stopped" in err
     assert "could not release endpoint ownership" not in err, "Redis was gone before the supervisor"
     assert runs.processes() == [], "a redis-server or worker of the interrupted run is still running"
     (folder,) = runs.tmpdir.iterdir()
