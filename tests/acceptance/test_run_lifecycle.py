@@ -1,5 +1,6 @@
 """`batchscribe run` as a user runs it: what it starts is private to its user and is gone afterwards —
-after success, after an early error, after Ctrl-C, SIGTERM or SIGHUP in the middle of a batch.
+after success, after an early error, after Ctrl-C, SIGTERM or SIGHUP in the middle of a batch, after
+giving up on a Redis that stopped answering.
 
 Processes are found through a marker in their environment (every child of `run` inherits it), in
 /proc; `run` runs in its own process group, as a terminal's foreground job does, so that Ctrl-C
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
 from tests.support.cli import BIN, ROOT, cli_env, run_cli
 from tests.support.cluster import children, kill_pids, processes_in, processes_with_env
 from tests.support.emulator import LOOPBACK, running_emulator, tone_wav
@@ -212,3 +215,25 @@ def test_ctrl_c_with_a_shared_redis_releases_the_endpoint(tmp_path: Path, runs: 
     assert store.redis.get(store.keys.owner("emu")) is None, "the endpoint was not released"
     assert runs.processes() == []
 
+
+def test_run_with_a_broker_gives_up_after_a_bounded_redis_outage_and_leaves_nothing_running(
+        tmp_path: Path, runs: Runs, redis_server: PrivateRedis) -> None:
+    inputs = audio(tmp_path / "in", 4, 3.0)
+    with running_emulator(rtf=1.0) as emu:
+        port = emu.ports[0]
+        proc = runs.start(str(inputs), "--out", str(tmp_path / "out"), "--config", str(endpoint_file(tmp_path, port)),
+                          "--broker", redis_server.url, BATCHSCRIBE_WAIT_REDIS_TIMEOUT="3")
+        wait_for(lambda: emu.stats(port)["active"] > 0 or proc.poll() is not None, 60, what="a file in flight")
+        redis_server.stop()  # mid-run: files in flight, the batch far from done
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    batch_id = re.search(r"batch (\S+): 4 file", err).group(1)  # type: ignore[union-attr]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: Redis has not answered for ") and "cannot reach Redis at redis://127.0.0.1:" in last
+    assert (f"stopped waiting for batch {batch_id}. The batch goes on without this command wherever workers "
+            f"still run it: follow it with `batchscribe status {batch_id}`, or run the same command again") in last
+    assert "Traceback" not in err
+    assert runs.processes() == [], "a worker of the run is still running"
+    (folder,) = runs.tmpdir.iterdir()
+    assert [p.name for p in folder.iterdir()] == ["worker.log"], "the worker log is kept after a Redis failure"
+    assert f"worker log kept: {folder / 'worker.log'}" in err
