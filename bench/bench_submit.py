@@ -264,7 +264,7 @@ def run_submit(submitter: Submitter, corpus: Corpus, out: Path, options: Transcr
     timer.wrap(submit_mod, "discover", "discover (walk)")
     timer.wrap(submit_mod, "fingerprint_files", "fingerprint (stat+cache+sha256+header)")
     timer.wrap(submitter.store, "create_batch", "create_batch (file records)")
-    timer.wrap(submitter.store, "reserve_outputs", "claim outputs (Lua)")
+    timer.wrap(submitter.store, "reserve_outputs", "reserve outputs (Lua)")
     timer.wrap(submitter.store, "claim", "claim (Lua)")
     timer.wrap(submitter.publisher, "publish", "publish (Celery messages)")
     timer.wrap(submitter.store, "mark_published", "mark_published (Lua)")

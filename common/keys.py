@@ -137,7 +137,7 @@ class Keys:
         return f"{self.prefix}:delayed"
 
     def delayed_promoting(self) -> str:
-        """Sorted set: delayed jobs a promoter is publishing now (score: when its claim expires)."""
+        """Sorted set: delayed jobs a promoter is publishing now (score: its promotion deadline)."""
         return f"{self.prefix}:delayed:promoting"
 
     def delayed_specs(self) -> str:

@@ -530,10 +530,11 @@ return {"cancelled", completed, files, jobs}
 
 # KEYS: prefix, a batch's summary clock. ARGV: what the batch counts now (its signature), now,
 # min_gap, period, factor, most (seconds), ttl (ms). The clock's value is "signature|written_at|cost".
-# Due (returns 1, and sets the clock to now so that no other process starts the same rewrite) when
-# there is no clock, or the last rewrite is older than min(most, max(period, factor × cost)), or the
-# counts changed and it is older than min(most, max(min_gap, factor × cost)); else 0.
-CLAIM_SUMMARY = r"""
+# The caller's turn to rewrite the summary (returns 1, and sets the clock to now so that no other
+# process starts the same rewrite) when there is no clock, or the last rewrite is older than
+# min(most, max(period, factor × cost)), or the counts changed and it is older than
+# min(most, max(min_gap, factor × cost)); else 0.
+SUMMARY_TURN = r"""
 local v = redis.call("GET", KEYS[2])
 local now, factor, most = tonumber(ARGV[2]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local cost = 0
@@ -556,7 +557,7 @@ SCRIPTS = {
     "track_inflight": TRACK_INFLIGHT, "prune_inflight": PRUNE_INFLIGHT,
     "publish_endpoints": PUBLISH_ENDPOINTS, "hold_endpoint": HOLD_ENDPOINT,
     "release_endpoint": RELEASE_ENDPOINT, "reserve_outputs": RESERVE_OUTPUTS,
-    "claim_summary": CLAIM_SUMMARY, "release_held": RELEASE_ENDPOINT,
+    "summary_turn": SUMMARY_TURN, "release_held": RELEASE_ENDPOINT,
     "release_outputs": RELEASE_OUTPUTS,
     "cancel": CANCEL,
     "hand_back": HAND_BACK, "record_attempt": RECORD_ATTEMPT,

@@ -9,7 +9,7 @@ Who writes it, and when:
 
 * **while the batch runs**: `refresh_live`, called every `REFRESH_TICK` seconds by every worker
   VM's supervisor (the one process sure to live as long as the batch) and by a command that waits
-  for the batch. Each batch has one clock in Redis (`StateStore.claim_summary`), so of N callers one
+  for the batch. Each batch has one clock in Redis (`StateStore.take_summary_turn`), so of N callers one
   rewrites it: when files moved since the last rewrite, at most once per max(`min_gap`,
   `factor` × the last rewrite's cost), and every `period` anyway (batch-kit's 30 s: the elapsed time
   moves); `CLOCK` holds the numbers. A rewrite of a huge batch therefore costs at most ~1/`factor`
@@ -244,7 +244,7 @@ def refresh_live(store: StateStore, batch_ids: Iterable[str] | None = None) -> i
 
 def _refresh(store: StateStore, batch_id: str, header: dict[str, str]) -> int:
     signature = _signature(header)
-    if not store.claim_summary(batch_id, signature, CLOCK):
+    if not store.take_summary_turn(batch_id, signature, CLOCK):
         return 0
     started, began = store.clock(), time.monotonic()
     try:
@@ -263,7 +263,7 @@ def _finish_abandoned(store: StateStore, batch_id: str, header: dict[str, str]) 
     """A complete batch still live: its completer is writing the final summary now, or died doing
     it. After ABANDONED_AFTER seconds, complete it again (idempotent), once cluster-wide."""
     finished = float(header.get("finished_at") or 0)
-    if store.clock() - finished > ABANDONED_AFTER and store.claim_summary(batch_id, "complete", CLOCK):
+    if store.clock() - finished > ABANDONED_AFTER and store.take_summary_turn(batch_id, "complete", CLOCK):
         log.warning("batch %s is complete without its final summary; writing it now", batch_id)
         complete_batch(store, batch_id)
 

@@ -338,7 +338,7 @@ class JobRunner:
         policy = self.settings.retry
         if start.reroutes + 1 > policy.endpoint_reroutes:
             return f"rerouted {start.reroutes + 1} times"
-        waited = time.time() - start.first_started_at
+        waited = self.store.clock() - start.first_started_at  # the store's clock wrote first_started_at
         if start.first_started_at and waited > policy.endpoint_max_wait:
             return f"no endpoint could take it for {waited:.0f} s"
         return ""
@@ -348,7 +348,7 @@ class JobRunner:
         """Back to the language pool after `delay`, in the delayed set, atomically with the state."""
         spec = delivery.pool_spec()
         held = self.store.requeue_job(delivery.job_key, delivery.id, cls.value, reason, spend,
-                                      time.time() + delay, spec.to_json())
+                                      self.store.clock() + delay, spec.to_json())
         if held == -2:
             log.info("job %s: its batches were cancelled while it ran; not requeued", delivery.job_key)
             return Outcome("cancelled", "its batch was cancelled while it ran")

@@ -114,7 +114,9 @@ class Supervisor:
         self.pool.reconcile(wanted(desired, owned, usable))
         # In-flight entries of consumers that died mid-file, on any endpoint this VM knows of.
         self.store.prune_inflight(sorted({e.name for e in desired} | self.pool.names()))
-        self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(time.time(), 3), self.pool.slots(),
+        # beat_at is a wall-clock time other VMs may read: the store's clock (time.time unless a test
+        # moves it), as for every time written to Redis; not self.clock, which is monotonic.
+        self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(self.store.clock(), 3), self.pool.slots(),
                                   dict(self.pool.restarts)), self.owner_ttl)
 
     def _tick_safely(self) -> None:

@@ -133,10 +133,10 @@ class Batches(StoreBase):
         else:
             self.redis.srem(self.keys.live_batches(), batch_id)
 
-    def claim_summary(self, batch_id: str, signature: str, clock: SummaryClock) -> bool:
-        """True if this caller should rewrite the batch's run summary now (`common.lua.CLAIM_SUMMARY`);
-        then no other process starts one until `clock` says the next is due."""
-        return bool(self._run("claim_summary", [self.keys.summary_clock(batch_id)],
+    def take_summary_turn(self, batch_id: str, signature: str, clock: SummaryClock) -> bool:
+        """True if it is this caller's turn to rewrite the batch's run summary now
+        (`common.lua.SUMMARY_TURN`); then no other process starts one until `clock` says the next is due."""
+        return bool(self._run("summary_turn", [self.keys.summary_clock(batch_id)],
                               [signature, stamp(self.clock()), clock.min_gap, clock.period, clock.factor,
                                clock.most, int(1000 * SUMMARY_CLOCK_TTL)]))
 
@@ -215,7 +215,7 @@ class Batches(StoreBase):
         return []
 
     def release_outputs(self, batch_id: str, outputs: Sequence[str], chunk: int = 5000) -> None:
-        """Drop the claims `batch_id` still holds on these output paths (it completed)."""
+        """Drop the reservations `batch_id` still holds on these output paths (it completed)."""
         self._release_digests(batch_id, [_path_digest(o) for o in outputs], chunk)
 
     def _release_digests(self, batch_id: str, digests: Sequence[bytes], chunk: int) -> None:

@@ -64,7 +64,9 @@ def test_a_sigkilled_consumer_s_file_runs_again_within_60_s_and_is_done_once(
         submit(tmp_path, redis_server.url, seconds=12)
         wait_for(lambda: the_job(store)[1].get("state") == "running", timeout=60, what="the file to start")
         first = the_job(store)[1]["delivery"]
-        time.sleep(3)  # mid-file, after at least one upload chunk
+        wait_for(lambda: any(session["outcome"] == "open" and session["phrases"] > 0
+                             for session in emu.stats(emu.ports[0])["sessions"]),
+                 timeout=30, what="the file mid-way (its first 5 s segment acknowledged, 7 s to go)")
         [pid] = consumer_pids(worker.proc.pid)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()

@@ -1,5 +1,6 @@
 """`batchscribe run` as a user runs it: what it starts is private to its user and is gone afterwards —
-after success, after an early error, after Ctrl-C in the middle of a batch.
+after success, after an early error, after Ctrl-C, SIGTERM or SIGHUP in the middle of a batch, after
+giving up on a Redis that stopped answering.
 
 Processes are found through a marker in their environment (every child of `run` inherits it), in
 /proc; `run` runs in its own process group, as a terminal's foreground job does, so that Ctrl-C
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -22,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from batchscribe.common.state import StateStore
+from batchscribe.private_redis import PrivateRedis
 from tests.support.cli import BIN, ROOT, cli_env, run_cli
 from tests.support.cluster import children, kill_pids, processes_in, processes_with_env
 from tests.support.emulator import LOOPBACK, running_emulator, tone_wav
-from tests.support.intruder import ping_as_another_user, redis_address
+from tests.support.intruder import can_act_as_another_user, ping_as_another_user, redis_address
 from tests.support.poll import wait_for
 
 MARKER_VAR = "BATCHSCRIBE_TEST_MARKER_RUN"  # not a setting: only tells our processes apart
@@ -107,14 +110,12 @@ def redis_child(proc: subprocess.Popen[str]) -> int:
     return found[0]
 
 
-def test_runs_redis_is_out_of_reach_of_other_users_and_run_still_transcribes(tmp_path: Path, runs: Runs) -> None:
+def test_runs_redis_is_a_unix_socket_in_a_0700_folder_and_run_still_transcribes(tmp_path: Path, runs: Runs) -> None:
     inputs = audio(tmp_path / "in", 4, 2.0)
     with running_emulator(rtf=1.0) as emu:  # 2 files at once, 2 s each: long enough to look around
         proc = runs.start(str(inputs), "--out", str(tmp_path / "out"),
                           "--config", str(endpoint_file(tmp_path, emu.ports[0])))
         address = redis_address(redis_child(proc))
-        intruder = ping_as_another_user(address)
-        assert "PONG" not in intruder.stdout, f"user nobody reached run's Redis at {address}"
         assert address.startswith("unixsocket:"), f"no TCP port at all, got {address}"
         folder = Path(address.removeprefix("unixsocket:")).parents[1]
         assert folder.parent == runs.tmpdir and stat.S_IMODE(folder.stat().st_mode) == 0o700
@@ -123,7 +124,35 @@ def test_runs_redis_is_out_of_reach_of_other_users_and_run_still_transcribes(tmp
     for i in range(4):
         result = json.loads((tmp_path / "out" / f"f{i}_wav.json").read_text())["AudioFileResults"][0]
         assert result["TranscriptionStatus"] == "Succeeded"
+    assert "worker log kept" not in err
     assert runs.leftovers() == [], "Redis data, socket and worker log are removed after a successful run"
+    assert runs.processes() == []
+
+
+@pytest.mark.skipif(not can_act_as_another_user(), reason="switching to another user needs root")
+def test_runs_redis_is_out_of_reach_of_other_users(tmp_path: Path, runs: Runs) -> None:
+    inputs = audio(tmp_path / "in", 1, 2.0)
+    with running_emulator(rtf=1.0) as emu:  # one file of 2 s: Redis runs while user nobody tries it
+        proc = runs.start(str(inputs), "--out", str(tmp_path / "out"),
+                          "--config", str(endpoint_file(tmp_path, emu.ports[0])))
+        address = redis_address(redis_child(proc))
+        intruder = ping_as_another_user(address)
+        assert "PONG" not in intruder.stdout, f"user nobody reached run's Redis at {address}"
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert runs.processes() == []
+
+
+def test_keep_log_keeps_the_worker_log_after_a_successful_run(tmp_path: Path, runs: Runs) -> None:
+    inputs = audio(tmp_path / "in", 1, 0.5)
+    with running_emulator(rtf=0) as emu:
+        result = run_cli("run", str(inputs), "--out", str(tmp_path / "out"), "--keep-log",
+                         "--config", str(endpoint_file(tmp_path, emu.ports[0])), **runs.env())
+    assert result.returncode == 0, result.stderr
+    (folder,) = runs.tmpdir.iterdir()
+    assert [p.name for p in folder.iterdir()] == ["worker.log"], "only the worker log is kept"
+    assert f"worker log kept: {folder / 'worker.log'}" in result.stderr
+    assert "consumer" in (folder / "worker.log").read_text(errors="replace")
     assert runs.processes() == []
 
 
@@ -146,18 +175,21 @@ def test_an_early_error_leaves_nothing_running_or_on_disk(tmp_path: Path, runs: 
     assert runs.leftovers() == [], "the failed run left files in its temporary folder"
 
 
-def test_ctrl_c_mid_batch_stops_the_workers_before_redis(tmp_path: Path, runs: Runs) -> None:
-    """A terminal's Ctrl-C (SIGINT to the whole foreground group) must not kill Redis under the
-    workers: they stop and release their endpoints first, and nothing is left afterwards."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_stop_signal_mid_batch_stops_the_workers_before_redis(tmp_path: Path, runs: Runs,
+                                                               sig: signal.Signals) -> None:
+    """A terminal's Ctrl-C (SIGINT) or hang-up (SIGHUP), or a service manager's SIGTERM — each to the
+    whole foreground group — must not kill Redis under the workers: they stop and release their
+    endpoints first, and nothing is left afterwards."""
     inputs = audio(tmp_path / "in", 4, 3.0)
     with running_emulator(rtf=1.0) as emu:
         port = emu.ports[0]
         proc = runs.start(str(inputs), "--out", str(tmp_path / "out"), "--config", str(endpoint_file(tmp_path, port)))
         wait_for(lambda: emu.stats(port)["active"] > 0 or proc.poll() is not None, 60, what="a file in flight")
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
         _, err = proc.communicate(timeout=90)
-    assert proc.returncode == 130, err
-    assert "interrupted by SIGINT: workers stopped, private Redis stopped" in err
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name}: workers stopped, private Redis stopped" in err
     assert "could not release endpoint ownership" not in err, "Redis was gone before the supervisor"
     assert runs.processes() == [], "a redis-server or worker of the interrupted run is still running"
     (folder,) = runs.tmpdir.iterdir()
@@ -182,3 +214,26 @@ def test_ctrl_c_with_a_shared_redis_releases_the_endpoint(tmp_path: Path, runs: 
     assert "interrupted by SIGINT: workers stopped" in err and "private Redis" not in err
     assert store.redis.get(store.keys.owner("emu")) is None, "the endpoint was not released"
     assert runs.processes() == []
+
+
+def test_run_with_a_broker_gives_up_after_a_bounded_redis_outage_and_leaves_nothing_running(
+        tmp_path: Path, runs: Runs, redis_server: PrivateRedis) -> None:
+    inputs = audio(tmp_path / "in", 4, 3.0)
+    with running_emulator(rtf=1.0) as emu:
+        port = emu.ports[0]
+        proc = runs.start(str(inputs), "--out", str(tmp_path / "out"), "--config", str(endpoint_file(tmp_path, port)),
+                          "--broker", redis_server.url, BATCHSCRIBE_WAIT_REDIS_TIMEOUT="3")
+        wait_for(lambda: emu.stats(port)["active"] > 0 or proc.poll() is not None, 60, what="a file in flight")
+        redis_server.stop()  # mid-run: files in flight, the batch far from done
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    batch_id = re.search(r"batch (\S+): 4 file", err).group(1)  # type: ignore[union-attr]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: Redis has not answered for ") and "cannot reach Redis at redis://127.0.0.1:" in last
+    assert (f"stopped waiting for batch {batch_id}. The batch goes on without this command wherever workers "
+            f"still run it: follow it with `batchscribe status {batch_id}`, or run the same command again") in last
+    assert "Traceback" not in err
+    assert runs.processes() == [], "a worker of the run is still running"
+    (folder,) = runs.tmpdir.iterdir()
+    assert [p.name for p in folder.iterdir()] == ["worker.log"], "the worker log is kept after a Redis failure"
+    assert f"worker log kept: {folder / 'worker.log'}" in err

@@ -23,6 +23,7 @@ from tests.support.emulator import (
     speech_wav,
     tone_wav,
 )
+from tests.support.poll import wait_for
 from tests.support.threads import run_concurrently
 
 pytestmark = pytest.mark.timeout(60)
@@ -211,14 +212,14 @@ def test_memory_and_threads_stay_flat_over_many_files(port: int, tones: list[Pre
     options = TranscriptionOptions()
     for _ in range(10):  # warm-up: SDK pools, reaper threads
         engine.transcribe(tones[0], options)
-    time.sleep(0.3)
     rss0, threads0 = rss_mb(), native_threads()
     for _ in range(100):
         engine.transcribe(tones[0], options)
     engine.close()
-    time.sleep(0.3)
+    # A session's native threads end shortly after it does: wait (bounded) for them to go.
+    wait_for(lambda: native_threads() <= threads0, 10, "the SDK's threads to end",
+             on_timeout=lambda: f"{native_threads()} threads, {threads0} after the warm-up")
     assert rss_mb() - rss0 < 10.0
-    assert native_threads() <= threads0
 
 
 def test_each_file_gets_the_sdk_s_own_trace_in_its_log(emu: Emulator, port: int, tones: list[PreparedAudio],

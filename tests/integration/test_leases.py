@@ -29,6 +29,7 @@ from batchscribe.worker.scheduler import promote_due
 from tests.support.clock import ManualClock
 from tests.support.emulator import tone_wav
 from tests.support.jobs import submitted
+from tests.support.poll import wait_for
 from tests.support.threads import run_concurrently
 
 QUEUE = "pool.en-US"
@@ -149,8 +150,9 @@ def test_requeue_moves_state_and_delayed_entry_together(store: StateStore) -> No
     assert store.delayed() == []
 
 
-def test_endpoint_errors_requeue_at_once_and_stop_after_the_time_cap(tmp_path: Path, settings: Settings,
-                                                                    store: StateStore) -> None:
+def test_endpoint_errors_requeue_at_once_and_stop_after_the_time_cap(tmp_path: Path, settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     path = str(tmp_path / "a.wav")
     tone_wav(Path(path), 1.0)
     submitted(store, path=path)
@@ -160,8 +162,8 @@ def test_endpoint_errors_requeue_at_once_and_stop_after_the_time_cap(tmp_path: P
     job = store.job("j")
     assert (job["state"], job["attempts"], job["reroutes"]) == ("queued", "0", "1")
     [(_, due)] = store.delayed()
-    assert due <= time.time() + 1
-    time.sleep(0.6)
+    assert due <= clock() + 1
+    clock.advance(0.6)  # past endpoint_max_wait since the first start
     assert run_past_bounces(runner, 2, path) == "failed"
     assert "no endpoint could take it" in store.job("j")["reason"]
     stats = store.endpoint_stats("ep1")
@@ -186,16 +188,19 @@ def test_success_resets_consecutive_failures_and_counts_audio(tmp_path: Path, se
 
 # ---- the lease keeper -----------------------------------------------------------------------
 
-def test_lease_keeper_extends_leases_and_refreshes_kombu_delivery_tags(store: StateStore) -> None:
+def test_lease_keeper_extends_leases_and_refreshes_kombu_delivery_tags(settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     submitted(store)
     store.start_job("j", "ep1", "d1", lease_ttl=2)
     store.redis.zadd(KOMBU_UNACKED_INDEX, {"tag1": 1000.0})
     keeper = LeaseKeeper(store, lease_ttl=2, heartbeat=0.1).start()
     try:
         with keeper.hold(LeaseItem("j", "d1", "tag1")), keeper.hold(LeaseItem("j", "other", "tag-gone")):
-            time.sleep(2.5)  # longer than the lease: only the keeper keeps it alive
-            assert float(store.job("j")["lease_until"]) > time.time() + 1.5
-            assert store.redis.zscore(KOMBU_UNACKED_INDEX, "tag1") > time.time() - 1
+            clock.advance(2.5)  # longer than the lease: only the keeper keeps it alive
+            wait_for(lambda: float(store.job("j")["lease_until"]) > clock() + 1.5, 10,
+                     "the keeper to extend the lease past the clock")
+            assert store.redis.zscore(KOMBU_UNACKED_INDEX, "tag1") > clock() - 1
         assert store.start_job("j", "ep2", "d2", defer_spec=spec()).previous == "deferred"
     finally:
         keeper.stop()
@@ -212,9 +217,7 @@ def test_a_dead_lease_keeper_is_noticed(store: StateStore) -> None:
     keeper.beat = broken_beat  # type: ignore[method-assign]
     keeper.start()
     try:
-        deadline = time.monotonic() + 3
-        while not deaths and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: deaths, 3, "the keeper's death to be noticed", interval=0.02)
     finally:
         keeper.stop()
     assert deaths == ["lease keeper thread died"]
@@ -236,7 +239,7 @@ def delay_many(store: StateStore, n: int) -> list[str]:
     jobs = [f"job{i:03d}" for i in range(n)]
     pipe = store.redis.pipeline()
     for jk in jobs:
-        pipe.zadd(store.keys.delayed(), {jk: time.time() - 1})
+        pipe.zadd(store.keys.delayed(), {jk: store.clock() - 1})
         pipe.hset(store.keys.delayed_specs(), jk, spec(jk))
     pipe.execute()
     return jobs
@@ -262,12 +265,14 @@ def test_two_concurrent_promoters_publish_each_due_entry_once(settings: Settings
     assert store.redis.hkeys(store.keys.delayed_specs()) == []
 
 
-def test_entries_of_a_promoter_killed_mid_promotion_come_back(settings: Settings, store: StateStore) -> None:
+def test_entries_of_a_promoter_killed_mid_promotion_come_back(settings: Settings) -> None:
+    clock = ManualClock()
+    store = StateStore.connect(settings, clock=clock)
     jobs = delay_many(store, 5)
     _deadline, taken = store.take_due(hold=0.5, limit=100)  # ...and then it died
     assert len(taken) == 5 and store.delayed() == []
     publisher = Publisher(make_app(settings))
     assert promote_due(store, publisher) == 0  # being promoted: nobody else publishes them yet
-    time.sleep(0.6)
+    clock.advance(0.6)  # past its promotion deadline
     assert promote_due(store, publisher) == 5
     assert sorted(queued_jobs(store)) == jobs

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +97,10 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[subprocess.Popen[byte
 class EventLog:
     """Celery's own event receiver (what Flower runs), in a thread."""
 
+    PROBE = "test-probe"  # an event type of this test's own: sent until the receiver hears it
+
     def __init__(self, app: Any) -> None:
+        self.app = app
         self.events: list[dict[str, Any]] = []
         self.conn = app.connection_for_read()
         self.receiver = app.events.Receiver(self.conn, handlers={"*": self.events.append})
@@ -111,8 +113,15 @@ class EventLog:
             pass
 
     def start(self) -> EventLog:
+        """Start receiving; return once the receiver has subscribed (events are pub/sub: one sent
+        before that is lost), which is when it hears a probe event."""
         self.thread.start()
-        time.sleep(1.0)  # the receiver has subscribed
+        with self.app.events.default_dispatcher() as dispatcher:
+            def heard() -> bool:
+                dispatcher.send(self.PROBE)
+                return any(e.get("type") == self.PROBE for e in list(self.events))
+
+            wait_for(heard, 20, "the event receiver to subscribe")
         return self
 
     def stop(self) -> None:

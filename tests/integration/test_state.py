@@ -114,7 +114,7 @@ def test_a_running_batch_holds_its_outputs_until_it_completes(store: StateStore)
     for i in range(2):
         store.settle_file(target_id("a", i), FileState.DONE)
     assert store.reserve_outputs("b", theirs) == []  # a completed: its reservations are stale
-    store.release_outputs("a", [o for o, _ in mine])  # a's late release leaves b's claims alone
+    store.release_outputs("a", [o for o, _ in mine])  # a's late release leaves b's reservations alone
     assert store.reserve_outputs("c", mine[:1]) == [("/out/0_wav.json", "b")]
 
 

@@ -190,6 +190,15 @@ def test_a_tick_runs_a_consumer_per_owned_usable_endpoint_and_says_so(settings: 
     assert "no worker supervisor of VM 'vm2' is alive" in vm_problem(store, "vm2")[0]
 
 
+def test_the_vm_beat_is_stamped_by_the_store_s_clock(settings: Settings, timed: StateStore,
+                                                    clock: ManualClock) -> None:
+    """Other VMs read it: the store's wall clock, not the supervisor's monotonic one."""
+    sup, _, own_clock = supervisor(settings, timed, "a")
+    sup.tick()
+    beat = timed.vm_beat("vm1")
+    assert beat is not None and beat.beat_at == clock.now != own_clock.now
+
+
 def test_a_consumer_killed_at_the_end_of_a_planned_stop_has_its_files_handed_back(
         settings: Settings, store: StateStore) -> None:
     submitted(store)

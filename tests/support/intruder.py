@@ -19,9 +19,15 @@ def redis_address(pid: int) -> str:
     return title.split()[-1]
 
 
+def can_act_as_another_user() -> bool:
+    """Switching to user nobody needs root."""
+    return os.geteuid() == 0
+
+
 def ping_as_another_user(address: str) -> subprocess.CompletedProcess[str]:
-    """`redis-cli PING` as user nobody against `unixsocket:PATH` or `HOST:PORT`; needs root."""
-    if os.geteuid() != 0:
+    """`redis-cli PING` as user nobody against `unixsocket:PATH` or `HOST:PORT`; skips the test
+    unless `can_act_as_another_user()`."""
+    if not can_act_as_another_user():
         pytest.skip("switching to another user needs root")
     if address.startswith("unixsocket:"):
         target = ["-s", address.removeprefix("unixsocket:")]

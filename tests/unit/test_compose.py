@@ -1,5 +1,6 @@
 """deploy/compose.yml, checked without Docker: it parses, its commands are real commands of the
-code, its settings are ones the code reads, and Redis and Flower are locked down.
+code, its settings are ones the code reads, Redis and Flower are locked down and no secret is on
+a command line (Redis' entrypoint is run here with this machine's redis-server).
 
 If a `docker compose` (or `docker-compose`) client is installed, `config` is run too: it needs no
 Docker engine.
@@ -24,6 +25,7 @@ import yaml
 from batchscribe.cli import root
 from batchscribe.common.config import load_endpoints, parse_endpoints
 from batchscribe.common.settings import Settings
+from tests.support.poll import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -266,9 +268,6 @@ def test_flower_command_is_real_and_authenticated(services: dict[str, Any], dote
         assert token.startswith("--"), f"flower takes --name=value options, got {token!r}"
         name = token[2:].split("=", 1)[0].replace("_", "-")
         assert name in known, f"flower has no option --{name}"
-    secrets = {dotenv["FLOWER_USER"], dotenv["FLOWER_PASSWORD"], dotenv["REDIS_PASSWORD"]}
-    assert not [t for t in tokens if any(secret in t for secret in secrets)], \
-        "credentials on a command line are visible to every user of the host in `ps`"
     env = services["flower"]["environment"]
     assert env.get("FLOWER_BASIC_AUTH") == f"{dotenv['FLOWER_USER']}:{dotenv['FLOWER_PASSWORD']}"
     assert "basic-auth" in known  # FLOWER_<NAME> sets option <name> (test_packaging starts Flower so)
@@ -343,6 +342,38 @@ def test_api_serves_the_shared_folder_with_tokens_from_env(services: dict[str, A
 
 # ---- Redis and Flower are locked down ------------------------------------------------------------
 
+def command_lines(service: Mapping[str, Any]) -> Iterator[list[str]]:
+    """Every command line a service's container runs: entrypoint and command, the healthcheck."""
+    entrypoint = service.get("entrypoint")
+    if entrypoint is not None:
+        assert isinstance(entrypoint, list), "write entrypoints in exec form (a list)"
+        yield [str(token) for token in entrypoint]
+    if service.get("command") is not None:
+        yield command_of(service)
+    test = (service.get("healthcheck") or {}).get("test")
+    if test:
+        yield [str(token) for token in test]
+
+
+def test_no_secret_is_on_any_command_line(services: dict[str, Any], dotenv: dict[str, str]) -> None:
+    """Command lines are visible to every user of the host (`ps`, /proc) and in `docker inspect`:
+    secrets go through the environment."""
+    secrets = {dotenv[name] for name in ("REDIS_PASSWORD", "FLOWER_PASSWORD", "API_TOKENS", "SPEECH_KEY")} - {""}
+    secrets |= set(dotenv["API_TOKENS"].split(","))
+    for name, service in services.items():
+        for line in command_lines(service):
+            leaked = [token for token in line if any(secret in token for secret in secrets)]
+            assert not leaked, f"{name}: a secret on its command line: {leaked}"
+
+
+def test_the_secret_check_sees_a_password_on_a_command_line(services: dict[str, Any],
+                                                          dotenv: dict[str, str]) -> None:
+    leaky = {**services["redis"], "command": [*command_of(services["redis"]), "--requirepass",
+                                              dotenv["REDIS_PASSWORD"]]}
+    with pytest.raises(AssertionError, match="redis: a secret on its command line"):
+        test_no_secret_is_on_any_command_line({**services, "redis": leaky}, dotenv)
+
+
 def test_redis_is_durable_and_password_protected(services: dict[str, Any], dotenv: dict[str, str]) -> None:
     redis = services["redis"]
     assert str(redis["image"]).startswith("redis:7")
@@ -350,9 +381,44 @@ def test_redis_is_durable_and_password_protected(services: dict[str, Any], doten
     assert tokens[0] == "redis-server"
     assert option_value(tokens, "--appendonly") == "yes"
     assert option_value(tokens, "--maxmemory-policy") == "noeviction"
-    assert option_value(tokens, "--requirepass") == dotenv["REDIS_PASSWORD"]
+    assert redis["environment"]["REDISCLI_AUTH"] == dotenv["REDIS_PASSWORD"], "the entrypoint's password"
     assert any(str(v).split(":")[1] == "/data" for v in redis["volumes"]), "AOF on a volume"
     assert redis.get("healthcheck", {}).get("test"), "workers wait for a healthy Redis"
+
+
+def test_redis_entrypoint_sets_the_password_from_the_environment(services: dict[str, Any], dotenv: dict[str, str],
+                                                                  tmp_path: Path) -> None:
+    """The compose entrypoint, run here with this machine's redis-server: the password from
+    REDISCLI_AUTH is required, AOF and noeviction hold, and redis-server's command line has no
+    password. The image's docker-entrypoint.sh is stood in for by a script that rewrites the
+    arguments as redis:7's does (`redis-server --protected-mode no OPTIONS…`)."""
+    import redis as redis_py
+
+    service = services["redis"]
+    password = dotenv["REDIS_PASSWORD"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "docker-entrypoint.sh"
+    stand_in.write_text('#!/bin/sh\nshift\nexec redis-server --protected-mode no "$@"\n')
+    stand_in.chmod(0o755)
+    socket = tmp_path / "redis.sock"
+    here = ["--port", "0", "--unixsocket", str(socket), "--dir", str(tmp_path)]  # no TCP port, files in tmp
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "REDISCLI_AUTH": service["environment"]["REDISCLI_AUTH"]}
+    server = subprocess.Popen([*service["entrypoint"], *command_of(service), *here], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: socket.exists() or server.poll() is not None, 30, "redis-server to listen")
+        assert server.poll() is None, f"redis-server exited with {server.returncode}"
+        with pytest.raises(redis_py.AuthenticationError):
+            redis_py.Redis(unix_socket_path=str(socket)).ping()
+        client = redis_py.Redis(unix_socket_path=str(socket), password=password)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()
+        assert password.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_no_port_is_published_beyond_loopback(services: dict[str, Any]) -> None:

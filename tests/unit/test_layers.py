@@ -32,14 +32,36 @@ def _modules(layer: str) -> list[Path]:
     return sorted((PACKAGE / layer).rglob("*.py"))
 
 
-def _imported(path: Path) -> set[str]:
-    """Every module name an import statement of `path` names (absolute imports only)."""
+LINKED = {"common", "producer", "worker"}  # top-level folders installed as batchscribe.<name>
+
+
+def _module_name(path: Path) -> str:
+    """The dotted name `path` is imported as: `common/x.py` and `batchscribe/common/x.py` are both
+    batchscribe.common.x, `common/state/__init__.py` is batchscribe.common.state."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] in LINKED:
+        parts.insert(0, "batchscribe")
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(path: Path, module: str | None = None) -> set[str]:
+    """Every name an import statement of `path` imports, resolved (`module`: the name `path` is
+    imported as, found from its place in the checkout by default): in batchscribe.worker.y,
+    `from batchscribe import producer` and `from .. import producer` are batchscribe.producer,
+    `from ..producer import x` is batchscribe.producer.x."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = []
+            if node.level:
+                name = (module or _module_name(path)).split(".")
+                package = name if path.name == "__init__.py" else name[:-1]
+                assert node.level <= len(package), f"{path}: relative import beyond the top-level package"
+                base = package[:len(package) - node.level + 1]
+            base += node.module.split(".") if node.module else []
+            names |= {".".join(base if alias.name == "*" else [*base, alias.name]) for alias in node.names}
     return names
 
 
@@ -70,13 +92,27 @@ def test_nothing_imports_the_old_top_level_names() -> None:
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_check_sees_a_violation(tmp_path: Path) -> None:
-    """The checker itself can fail: a worker module importing the producer is reported."""
+@pytest.mark.parametrize("statement", ["from batchscribe.producer.submit import Submitter",
+                                       "from batchscribe import producer",
+                                       "from .. import producer",
+                                       "from ..producer.submit import Submitter"])
+def test_the_check_sees_a_violation(tmp_path: Path, statement: str) -> None:
+    """The checker itself can fail: a worker module importing the producer is reported, however
+    the import is spelled (absolute, a package's attribute, relative)."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from batchscribe.producer.submit import Submitter\nimport batchscribe.common.errors\n")
-    found = {_layer_of(m) for m in _imported(bad)}
-    assert found == {"producer", "common"}
+    bad.write_text(f"{statement}\nimport batchscribe.common.errors\nfrom . import leases\n")
+    found = {_layer_of(m) for m in _imported(bad, module="batchscribe.worker.bad")}
+    assert found == {"producer", "common", "worker"}
     assert "producer" not in ALLOWED["worker"]
+
+
+def test_relative_imports_resolve_from_their_module(tmp_path: Path) -> None:
+    assert _module_name(ROOT / "common" / "state" / "__init__.py") == "batchscribe.common.state"
+    assert _module_name(PACKAGE / "worker" / "jobs.py") == "batchscribe.worker.jobs"
+    init = tmp_path / "__init__.py"
+    init.write_text("from . import batches\nfrom .. import keys\nfrom .client import translate\n")
+    assert _imported(init, module="batchscribe.common.state") == {
+        "batchscribe.common.state.batches", "batchscribe.common.keys", "batchscribe.common.state.client.translate"}
 
 
 # ---- the state boundary: the only code that talks to Redis ------------------------------------------
