@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from batchscribe.common.errors import AudioError, ConfigError, PermanentError
 
@@ -178,16 +179,13 @@ def probe_duration_from_head(path: str | os.PathLike[str], head: bytes, size: in
     return ffprobe_duration(path, timeout)
 
 
-# Reads `n` bytes at `offset` for the chunk walker; None when they are not at hand (bytes beyond
-# what the caller has read).
+# Reads `n` bytes at `offset` for a header walker (fewer at the end of the file); None when they
+# are not at hand (bytes beyond what the caller has read).
 _ReadAt = Callable[[int, int], "bytes | None"]
 
 
-def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
-    """`read_wav_header` on bytes already read: None if the chunks before `data` go beyond `head`.
-
-    Same checks and errors as `read_wav_header`; `size` is the file's size (from `stat`).
-    """
+def _head_reader(head: bytes, size: int) -> _ReadAt:
+    """Reads from the first bytes of a file of `size` bytes: None beyond them unless they are all of it."""
     whole = len(head) >= size
 
     def read_at(offset: int, n: int) -> bytes | None:
@@ -195,18 +193,31 @@ def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
             return head[offset:offset + n]
         return None
 
-    return _walk_chunks(read_at, size, lambda: _looks_like_head(head[:512]))
+    return read_at
+
+
+def _file_reader(fh: BinaryIO) -> _ReadAt:
+    """Reads from an open file (buffered: header reads close together cost one system call)."""
+    def read_at(offset: int, n: int) -> bytes:
+        fh.seek(offset)
+        return fh.read(n)
+
+    return read_at
+
+
+def parse_wav_header(head: bytes, size: int) -> WavInfo | None:
+    """`read_wav_header` on bytes already read: None if the chunks before `data` go beyond `head`.
+
+    Same checks and errors as `read_wav_header`; `size` is the file's size (from `stat`).
+    """
+    return _walk_chunks(_head_reader(head, size), size, lambda: _looks_like_head(head[:512]))
 
 
 def read_wav_header(path: str | os.PathLike[str], size: int | None = None) -> WavInfo:
     """What the RIFF header of a WAV file says (see `_walk_chunks`)."""
     size = Path(path).stat().st_size if size is None else size
     with Path(path).open("rb") as fh:
-        def read_at(offset: int, n: int) -> bytes:
-            fh.seek(offset)
-            return fh.read(n)
-
-        info = _walk_chunks(read_at, size, lambda: _looks_like(path))
+        info = _walk_chunks(_file_reader(fh), size, lambda: _looks_like(path))
     assert info is not None  # a file reader always has the bytes
     return info
 
