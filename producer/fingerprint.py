@@ -1,8 +1,9 @@
 """Content hash and duration of each input: streamed sha256, cached in Redis by path+size+mtime.
 
 Each file not in the cache is stat'ed once and opened once: its first block feeds both the hash
-and the WAV header parser (`common.media.probe_duration_from_head`); only non-WAV files (ffprobe)
-and WAVs with more than `HEAD` bytes of chunks before their audio are opened again.
+and the header parsers (WAV's RIFF chunks, MP4's boxes: `common.media.probe_duration_from_head`);
+only other formats (ffprobe), WAVs with more than `HEAD` bytes of chunks before their audio and
+MP4s whose `moov` lies past `HEAD` (box headers only) are opened again.
 
 A blob is cached by location+size+ETag (what its listing said: an unchanged blob is never read
 again). One that is not is downloaded once, hashed as it streams, into a temp file that its

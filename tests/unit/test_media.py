@@ -1,21 +1,29 @@
-"""common.media: extension filter, the RIFF header fast path, and the reasons bad files give."""
+"""common.media: extension filter, the RIFF and MP4 header fast paths, and the reasons bad files give."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import struct
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from batchscribe.common import media
 from batchscribe.common.errors import AudioError, PermanentError
 from batchscribe.common.media import (
+    HEAD_BYTES,
     MEDIA_EXTENSIONS,
     check_file,
+    ffprobe_duration,
     is_media,
     probe_duration,
+    probe_duration_from_head,
     read_wav_header,
     stderr_reason,
 )
@@ -192,3 +200,167 @@ def test_unreadable_file_says_permission_denied(tmp_path: Path) -> None:
 ])
 def test_ffmpeg_stderr_becomes_a_short_reason(stderr: str, reason: str) -> None:
     assert stderr_reason(stderr, "/in/x.mp3") == reason
+
+
+# ---- ISO-BMFF (MP4, M4A, MOV, 3GP) from their boxes ------------------------------------------------
+
+VIDEO = ["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=3"]
+SINE = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3"]
+AV = [*VIDEO, *SINE, "-c:v", "mpeg4", "-q:v", "2", "-c:a", "aac"]  # > HEAD_BYTES: mdat ends past the head
+MADE = {  # name -> ffmpeg arguments before the output
+    "moov-last.mp4": AV,
+    "faststart.mp4": [*AV, "-movflags", "+faststart"],
+    "small.mp4": [*VIDEO, *SINE, "-s", "64x48", "-c:v", "mpeg4", "-c:a", "aac"],  # all in the head
+    "voice.m4a": ["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=48000:duration=2.5", "-c:a", "aac"],
+    "clip.mov": [*VIDEO, "-f", "lavfi", "-i", "sine=frequency=440:duration=2", "-c:v", "mpeg4", "-c:a", "aac"],
+    "phone.3gp": [*VIDEO, "-f", "lavfi", "-i", "sine=sample_rate=8000:duration=3", "-s", "176x144",
+                  "-c:v", "mpeg4", "-c:a", "aac", "-ac", "1"],
+    "late-audio.mp4": [*VIDEO, "-itsoffset", "0.5", *SINE, "-c:v", "mpeg4", "-c:a", "aac"],  # empty edit
+    "video-only.mp4": [*VIDEO, "-c:v", "mpeg4"],
+    "fragmented.mp4": [*AV, "-movflags", "frag_keyframe+empty_moov"],
+}
+GOOD = ["moov-last.mp4", "faststart.mp4", "small.mp4", "voice.m4a", "clip.mov", "phone.3gp",
+        "late-audio.mp4", "misnamed.wav"]
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+                                  reason="needs ffmpeg and ffprobe")
+
+
+@pytest.fixture(scope="module")
+def iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files above, made once, plus copies cut short and an MP4 named like a WAV."""
+    folder = tmp_path_factory.mktemp("iso")
+    for name, args in MADE.items():
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args, str(folder / name)], check=True)
+    shutil.copy(folder / "faststart.mp4", folder / "misnamed.wav")
+    last, fast = (folder / "moov-last.mp4").read_bytes(), (folder / "faststart.mp4").read_bytes()
+    moov_at = last.rindex(b"moov") - 4
+    (folder / "cut-in-mdat.mp4").write_bytes(last[: moov_at // 2])
+    (folder / "cut-before-moov.mp4").write_bytes(last[:moov_at])  # every box whole, the index missing
+    (folder / "cut-in-moov.mp4").write_bytes(last[: moov_at + 500])
+    (folder / "faststart-cut-in-mdat.mp4").write_bytes(fast[: len(fast) // 2])
+    return folder
+
+
+def ffprobe_audio_duration(path: Path) -> float:
+    """What ffprobe says the first audio stream lasts: the oracle for the box walker."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-of", "json",
+                          "-show_entries", "stream=duration", str(path)], capture_output=True, check=True)
+    return float(json.loads(out.stdout)["streams"][0]["duration"])
+
+
+def without_ffprobe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing on PATH: running ffprobe would raise ConfigError."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+
+def outcome(probe: Callable[[Path], float], path: Path) -> float | str:
+    """A duration, or the reason a file is refused."""
+    try:
+        return probe(path)
+    except AudioError as exc:
+        return exc.reason
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", GOOD)
+def test_iso_bmff_duration_is_its_audio_track_s_read_without_ffprobe(
+        iso: Path, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = iso / name
+    expected = ffprobe_audio_duration(path)
+    without_ffprobe(monkeypatch, tmp_path)
+    assert probe_duration(path, strict=True) == pytest.approx(expected, abs=0.001)
+    head = path.read_bytes()[:HEAD_BYTES]
+    size = path.stat().st_size
+    for cut in (len(head), 4096, 12):  # moov or an mdat header past the head: read from the file
+        assert probe_duration_from_head(path, head[:cut], size, strict=True) == pytest.approx(expected, abs=0.001)
+
+
+@needs_ffmpeg
+def test_a_mov_lasts_as_long_as_its_audio_not_its_longer_video(iso: Path) -> None:
+    assert ffprobe_duration(iso / "clip.mov") == pytest.approx(3.0)  # the container's length
+    assert probe_duration(iso / "clip.mov") == pytest.approx(2.0, abs=0.001)
+
+
+def boxes(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each box (32-bit sizes: what ffmpeg writes for files this small)."""
+    pos = 0
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        yield kind, data[pos + 8:pos + size]
+        pos += size
+
+
+def box(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def as_version_1(kind: bytes, body: bytes) -> bytes:
+    """The same box with its mvhd, mdhd and elst in version 1 (64-bit times)."""
+    if kind in (b"moov", b"trak", b"mdia", b"edts"):
+        return box(kind, b"".join(as_version_1(k, b) for k, b in boxes(body)))
+    if kind in (b"mvhd", b"mdhd"):
+        created, modified, scale, duration = struct.unpack(">IIII", body[4:20])
+        return box(kind, b"\x01" + body[1:4] + struct.pack(">QQIQ", created, modified, scale, duration) + body[20:])
+    if kind == b"elst":
+        count = struct.unpack(">I", body[4:8])[0]
+        edits = [struct.unpack(">IiI", body[8 + 12 * i:20 + 12 * i]) for i in range(count)]
+        return box(kind, b"\x01" + body[1:8] + b"".join(struct.pack(">QqI", *edit) for edit in edits))
+    return box(kind, body)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["moov-last.mp4", "late-audio.mp4", "voice.m4a"])
+def test_version_1_boxes_read_like_version_0(iso: Path, name: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    data = (iso / name).read_bytes()
+    moov_at = data.rindex(b"moov") - 4  # last: rewriting it moves no sample
+    kind, body = next(boxes(data[moov_at:]))
+    path = write(tmp_path, "v1-" + name, data[:moov_at] + as_version_1(kind, body))
+    expected = ffprobe_audio_duration(path)
+    assert expected == ffprobe_audio_duration(iso / name)
+    without_ffprobe(monkeypatch, tmp_path)
+    assert probe_duration(path) == pytest.approx(expected, abs=0.001)
+
+
+@needs_ffmpeg
+def test_an_audio_track_that_states_no_duration_lasts_as_long_as_the_movie(
+        iso: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytearray((iso / "voice.m4a").read_bytes())
+    mdhd = data.index(b"mdhd") + 4
+    data[mdhd + 16:mdhd + 20] = bytes(4)  # version 0: duration after version/flags, 2 times, timescale
+    path = write(tmp_path, "no-track-duration.m4a", bytes(data))
+    expected = ffprobe_duration(path)  # the container's (mvhd's) duration
+    without_ffprobe(monkeypatch, tmp_path)
+    assert probe_duration(path) == pytest.approx(expected, abs=0.001) == 2.5
+
+
+@needs_ffmpeg
+def test_video_only_iso_bmff_has_no_audio_stream_as_ffprobe_says(
+        iso: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = iso / "video-only.mp4"
+    with pytest.raises(AudioError) as probed:
+        ffprobe_duration(path)
+    without_ffprobe(monkeypatch, tmp_path)
+    with pytest.raises(AudioError) as parsed:
+        probe_duration(path, strict=True)
+    assert parsed.value.reason == probed.value.reason == "no audio stream"
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["cut-in-mdat.mp4", "cut-before-moov.mp4", "cut-in-moov.mp4",
+                                  "faststart-cut-in-mdat.mp4", "fragmented.mp4"])
+def test_iso_bmff_whose_boxes_do_not_add_up_is_left_to_ffprobe(
+        iso: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A box past the end of the file, no moov, fragments: never guessed at, ffprobe's words."""
+    path = iso / name
+    expected = outcome(ffprobe_duration, path)
+    runs: list[object] = []
+    run = media._run
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(args)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(media, "_run", counted)
+    assert outcome(lambda p: probe_duration(p, strict=True), path) == expected
+    assert len(runs) == 1
