@@ -454,9 +454,13 @@ def stated_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT
     looks longer than it is).
     """
     with Path(path).open("rb") as fh:
-        head = fh.read(12)
+        head = fh.read(HEAD_BYTES)
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return read_wav_header(path).declared_duration
+    if _is_iso_bmff(head):  # its boxes say it, when they add up (else ffprobe judges a cut copy)
+        stated = iso_bmff_duration(path, head, os.path.getsize(path))
+        if stated is not None:
+            return stated
     done = _run(["ffprobe", "-v", "warning", "-select_streams", "a:0", "-of", "json",
                  "-show_entries", "stream=duration", media_arg(path)], timeout, path)
     if "Estimating duration from bitrate" in done.stderr:
