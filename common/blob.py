@@ -121,6 +121,7 @@ class BlobStore:
         self._secrets = _secrets_of(self._env, self._sas_by_container)
         self._lock = threading.Lock()
         self._containers: dict[str, _Container] = {}
+        self._replaced: list[ContainerClient] = []  # may still be in use by another thread: closed at close()
 
     def __repr__(self) -> str:
         return f"<BlobStore: {len(self._containers)} container(s)>"
@@ -134,9 +135,10 @@ class BlobStore:
     def close(self) -> None:
         """Close the cached clients' connections."""
         with self._lock:
-            containers, self._containers = list(self._containers.values()), {}
-        for container in containers:
-            container.client.close()
+            clients = [c.client for c in self._containers.values()] + self._replaced
+            self._containers, self._replaced = {}, []
+        for client in clients:
+            client.close()
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -175,6 +177,8 @@ class BlobStore:
         The SDK fetches it in ranges, each after the first on condition that the ETag is still the
         first one's: a blob overwritten meanwhile raises `BlobChangedError`, never a mix of two.
         """
+        if chunk <= 0:
+            raise ValueError(f"chunk must be a positive number of bytes, got {chunk}")
         blob = self._blob(loc)
         with self._translated(loc, "read"):
             stream = blob.download_blob()
@@ -260,6 +264,8 @@ class BlobStore:
             if cached is None or (loc.sas and loc.sas != cached.sas):
                 if loc.sas:
                     self._secrets.add(_bare(loc.sas))
+                if cached is not None:
+                    self._replaced.append(cached.client)
                 cached = self._containers[key] = self._connect(loc)
                 log.debug("blob: %s with %s", key, cached.source)
         return cached
@@ -326,9 +332,11 @@ class BlobStore:
         try:
             yield
         except AzureError as exc:
-            _scrub_exception(exc, self._secrets)
-            source = self._containers.get(loc.container_key)
-            raise _translate(exc, loc, permission, source.source if source else "no credential") from exc
+            with self._lock:
+                secrets, container = list(self._secrets), self._containers.get(loc.container_key)
+            _scrub_exception(exc, secrets)
+            source = container.source if container else "no credential"
+            raise _translate(exc, loc, permission, source) from exc
 
 
 _IDENTITY = "DefaultAzureCredential (Azure identity)"
@@ -396,10 +404,9 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
     return _SECRET_FIELD.sub(r"\1=***", _URL_QUERY.sub("?…", text))
 
 
-def _scrub_exception(exc: BaseException, secrets: Iterable[str]) -> None:
+def _scrub_exception(exc: BaseException, secrets: list[str]) -> None:
     """Scrub the messages of `exc` and of every exception it chains or wraps, in place: ours are
     raised `from` it, so a traceback prints them."""
-    secrets = list(secrets)
     pending: list[BaseException] = [exc]
     seen: set[int] = set()
     while pending:

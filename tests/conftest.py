@@ -17,7 +17,7 @@ import pytest
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.private_redis import PrivateRedis
-from tests.support.azurite import Azurite, running_azurite
+from tests.support.azurite import Azurite, NewContainer, running_azurite
 from tests.support.cli import WorkerProcess
 
 
@@ -75,9 +75,6 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     """One Azurite per test process, shared: each test keeps to containers of its own (`new_container`)."""
     with running_azurite(log_path=tmp_path_factory.mktemp("azurite") / "azurite.log") as server:
         yield server
-
-
-NewContainer = Callable[..., str]
 
 
 @pytest.fixture

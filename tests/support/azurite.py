@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -21,6 +21,8 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from tests.support.cli import ROOT
 from tests.support.poll import wait_for
 from tests.support.service import ServiceProcess
+
+NewContainer = Callable[..., str]  # the `new_container` fixture: (hint="c") -> a fresh container's name
 
 BINARY = ROOT / ".tools" / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
