@@ -14,12 +14,16 @@
     └── ProcessingError          one file's attempt failed; the subclass decides what happens next
         ├── TransientError       retry with backoff on any endpoint; spends the file's retry budget
         │   ├── StallError       no progress within the watchdog time
-        │   └── BlobUnavailableError  blob storage timed out, refused the connection or answered 5xx
+        │   ├── BlobUnavailableError  Blob storage timed out, dropped the connection, answered 5xx/503
+        │   └── BlobChangedError      the blob was overwritten while it was read (its ETag changed)
         ├── EndpointError        the endpoint is down / refuses / rejects our key: reroute, budget untouched
         └── PermanentError       retrying cannot help: fail the file with a reason, the batch goes on
             ├── AudioError       unreadable, corrupt, empty or unsupported media (carries ffmpeg's words)
-            ├── BlobNotFoundError    no such blob (or container)
-            └── BlobAccessError      blob storage refused our credentials, or there are none
+            ├── BlobNotFoundError     no such blob or container
+            └── BlobAccessError       credential missing, refused or short of a permission (names which)
+
+Blob errors are translated from the SDK's where they enter (`common.blob`), worded with canonical
+locations only: never a SAS token, an account key or a connection string.
 
 "crash" (a worker process killed mid-file) is not an exception: it is seen as a redelivered
 message (late ack + reject on worker loss) and counted per job.
@@ -121,7 +125,11 @@ class AudioError(PermanentError):
 
 
 class BlobUnavailableError(TransientError):
-    """Blob storage did not answer in time, refused the connection or failed on its side (5xx)."""
+    """Blob storage did not answer in time, dropped the connection, or is throttling (5xx, 503)."""
+
+
+class BlobChangedError(TransientError):
+    """The blob changed between two reads of one download: another try reads the new version whole."""
 
 
 class BlobNotFoundError(PermanentError):
@@ -129,4 +137,5 @@ class BlobNotFoundError(PermanentError):
 
 
 class BlobAccessError(PermanentError):
-    """Blob storage refused the credentials (or the permission they carry), or none were found."""
+    """No credential for the container, or the one found is refused: the message says which, and what to
+    set."""

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchscribe.common.errors import ConfigError
+from batchscribe.common.locations import is_blob
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -166,13 +167,19 @@ def _retry_policy(env: Mapping[str, str]) -> RetryPolicy:
 _SECRET_PARAM = re.compile(r"(^|&)([^=&]*(?:pass|secret|token|key|auth|credential)[^=&]*)=([^&]*)", re.I)
 
 
+# The fields of an Azure shared access signature: a query holding one is a SAS token, a secret whole.
+_SAS_PARAM = re.compile(r"(^|&)(sig|sv|se|sp|sr|st|spr|ss|srt|skoid|sktid)=", re.I)
+
+
 def redact(url: str) -> str:
     """The URL with every secret replaced (the password of its userinfo and of its query), for
-    messages and logs."""
+    messages and logs. A blob location's query (its SAS token) goes whole, as in `locations.shown`."""
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if at and ":" in userinfo:  # the first match is the netloc: the scheme before it has no '@'
         url = url.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hostport}", 1)
-    if parts.query:  # edited in place: urlunsplit would turn unix:///path into unix:/path
+    if parts.query and (is_blob(url) or _SAS_PARAM.search(parts.query)):
+        url = url.replace(f"?{parts.query}", "?…", 1)
+    elif parts.query:  # edited in place: urlunsplit would turn unix:///path into unix:/path
         url = url.replace(f"?{parts.query}", "?" + _SECRET_PARAM.sub(r"\1\2=***", parts.query), 1)
     return url

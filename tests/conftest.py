@@ -1,4 +1,5 @@
-"""Fixtures that start real parts: a redis-server on a free port, `batchscribe worker` processes.
+"""Fixtures that start real parts: a redis-server on a free port, `batchscribe worker` processes,
+Azurite (the Blob storage emulator).
 
 Helpers that tests and benchmarks import live in `tests/support/` (this module is not a library).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.private_redis import PrivateRedis
+from tests.support.azurite import Azurite, NewContainer, running_azurite
 from tests.support.cli import WorkerProcess
 
 
@@ -65,3 +68,20 @@ def start_worker(redis_server: PrivateRedis, tmp_path: Path) -> Iterator[StartWo
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """One Azurite per test process, shared: each test keeps to containers of its own (`new_container`)."""
+    with running_azurite(log_path=tmp_path_factory.mktemp("azurite") / "azurite.log") as server:
+        yield server
+
+
+@pytest.fixture
+def new_container(azurite: Azurite) -> NewContainer:
+    """Create a container in the shared Azurite with a name no other test uses; returns the name."""
+
+    def create(hint: str = "c") -> str:
+        return azurite.create_container(f"{hint}-{uuid.uuid4().hex[:12]}")
+
+    return create

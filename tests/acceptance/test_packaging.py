@@ -25,7 +25,7 @@ def _wheel(tmp_path: Path) -> Path:
     venv's setuptools: no network, no build isolation, nothing left in the working tree."""
     source = tmp_path / "src"
     shutil.copytree(ROOT, source, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".bench"))
+                    ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".bench", ".tools"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=180)
     return next((tmp_path / "dist").glob("batchscribe-*.whl"))
