@@ -110,7 +110,8 @@ def timed(action: Callable[[], None]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()) / "batchscribe-bench-convert")

@@ -106,9 +106,24 @@ def _media_writer(record: FileRecord, result: dict[str, Any], artifact: Path | N
         in_place = artifact is None and source == record.output and size_of(record.output) == size
         if not in_place and not copy_verified(source, record.output, sha256):
             raise CacheMiss(f"{source} is gone or changed")
-        remove(failure_location(record.output))  # an earlier failure of this input is over
+        _forget_failure(record.output)
 
     return write
+
+
+def _forget_failure(output: str) -> None:
+    """Remove the record an earlier failure of this input left (best effort: storage that lets us
+    write but not delete keeps it; the output beside it says the file is converted now)."""
+    try:
+        remove(failure_location(output))
+    except (OSError, ProcessingError) as exc:
+        kind = type(exc).__name__
+        log.log(logging.DEBUG if kind in _refused_removals else logging.WARNING,
+                "cannot remove old failure records (first: %s): %s", output, exc)
+        _refused_removals.add(kind)
+
+
+_refused_removals: set[str] = set()  # kinds of refusal already said once (a SAS without delete: every file)
 
 
 def deliver_failure(store: StateStore, job_key: str, records: Iterable[FileRecord],

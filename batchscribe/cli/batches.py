@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +23,7 @@ from batchscribe.cli.base import (
     transcription_options,
 )
 from batchscribe.common.celery_app import make_app
+from batchscribe.common.locations import shown
 from batchscribe.common.models import JobOptions
 from batchscribe.common.names import printable
 from batchscribe.common.output import Outputs
@@ -76,7 +76,8 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Jo
         if run_log is not None:
             run_log.note(line)
         code = follow(store, report.batch_id, settings.wait_redis_timeout, run_log)
-    click.echo(f"outputs in {printable(str(Path(out).resolve()))} (summary: run_summary.json)", err=True)
+    click.echo(f"outputs in {printable(shown(store.batch(report.batch_id).get('out') or out))} "
+               "(summary: run_summary.json)", err=True)
     return code
 
 
