@@ -3,8 +3,9 @@
 `make_mp4` writes what the Azure Batch tutorial converts: an MP4 with video (testsrc) and AAC audio
 (a sine tone); `video=False` an audio-only M4A-like MP4, `audio=False` a video-only one.
 `FfmpegRuns` puts a wrapper named ``ffmpeg`` first on the PATH of the processes it is given to:
-it appends one line per run to a file, then executes the real ffmpeg, so "zero ffmpeg runs" can be
-checked on a real pipeline.
+it appends one line per run to a file (its pid and $FFMPEG_RUNS_TAG), waits $FFMPEG_RUNS_DELAY
+seconds (a slow conversion, to kill a worker in the middle of one), then executes the real ffmpeg,
+so "zero ffmpeg runs" can be checked on a real pipeline.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class FfmpegRuns:
         self.log = folder / "ffmpeg-runs.log"
         self.log.touch()
         wrapper = self.bin / "ffmpeg"
-        wrapper.write_text(f'#!/bin/sh\necho "$$ ${{FFMPEG_RUNS_TAG:-}}" >> "{self.log}"\nexec "{real}" "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\necho "$$ ${{FFMPEG_RUNS_TAG:-}}" >> "{self.log}"\n'
+                           f'sleep "${{FFMPEG_RUNS_DELAY:-0}}"\nexec "{real}" "$@"\n')
         wrapper.chmod(0o755)
 
     def env(self, **extra: str) -> dict[str, str]:
