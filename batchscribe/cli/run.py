@@ -149,10 +149,12 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
     `append_log`: `watch` keeps one log across restarts in its own 0700 folder.
     """
     from batchscribe.private_redis import PrivateRedis
+    from batchscribe.worker.scratch import SCRATCH_ENV
     from batchscribe.worker.supervisor import Supervisor
 
     private = None if broker else PrivateRedis(data_dir=folder / "redis", unix_socket=True)
     settings = settings_for(broker or private.url)  # type: ignore[union-attr]  # bad settings: nothing started
+    os.environ.setdefault(SCRATCH_ENV, str(folder / "scratch"))  # the local workers' scratch goes with it
     log_path = folder / LOG_NAME
     with ExitStack() as stack:
         try:
