@@ -1,7 +1,9 @@
 """Per-file overhead of the whole pipeline vs a plain Celery no-op task loop.
 
-    .venv/bin/python bench/bench_pipeline.py                 # C = 1 and 4, 100 files (~2 min)
-    .venv/bin/python bench/bench_pipeline.py --quick         # 40 files, fewer no-op tasks (~1 min)
+    .venv/bin/python bench/bench_pipeline.py                 # everything below (~10 min)
+    .venv/bin/python bench/bench_pipeline.py --part pipeline # 1 and 2: C = 1 and 4, 100 files (~2 min)
+    .venv/bin/python bench/bench_pipeline.py --part metrics  # 3: metrics on vs off (~8 min)
+    .venv/bin/python bench/bench_pipeline.py --quick         # 40 files, fewer no-op tasks, small metrics runs
     .venv/bin/python bench/bench_pipeline.py --files 200 --concurrency 1,2,4
 
 1. Reference: a plain Celery app (JSON, late ack, prefetch 1, broker = a private redis-server with
@@ -19,10 +21,13 @@
    process tree (supervisor + consumer, children included) over the submit. Idle latency: single
    files submitted in-process one at a time, submit call -> the batch's finished_at.
 
-3. batchscribe again with `worker --metrics-port` and a scraper reading /metrics every
-   `--scrape-interval` seconds during the submit (default 1 s: 15x Prometheus' usual 15 s), same
-   files, same emulator: worker and Redis CPU per file with metrics on vs off, and the CPU of one
-   scrape (worker tree + Redis, 40 scrapes in a row after the batch).
+3. Metrics on vs off: batchscribe as in 2 with larger batches (`--metrics-files`, one count per C:
+   800 and 2,400 files, ~100 s each), once plain and once with `worker --metrics-port` and a
+   scraper reading /metrics every `--scrape-interval` seconds during the submit (default 15 s,
+   Prometheus' usual): worker and Redis CPU per file off vs on, with the noise of each figure
+   (worker + Redis CPU per file in 10 s windows of the run: 2 standard errors of the difference);
+   the CPU of one scrape (worker tree + Redis, 40 scrapes in a row after the batch); and what the
+   run's own scrapes cost (their number x that) as a share of the files' CPU.
 
 Also per task: redis-server CPU and commands (INFO commandstats delta; the batchscribe figure
 includes the producer's submit, ~10 commands per file, see bench_submit), the emulator's CPU, and
@@ -35,6 +40,7 @@ Nothing here asserts a timing; ratios are measured in the same run.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import statistics
@@ -60,6 +66,7 @@ from tests.support.cluster import VM, EndpointSpec, children, duration_emulator,
 from tests.support.emulator import EmulatorProcess
 from tests.support.metrics import Scraper
 from tests.support.poll import wait_for
+from tests.support.threads import Repeater
 
 DONE_KEY = "bench:noop:done"
 FILE_SECONDS = 3.0
@@ -217,11 +224,35 @@ def scrape_cost(url: str, worker_pid: int, redis_pid: int, count: int = 40) -> t
     return (1000 * (tree_cpu(worker_pid)[0] - cpu0) / count, 1000 * (cpu_seconds(redis_pid) - rcpu0) / count)
 
 
+WINDOW = 10.0  # seconds: CPU per file is sampled in windows this long, for its noise
+
+
+class CpuWindows(Repeater):
+    """Every WINDOW seconds: the worker tree's and redis-server's CPU seconds and the batch's
+    settled files, so CPU per file can be read window by window."""
+
+    def __init__(self, worker_pid: int, redis_pid: int, store: StateStore, batch: str) -> None:
+        self.points: list[tuple[float, int]] = []  # (worker + Redis CPU s, files done)
+        key = store.keys.batch(batch)
+
+        def sample(_tick: int) -> None:
+            done = int(store.redis.hget(key, "n_done") or 0)
+            self.points.append((tree_cpu(worker_pid)[0] + cpu_seconds(redis_pid), done))
+
+        super().__init__(WINDOW, sample)
+
+    def per_file_ms(self) -> list[float]:
+        """CPU ms per file of each whole window with files in it (the first and last, cut by the
+        batch's start and end, left out)."""
+        pairs = list(zip(self.points, self.points[1:]))[1:-1]
+        return [1000 * (c1 - c0) / (n1 - n0) for (c0, n0), (c1, n1) in pairs if n1 > n0]
+
+
 def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: EmulatorProcess,
                     tmp: Path, scrape_interval: float | None = None) -> dict[str, Any]:
     """One batchscribe run; with `scrape_interval`, the worker serves metrics and is scraped."""
     count = len(list(files.glob("*.wav")))
-    tag = f"c{concurrency}{'-metrics' if scrape_interval else ''}"
+    tag = f"c{concurrency}-{count}{'-metrics' if scrape_interval else ''}"
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     with private_redis() as server:
@@ -246,7 +277,8 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
             stats0 = ServerStats.read(client := store.redis)
             cpu0, per0 = tree_cpu(vm.pid)
             rcpu0, ecpu0 = cpu_seconds(server.proc.pid), cpu_seconds(emulator.proc.pid)
-            with Scraper(url, scrape_interval) if scrape_interval else nullcontext() as scraper:
+            windows = CpuWindows(vm.pid, server.proc.pid, store, batch)
+            with windows, Scraper(url, scrape_interval) if scrape_interval else nullcontext() as scraper:
                 submit_wall = _submit(server.url, files, tmp / f"out-{tag}", batch)
             cpu1, per1 = tree_cpu(vm.pid)
             rcpu1, ecpu1 = cpu_seconds(server.proc.pid), cpu_seconds(emulator.proc.pid)
@@ -268,6 +300,7 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
     consumer = sum(per1.get(p, 0.0) - per0.get(p, 0.0) for p in per1 if p != vm.pid)
     return {"system": "batchscribe +metrics" if scrape_interval else "batchscribe", "C": concurrency,
             "tasks": count, "_scrapes": len(scraper.seen) if scraper else 0, "_per_scrape": per_scrape,
+            "_windows": windows.per_file_ms(),
             "_redis_cpu_ms": 1000 * (rcpu1 - rcpu0) / count, "_busy_ms": 1000 * busy / count,
             "tasks/s": round(count / (max(ends) - min(starts)), 1),
             "loaded ms": _ms(statistics.median(loaded)), "idle e2e ms": _ms(statistics.median(idle_latency)),
@@ -308,16 +341,21 @@ def _idle_latency(settings: Settings, store: StateStore, paths: list[Path], out:
     return found
 
 
-def metrics_cost(rows: list[dict[str, Any]], level: int) -> list[Any]:
-    """Worker + Redis CPU per file with metrics off and on, and what one scrape costs; the last
-    column: the scrapes' CPU per file at Prometheus' usual 15 s interval, as a share of a file's."""
-    by = {r["system"]: r for r in rows if r["C"] == level}
-    off, on = by["batchscribe"], by["batchscribe +metrics"]
+def metrics_cost(off: dict[str, Any], on: dict[str, Any]) -> list[Any]:
+    """Worker + Redis CPU per file with metrics off and on (± 2 standard errors of the difference,
+    from the runs' 10 s windows), what one scrape costs, and the run's scrapes as a share of its
+    files' CPU."""
     off_ms, on_ms = off["_busy_ms"] + off["_redis_cpu_ms"], on["_busy_ms"] + on["_redis_cpu_ms"]
+    windows = (off["_windows"], on["_windows"])
+    noise = (f"± {200 * math.sqrt(sum(statistics.variance(w) / len(w) for w in windows)) / off_ms:.1f} %"
+             if all(len(w) > 1 for w in windows) else "-")  # too short a run for two whole windows
     worker_scrape, redis_scrape = on["_per_scrape"]
+    scrapes_ms = on["_scrapes"] * (worker_scrape + redis_scrape)
     at_15s = (worker_scrape + redis_scrape) / (15.0 * off["tasks/s"])  # ms per file
-    return [level, round(off_ms, 2), round(on_ms, 2), f"{100 * (on_ms / off_ms - 1):+.1f} %", on["_scrapes"],
-            round(worker_scrape, 2), round(redis_scrape, 2), f"{100 * at_15s / off_ms:.3f} %"]
+    return [off["C"], off["tasks"], off["tasks/s"], on["tasks/s"], round(off_ms, 2), round(on_ms, 2),
+            f"{100 * (on_ms / off_ms - 1):+.1f} %", noise, on["_scrapes"],
+            round(worker_scrape, 2), round(redis_scrape, 2),
+            f"{100 * scrapes_ms / (on_ms * on['tasks']):.3f} %", f"{100 * at_15s / off_ms:.3f} %"]
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -326,15 +364,27 @@ COLUMNS = ["system", "C", "tasks", "tasks/s", "loaded ms", "idle e2e ms", "worke
            "tasks/worker CPU-s", "Redis cmds/task", "Redis CPU ms/task", "emulator CPU ms/task"]
 
 
+def _counts(text: str, levels: list[int]) -> dict[int, int]:
+    """One file count per C from a comma-separated list (the last one repeats)."""
+    counts = [int(x) for x in text.split(",") if x.strip()]
+    return {level: counts[min(i, len(counts) - 1)] for i, level in enumerate(levels)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--files", type=int, default=None, help="files per batchscribe run (default 100)")
+    parser.add_argument("--part", choices=("all", "pipeline", "metrics"), default="all",
+                        help="pipeline: 1 and 2; metrics: 3 (metrics on vs off); all: both (default)")
+    parser.add_argument("--files", type=int, default=None,
+                        help="files per batchscribe run of part 2 (default 100)")
     parser.add_argument("--noop-tasks", type=int, default=None, help="tasks per no-op run (default 2000)")
     parser.add_argument("--concurrency", default="1,4", help="comma-separated C values (default 1,4)")
     parser.add_argument("--idle", type=int, default=15, help="one-at-a-time latency samples per run")
-    parser.add_argument("--quick", action="store_true", help="40 files, 500 no-op tasks")
-    parser.add_argument("--scrape-interval", type=float, default=1.0,
-                        help="seconds between /metrics scrapes in the metrics-on run (default 1)")
+    parser.add_argument("--quick", action="store_true", help="40 files, 500 no-op tasks, 120 and 360 "
+                        "files per metrics run")
+    parser.add_argument("--metrics-files", default=None, help="files per metrics run, one per C "
+                        "(default 800,2400: ~100 s each on 2 cores)")
+    parser.add_argument("--scrape-interval", type=float, default=15.0,
+                        help="seconds between /metrics scrapes in the metrics-on run (default 15)")
     parser.add_argument("--noop-worker", metavar="BROKER", help=argparse.SUPPRESS)
     parser.add_argument("--events", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,29 +394,62 @@ def main() -> None:
         return
     files = args.files or (40 if args.quick else 100)
     tasks = args.noop_tasks or (500 if args.quick else 2000)
+    metrics_files = _counts(args.metrics_files or ("120,360" if args.quick else "800,2400"), levels)
+    pipeline, metrics = args.part in ("all", "pipeline"), args.part in ("all", "metrics")
     print(f"machine: {machine()}")
-    print(f"{files} files of {FILE_SECONDS:g} s per batchscribe run, {tasks} tasks per no-op run, "
-          f"C = {levels}")
+    if pipeline:
+        print(f"pipeline: {files} files of {FILE_SECONDS:g} s per batchscribe run, {tasks} tasks per no-op "
+              f"run, C = {levels}")
+    if metrics:
+        print(f"metrics: {', '.join(f'{n} files at C={c}' for c, n in metrics_files.items())}, off then on, "
+              f"scraped every {args.scrape_interval:g} s")
     rows: list[dict[str, Any]] = []
+    costs: list[list[Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
         tmp = Path(tmp_name)
-        inputs = make_tones(tmp / "in", files, 200.0)
         idle = sorted(make_tones(tmp / "idle", args.idle * len(levels), 3000.0).glob("*.wav"))
         emulator = duration_emulator(1, 1000.0, tmp / "emulator.log")
         try:
             for n, level in enumerate(levels):
-                rows.append(run_noop(level, tasks, args.idle, False, tmp))
-                rows.append(run_noop(level, tasks, args.idle, True, tmp))
                 mine = idle[n * args.idle:(n + 1) * args.idle]
-                rows.append(run_batchscribe(level, inputs, mine, emulator, tmp))
-                rows.append(run_batchscribe(level, inputs, mine, emulator, tmp, args.scrape_interval))
+                if pipeline:
+                    inputs = make_tones(tmp / f"in-{files}", files, 200.0)
+                    rows.append(run_noop(level, tasks, args.idle, False, tmp))
+                    rows.append(run_noop(level, tasks, args.idle, True, tmp))
+                    rows.append(run_batchscribe(level, inputs, mine, emulator, tmp))
+                if metrics:
+                    inputs = make_tones(tmp / f"in-{metrics_files[level]}", metrics_files[level], 200.0)
+                    off = run_batchscribe(level, inputs, mine, emulator, tmp)
+                    off["system"] = "batchscribe -metrics"  # the pipeline part's row keeps "batchscribe"
+                    on = run_batchscribe(level, inputs, mine, emulator, tmp, args.scrape_interval)
+                    costs.append(metrics_cost(off, on))
+                    rows += [off, on]
                 print(f"  C={level} done [{time.monotonic() - started:.0f} s]", flush=True)
         finally:
             emulator.stop()
     print_table(COLUMNS, [[row[c] for c in COLUMNS] for row in rows],
                 "Throughput, latency and CPU per task (loaded ms: started->finished under load; "
                 "idle e2e ms: enqueue/submit -> done, one at a time)")
+    if pipeline:
+        _print_pipeline(rows, levels)
+    if metrics:
+        print_table(["C", "files", "off files/s", "on files/s", "off: worker+Redis CPU ms/file",
+                     "on: worker+Redis CPU ms/file", "on vs off", "noise (2 s.e.)", "scrapes during submit",
+                     "worker CPU ms/scrape", "Redis CPU ms/scrape", "the run's scrapes / its files' CPU",
+                     "a scrape every 15 s / files' CPU"], costs,
+                    f"Metrics cost (same run; on: worker --metrics-port, /metrics read every "
+                    f"{args.scrape_interval:g} s during the submit)")
+    print("\nRedis commands per task (server side, top 8):")
+    for r in rows:
+        print(f"  {r['system']:<16} C={r['C']}: {r['_top']}")
+    if pipeline:
+        print("\nno-op send rate (apply_async loop, tasks/s): "
+              + ", ".join(f"{r['system']} C={r['C']}: {r['_send_rate']}" for r in rows if "_send_rate" in r))
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+
+
+def _print_pipeline(rows: list[dict[str, Any]], levels: list[int]) -> None:
     ratios = []
     for level in levels:
         by = {r["system"]: r for r in rows if r["C"] == level}
@@ -383,17 +466,6 @@ def main() -> None:
     print_table(["C", "consumer CPU ms/file", "supervisor CPU ms/file", "idle tree CPU %",
                  "prepare+engine ms", "rest of started->finished ms", "loaded p90 ms", "submit --wait s"],
                 detail, "batchscribe detail (medians; 'rest' = state scripts, output write, settle, log)")
-    print_table(["C", "off: worker+Redis CPU ms/file", "on: worker+Redis CPU ms/file", "on vs off",
-                 "scrapes during submit", "worker CPU ms/scrape", "Redis CPU ms/scrape",
-                 "scrapes' share per file at 15 s"], [metrics_cost(rows, level) for level in levels],
-                f"Metrics cost (same run; on: worker --metrics-port, /metrics read every "
-                f"{args.scrape_interval:g} s)")
-    print("\nRedis commands per task (server side, top 8):")
-    for r in rows:
-        print(f"  {r['system']:<16} C={r['C']}: {r['_top']}")
-    print("\nno-op send rate (apply_async loop, tasks/s): "
-          + ", ".join(f"{r['system']} C={r['C']}: {r['_send_rate']}" for r in rows if "_send_rate" in r))
-    print(f"\ntotal {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

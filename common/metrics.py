@@ -150,8 +150,13 @@ class ClusterCollector(Collector):
         yield _counter("batchscribe_endpoint_audio_seconds", "seconds of audio transcribed on the endpoint",
                        [(k, _num(s, "audio_seconds")) for k, s in per], ["endpoint"])
         yield _counter("batchscribe_endpoint_busy_seconds", "wall time of the endpoint's successful attempts "
-                       "(busy / audio seconds = real-time factor)",
+                       "(audio / busy seconds = the real-time factor it achieves)",
                        [(k, _num(s, "busy_seconds")) for k, s in per], ["endpoint"])
+        yield _gauge("batchscribe_endpoint_real_time_factor", "seconds of audio transcribed per second of "
+                     "a successful attempt on the endpoint, over its counters' whole life (x real time, as "
+                     "the endpoint's `rtf`; per file, not times its concurrency)",
+                     [(k, _num(s, "audio_seconds") / _num(s, "busy_seconds")) for k, s in per
+                      if _num(s, "busy_seconds") > 0], ["endpoint"])
         yield _gauge("batchscribe_endpoint_health", "the endpoint's health as its owner last assessed it "
                      "(1 for the current state)",
                      [((n, st), float(_health_state(health.get(n)) == st))

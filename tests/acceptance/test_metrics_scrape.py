@@ -8,10 +8,18 @@ permanent). Every scrape must hold in-flight ≤ slots per endpoint and counters
 the queue shows the batch and falls to 0; failures and retries are counted by class; the batch's
 gauge is there while it runs and gone once it finished. `serve`'s /metrics serves the same numbers
 behind its token.
+
+Restarts: an endpoint's circuit breaker opened by HTTP 429s shows in `…_circuit_open` and closes
+again; a consumer SIGKILLed and restarted by its supervisor counts in
+`…_vm_consumer_restarts_total`; and every counter read before a consumer restart, and before the
+whole worker is stopped and started again, is at least as high after it (they are read from Redis),
+the restarts counter of a new supervisor excepted (it counts since its supervisor started).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,7 @@ import pytest
 
 from batchscribe.private_redis import PrivateRedis, free_port
 from tests.support.api import TOKEN, ApiServer
-from tests.support.cluster import Cluster, EndpointSpec, cut_flac, make_audio, write_endpoints
+from tests.support.cluster import VM, Cluster, EndpointSpec, cut_flac, make_audio, write_endpoints
 from tests.support.metrics import Scraper, scrape, total
 from tests.support.poll import wait_for
 
@@ -103,6 +111,73 @@ def test_metrics_scraped_during_a_batch_with_faults(cluster: Cluster, tmp_path: 
         served = scrape(f"{api.url}/metrics", {"Authorization": f"Bearer {TOKEN}"})
     same = [k for k in final if k.startswith("batchscribe_endpoint_files")]
     assert same and all(served[k] == final[k] for k in same), "serve reports the same cluster numbers"
+
+
+RESTARTS = "batchscribe_vm_consumer_restarts_total"
+CIRCUIT = 'batchscribe_endpoint_circuit_open{endpoint="alpha"}'
+
+
+def test_circuit_restarts_and_counters_that_survive_consumer_and_worker_restarts(
+        cluster: Cluster, tmp_path: Path) -> None:
+    emulator = cluster.start_emulator(ports=1, rtf=5.0)
+    [port] = emulator.ports
+    config = write_endpoints(tmp_path / "endpoints.yaml", [EndpointSpec("alpha", port, concurrency=2)])
+    vm, url = _metrics_vm(cluster, config)
+    assert scrape(url)[CIRCUIT] == 0
+
+    cluster.wait_finished(cluster.submit(make_audio(tmp_path / "ok", [1.0, 1.2, 1.4], prefix="ok").folder))
+    emulator.set_fault(port, "http429")  # every session refused: 5 failed attempts in a row open it
+    faulty = cluster.submit(make_audio(tmp_path / "faulty", [0.6 + 0.1 * i for i in range(6)], prefix="x").folder)
+    wait_for(lambda: scrape(url)[CIRCUIT] == 1, 60, "alpha's circuit to open")
+    emulator.set_fault(port, "none")
+    wait_for(lambda: scrape(url)[CIRCUIT] == 0, 60, "alpha's circuit to close after its cooldown")
+    cluster.wait_finished(faulty, timeout=90)
+    settled = _settled(url)
+    assert settled["batchscribe_endpoint_files_done_total{endpoint=\"alpha\"}"] >= 3
+    assert settled['batchscribe_endpoint_attempts_failed_total{endpoint="alpha",error_class="transient"}'] >= 5
+    assert settled['batchscribe_endpoint_retries_total{endpoint="alpha",error_class="transient"}'] >= 1
+    audio, busy = (settled[f'batchscribe_endpoint_{n}_seconds_total{{endpoint="alpha"}}'] for n in ("audio", "busy"))
+    assert settled['batchscribe_endpoint_real_time_factor{endpoint="alpha"}'] == pytest.approx(audio / busy)
+
+    restarts = f'{RESTARTS}{{endpoint="alpha",vm="vm1"}}'
+    victim = vm.consumers()["alpha"]
+    os.kill(victim, signal.SIGKILL)  # the consumer only: its supervisor restarts it
+    wait_for(lambda: scrape(url).get(restarts, 0) == settled.get(restarts, 0) + 1, 60,
+             "the restart to be counted")
+    wait_for(lambda: vm.consumers().get("alpha") not in (None, victim), 60, "the consumer to run again")
+    consumer_restarted = _settled(url)
+    _assert_not_reset(settled, consumer_restarted)
+
+    vm.process.stop()  # the whole worker: a new supervisor, a new metrics server
+    vm, url = _metrics_vm(cluster, config)
+    worker_restarted = _settled(url)
+    _assert_not_reset(consumer_restarted, worker_restarted, RESTARTS)
+    assert worker_restarted.get(restarts, 0) == 0, "counted since its supervisor started (docs/monitoring.md)"
+
+
+def _metrics_vm(cluster: Cluster, config: Path) -> tuple[VM, str]:
+    port = free_port()
+    vm = cluster.start_vm(config, "vm1", "--metrics-port", str(port))
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_for(lambda: _answers(url) and scrape(url).get('batchscribe_vm_consumers_alive{vm="vm1"}') == 1, 60,
+             "the worker's metrics with its consumer alive")
+    return vm, url
+
+
+def _settled(url: str) -> dict[str, float]:
+    """A scrape once nothing is in flight, delayed or queued (the counters hold still)."""
+    wait_for(lambda: (lambda now: total(now, "batchscribe_endpoint_in_flight") == 0
+                      and total(now, "batchscribe_delayed_jobs") == 0
+                      and total(now, "batchscribe_queue_messages") == 0)(scrape(url)), 60, "a quiet cluster")
+    return scrape(url)
+
+
+def _assert_not_reset(before: dict[str, float], after: dict[str, float], *excepted: str) -> None:
+    counters = [k for k in before if k.startswith("batchscribe_") and k.split("{")[0].endswith("_total")
+                and k.split("{")[0] not in excepted]
+    assert len(counters) > 10
+    went_back = {k: (before[k], after.get(k)) for k in counters if after.get(k, -1.0) < before[k]}
+    assert not went_back, f"counters reset or lost across the restart: {went_back}"
 
 
 def _answers(url: str) -> bool:

@@ -252,8 +252,10 @@ class Cluster:
         return self.emulator
 
     def start_vm(self, config: Path, hostname: str, *options: str) -> VM:
-        process = WorkerProcess(self.redis.url, config, hostname, self.tmp / f"worker-{hostname}.log",
-                                options, **self.worker_env)
+        """A `batchscribe worker` VM; one started again under a hostname gets a log of its own."""
+        started = sum(vm.hostname == hostname for vm in self.vms)
+        log = self.tmp / (f"worker-{hostname}.log" if not started else f"worker-{hostname}-{started + 1}.log")
+        process = WorkerProcess(self.redis.url, config, hostname, log, options, **self.worker_env)
         vm = VM(hostname, process)
         self.vms.append(vm)
         return vm
