@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from batchscribe.common.media import check_file, failure_reason, media_arg
 from batchscribe.worker.audio import check_whole, ffmpeg_timeout, stated_seconds
 from batchscribe.worker.engines.base import EngineStopped
 
-POLL = 0.1  # seconds between looks at a running ffmpeg (stop event, deadline)
+POLL = 0.2  # seconds between looks at the stop event while ffmpeg runs
 _WRITE_FAILURES = ("No space left on device", "Input/output error", "Disk quota exceeded",
                    "Error writing trailer", "Read-only file system")
 _GLOBAL = ("ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y")
@@ -49,6 +48,7 @@ def convert(source: Path, options: ConversionOptions, workdir: Path,
     """Convert `source` into ``workdir/output.EXT`` (see the module docstring for the errors)."""
     size = check_file(source)
     out = workdir / f"output.{options.spec.extension}"
+    workdir.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     written = _run(list(_GLOBAL) + ffmpeg_args(options, media_arg(source), media_arg(out)),
                    ffmpeg_timeout(size), source, stop or threading.Event())
@@ -66,28 +66,37 @@ def _run(cmd: list[str], timeout: float, source: Path, stop: threading.Event) ->
                                 stderr=subprocess.PIPE, text=True, errors="replace")
     except FileNotFoundError as exc:
         raise ConfigError("ffmpeg not found on PATH: install ffmpeg on this machine") from exc
-    deadline = time.monotonic() + timeout
+    finished = threading.Event()
+    watcher = threading.Thread(target=_kill_on_stop, args=(proc, stop, finished), daemon=True)
+    watcher.start()
     try:
-        while True:
-            try:
-                progress, stderr = proc.communicate(timeout=POLL)  # retried: no output is lost
-                break
-            except subprocess.TimeoutExpired:
-                if stop.is_set():
-                    raise EngineStopped("the consumer is stopping") from None
-                if time.monotonic() > deadline:
-                    raise TransientError(f"ffmpeg made no end after {timeout:.0f} s (a stalled disk or "
-                                         "network mount?)") from None
+        progress, stderr = proc.communicate(timeout=timeout)  # returns as soon as ffmpeg exits
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise TransientError(f"ffmpeg made no end after {timeout:.0f} s (a stalled disk or network "
+                             "mount?)") from None
     finally:
+        finished.set()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    if stop.is_set() and proc.returncode != 0:
+        raise EngineStopped("the consumer is stopping")
     failed_write = next((line for line in stderr.splitlines() if any(w in line for w in _WRITE_FAILURES)), "")
     if failed_write:
         raise TransientError(f"cannot write the converted file: {failed_write.strip()[-200:]}")
     if proc.returncode != 0:
         raise AudioError(failure_reason(stderr, source))
     return _written_seconds(progress)
+
+
+def _kill_on_stop(proc: subprocess.Popen[str], stop: threading.Event, finished: threading.Event) -> None:
+    """Kill ffmpeg when the consumer is told to stop (a planned stop hands the file back)."""
+    while not finished.wait(POLL):
+        if stop.is_set():
+            proc.kill()
+            return
 
 
 def _written_seconds(progress: str) -> float:

@@ -212,7 +212,7 @@ def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str
     cursor = event_cursor(store) if folder else "0-0"
     report = submitter_for(settings, store).retry_failed(batch_id, error_class)
     line = (f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
-            f"to transcribe, {report.cached} from cache, {report.failed_now} still unusable")
+            f"for the workers, {report.cached} from cache, {report.failed_now} still unusable")
     click.echo(line, err=True)
     if wait:
         with run_log_for(folder, batch_id, cursor) as run_log:

@@ -166,3 +166,32 @@ def test_a_full_disk_is_transient_and_retried_then_the_file_fails_alone(tmp_path
     assert "No space left on device" in record["FailureReason"] and "after 2 attempts" in record["FailureReason"]
     check_outputs(out, {"short.wav": 0.5}, codec="pcm_s16le")
     assert not [p for p in full_disk.rglob("*") if p.is_file()], "the scratch space is left empty"
+
+
+def test_status_retry_failed_and_cancel_work_for_conversion_batches(redis_server: PrivateRedis,
+                                                                    start_worker: StartWorker,
+                                                                    tmp_path: Path) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    make_mp4(inputs / "good.mp4", 1.0)
+    (inputs / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200)  # not a whole MP4
+    waiting = run_cli("convert", str(inputs), "--to", "mp3", "--out", str(tmp_path / "never"),
+                      broker=redis_server.url)  # no converter runs yet: it waits, and we are told
+    assert waiting.returncode == 0 and "no live worker converts media" in waiting.stderr, waiting.stderr
+    unstarted = waiting.stdout.strip().splitlines()[-1]
+    cancelled = run_cli("cancel", unstarted, broker=redis_server.url)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stderr, cancelled.stderr
+    config = tmp_path / "converters.yaml"
+    config.write_text(CONVERTER_ONLY)
+    start_worker(config)
+    first = run_cli("convert", str(inputs), "--to", "mp3", "--out", str(out), "--wait", broker=redis_server.url)
+    assert first.returncode == 1, first.stderr
+    batch = first.stderr.split("batch ", 1)[1].split(":", 1)[0]
+    status = run_cli("status", batch, broker=redis_server.url)
+    assert status.returncode == 1 and "converted" in status.stdout and "bad.mp4" in status.stdout, status.stdout
+    assert (out / "bad.mp3.failed.json").exists()
+    make_mp4(inputs / "bad.mp4", 1.0, 880)  # the file is fixed
+    again = run_cli("retry-failed", batch, "--wait", broker=redis_server.url)
+    assert again.returncode == 0, again.stderr
+    check_outputs(out, {"good.mp3": 1.0, "bad.mp3": 1.0})
+    assert not (out / "bad.mp3.failed.json").exists(), "the old failure record is gone"
+    assert not list((tmp_path / "never").glob("*.mp3")), "the cancelled batch converted nothing"

@@ -61,7 +61,7 @@ class FfmpegRuns:
         self.log.touch()
         wrapper = self.bin / "ffmpeg"
         wrapper.write_text(f'#!/bin/sh\necho "$$ ${{FFMPEG_RUNS_TAG:-}}" >> "{self.log}"\n'
-                           f'sleep "${{FFMPEG_RUNS_DELAY:-0}}"\nexec "{real}" "$@"\n')
+                           f'sleep "${{FFMPEG_RUNS_DELAY:-0}}" </dev/null >/dev/null 2>&1\nexec "{real}" "$@"\n')
         wrapper.chmod(0o755)
 
     def env(self, **extra: str) -> dict[str, str]:
