@@ -296,14 +296,19 @@ class _Recording(dict):  # type: ignore[type-arg]
 
 
 def settings_env_vars() -> set[str]:
-    """What Settings.from_env reads, and the API tokens `serve` reads (api.config.load_tokens)."""
+    """What Settings.from_env reads, the API tokens `serve` reads (api.config.load_tokens), the
+    variables of the commands' options (click `envvar`) and a worker's scratch folder."""
     from batchscribe.api.config import load_tokens
+    from batchscribe.cli import root
+    from batchscribe.worker.scratch import SCRATCH_ENV
 
     env = _Recording()
     Settings.from_env(env)
     load_tokens(env, None)
     assert {"BATCHSCRIBE_REDIS_URL", "BATCHSCRIBE_API_TOKENS"} <= env.seen
-    return {k for k in env.seen if k.startswith("BATCHSCRIBE_")}
+    options = {param.envvar for command in root.commands.values() for param in command.params
+               if isinstance(getattr(param, "envvar", None), str)}
+    return {k for k in env.seen | options | {SCRATCH_ENV} if k.startswith("BATCHSCRIBE_")}
 
 
 def test_batchscribe_variables_are_ones_settings_reads(raw: dict[str, Any],
