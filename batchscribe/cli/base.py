@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -104,6 +104,17 @@ def build_options(kw: dict[str, Any]) -> TranscriptionOptions:
     return TranscriptionOptions(language=kw.pop("language"), engine=kw.pop("engine"), nbest=kw.pop("nbest"),
                                 word_timestamps=kw.pop("word_timestamps"), profanity=kw.pop("profanity"),
                                 diarization=kw.pop("diarization"), candidate_languages=langs)
+
+
+def keep_typed_sas(locations: Sequence[str], cluster: bool) -> None:
+    """Keep the SAS tokens typed in blob URLs for this command and the local workers it starts
+    (`common.storage.adopt_sas`); with a `cluster`, warn that its workers need their own."""
+    from batchscribe.common.storage import adopt_sas
+
+    typed = adopt_sas(locations)
+    if typed and cluster:
+        click.secho("warning: the SAS typed in a URL stays on this machine: the workers need their own "
+                    f"credentials for {', '.join(typed)} (docs/blob.md)", fg="yellow", err=True)
 
 
 def settings_for(broker: str | None) -> Settings:

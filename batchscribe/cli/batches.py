@@ -18,6 +18,7 @@ from batchscribe.cli.base import (
     build_options,
     build_outputs,
     guarded,
+    keep_typed_sas,
     output_options,
     settings_for,
     transcription_options,
@@ -141,6 +142,7 @@ def submit(inputs: tuple[str, ...], out: str, wait: bool, batch_id: str | None, 
            txt: bool, **kw: Any) -> None:
     """Queue every audio/video file under INPUTS for transcription (one task per unique file)."""
     outputs = build_outputs(txt, kw)
+    keep_typed_sas([*inputs, out], cluster=True)
     sys.exit(submit_batch(settings_for(broker), inputs, out, build_options(kw), outputs, batch_id, wait))
 
 

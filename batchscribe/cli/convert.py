@@ -15,14 +15,13 @@ import sys
 
 import click
 
-from batchscribe.cli.base import broker_option, guarded, settings_for
+from batchscribe.cli.base import broker_option, guarded, keep_typed_sas, settings_for
 from batchscribe.cli.batches import submit_batch
 from batchscribe.cli.run import held_alone, on_this_machine, state_folder
 from batchscribe.common.config import EndpointSet, converter_endpoint
 from batchscribe.common.conversion import TARGETS, ConversionOptions
 from batchscribe.common.locations import shown
 from batchscribe.common.output import Outputs
-from batchscribe.common.storage import adopt_sas
 from batchscribe.producer.submit import resolve_out
 
 
@@ -48,11 +47,8 @@ def convert(inputs: tuple[str, ...], target: str, out: str, bitrate: str | None,
             broker: str | None) -> None:
     """Convert every media file under INPUTS (folders, files, blob prefixes) to --to, one task per file."""
     options = ConversionOptions(target, bitrate, sample_rate, channels)  # bad options: exit 2, nothing starts
-    typed_sas = adopt_sas([*inputs, out])
+    keep_typed_sas([*inputs, out], cluster=bool(broker))
     if broker:
-        if typed_sas:
-            click.secho("warning: the SAS typed in a URL stays on this machine: the workers need their own "
-                        f"credentials for {', '.join(typed_sas)} (docs/blob.md)", fg="yellow", err=True)
         sys.exit(submit_batch(settings_for(broker), inputs, out, options, Outputs(), batch_id, wait))
     endpoints = EndpointSet((converter_endpoint(concurrency),), source="<built-in converter>")
     key = resolve_out(out)

@@ -36,6 +36,7 @@ from batchscribe.cli.base import (
     build_options,
     build_outputs,
     guarded,
+    keep_typed_sas,
     output_options,
     settings_for,
     transcription_options,
@@ -47,7 +48,6 @@ from batchscribe.common.locations import is_blob
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
-from batchscribe.common.storage import adopt_sas
 from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX
 
 LOG_NAME = "worker.log"
@@ -78,7 +78,7 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     opts = build_options(kw)
     endpoints = load_endpoints(config_path) if config_path else default_local_endpoints()
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
-    adopt_sas([*inputs, out])
+    keep_typed_sas([*inputs, out], cluster=False)
     on_this_machine(endpoints, config_path, broker, keep_log, flower_port,
                     lambda settings: submit_batch(settings, inputs, out, opts, outputs, None, wait=True,
                                                   check_workers=False))
