@@ -83,13 +83,25 @@ class Pending(Protocol):
     def __exit__(self, *_: object) -> None: ...
 
 
-class PendingFile:
+class _Spooled:
+    """What both kinds of pending output share: bytes go to an open temp file until `commit()`."""
+
+    _fh: IO[bytes]
+    committed: bool
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def copy_from(self, source: IO[bytes]) -> None:
+        shutil.copyfileobj(source, self._fh, COPY_CHUNK)
+
+
+class PendingFile(_Spooled):
     """A file being written in a temp file next to `path`: `commit()` fsyncs it and renames it over
     `path` (readers never see half a file); leaving the `with` block without a commit removes it.
 
     The temp file has a short name of its own (a long output name plus a suffix would not fit in
     255 bytes) and is created with the process umask like any other file (`mkstemp` makes 0600).
-    `temp` is its path, for a tool that writes the file itself (ffmpeg).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -98,12 +110,6 @@ class PendingFile:
         fd, self.temp = _create_temp(self.path.parent)
         self._fh = os.fdopen(fd, "wb")
         self.committed = False
-
-    def write(self, data: bytes) -> None:
-        self._fh.write(data)
-
-    def copy_from(self, source: IO[bytes]) -> None:
-        shutil.copyfileobj(source, self._fh, COPY_CHUNK)
 
     def commit(self) -> None:
         self._fh.flush()
@@ -121,7 +127,7 @@ class PendingFile:
             self.temp.unlink(missing_ok=True)
 
 
-class PendingBlob:
+class PendingBlob(_Spooled):
     """A blob being written: spooled to a local temp file, uploaded at `commit()`."""
 
     def __init__(self, location: str) -> None:
@@ -130,12 +136,6 @@ class PendingBlob:
         self.temp = Path(name)
         self._fh = os.fdopen(fd, "wb")
         self.committed = False
-
-    def write(self, data: bytes) -> None:
-        self._fh.write(data)
-
-    def copy_from(self, source: IO[bytes]) -> None:
-        shutil.copyfileobj(source, self._fh, COPY_CHUNK)
 
     def commit(self) -> None:
         self._fh.close()
