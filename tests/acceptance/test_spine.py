@@ -74,6 +74,7 @@ def test_run_transcribes_a_tree_of_formats_on_one_machine(tmp_path: Path) -> Non
     assert "1 skipped" in result.stderr
     assert_transcribed(out, expected)
     assert (out / "calls" / "monday_8k_wav.txt").read_text().strip()
+    assert not (out / ".batchscribe").exists(), "run's result cache went with its private Redis"
     summary = json.loads((out / "run_summary.json").read_text())["overall_summary"]
     assert summary["succeeded"] == 4 and summary["failed"] == 0 and summary["skipped_not_media"] == 1
 
