@@ -232,8 +232,9 @@ class JobRunner:
         if work.artifact is not None:
             return work.result
         configured = self.settings.result_store
-        out = "" if configured else durably(lambda: self.store.batch(records[0].batch_id).get("out", ""),
-                                            f"reading where {job_key}'s batch writes")
+        out = "" if configured or not records else durably(
+            lambda: self.store.batch(records[0].batch_id).get("out", ""),
+            f"reading where {job_key}'s batch writes")
         root = store_root(configured, out)
         return keep_transcript(root, job_key, work.result) if root else None
 
