@@ -42,6 +42,7 @@ from typing import Any, cast
 from batchscribe.common.conversion import is_conversion
 from batchscribe.common.errors import ProcessingError
 from batchscribe.common.locations import join, shown
+from batchscribe.common.names import printable
 from batchscribe.common.storage import read_verified, write_bytes
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,13 @@ def keep_transcript(root: str, job_key: str, result: dict[str, Any]) -> dict[str
         log.log(logging.WARNING if first else logging.DEBUG,
                 "cannot write the result cache at %s (%s): outputs are written all the same, but the "
                 "files finished meanwhile are not cached (submitting them again transcribes them again)%s",
-                shown(root), why, "; said once until it works again" if first else "")
+                printable(shown(root)), printable(why), "; said once until it works again" if first else "")
         return None
     with _said_lock:
         recovered = root in _unwritable
         _unwritable.discard(root)
     if recovered:
-        log.info("the result cache at %s is writable again", shown(root))
+        log.info("the result cache at %s is writable again", printable(shown(root)))
     return entry
 
 

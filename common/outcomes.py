@@ -26,6 +26,7 @@ from batchscribe.common.cache import CacheMiss, load_result
 from batchscribe.common.conversion import is_conversion
 from batchscribe.common.errors import ProcessingError
 from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.names import printable
 from batchscribe.common.output import (
     MEDIA_FORMAT,
     conversion_failure,
@@ -107,7 +108,8 @@ def deliver_cached(store: StateStore, job_key: str, records: Sequence[FileRecord
                 result = load_result(entry)  # one read for every input of the job
             deliver_success(store, settle_as, [record], result, cached=at_submit)
         except CacheMiss as exc:
-            log.info("cached result of job %s is not usable (%s): doing it again", job_key, exc)
+            log.info("cached result of job %s is not usable (%s): doing it again", job_key,
+                     printable(str(exc)))
             store.forget_result(job_key)
             return list(records[i:])
     return []
