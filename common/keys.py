@@ -84,8 +84,11 @@ class Keys:
         return f"{self.prefix}:job:{job_key}:targets"
 
     def result(self, job_key: str) -> str:
-        """String: the job's transcript (zlib JSON), kept for dedupe hits."""
-        return f"{self.prefix}:result:{job_key}"
+        """String: where the done job's result is stored, its size and sha256 (zlib JSON, a few
+        hundred bytes: `common.cache`; the transcript itself is on the output storage), kept for
+        dedupe hits. (Before the result store, ``result:JOB`` held the transcript itself: a key of
+        its own, so that no version takes the other's value for its own.)"""
+        return f"{self.prefix}:cached:{job_key}"
 
     def fingerprints(self) -> str:
         """Hash: "path|size|mtime_ns" -> "sha256|duration", so re-submits skip hashing."""
@@ -175,7 +178,10 @@ class Keys:
             KeyPattern(f"{p}:outputs", "output paths running batches write (hash)", transient=True),
             KeyPattern(f"{p}:job:*:targets", "inputs waiting for a job's result (list)", transient=True),
             KeyPattern(f"{p}:job:*", "one unit of engine work (hash)"),
-            KeyPattern(f"{p}:result:*", "a job's cached transcript (string)", ttl=result_ttl or None),
+            KeyPattern(f"{p}:cached:*", "where a job's cached result is stored (string)",
+                       ttl=result_ttl or None),
+            KeyPattern(f"{p}:result:*", "a transcript cached in Redis by a version before the result "
+                       "store; never read (string)", ttl=result_ttl or None),
             KeyPattern(f"{p}:fingerprints", "fingerprint cache of input files (hash)"),
             KeyPattern(f"{p}:events", "the attempt log (capped stream)"),
             KeyPattern(f"{p}:inflight:*", "deliveries running on an endpoint (zset)", transient=True),

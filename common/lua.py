@@ -29,7 +29,7 @@ do
   function K.file(target) return p .. ":file:" .. target end  -- target = "batch_id:index"
   function K.job(jk) return p .. ":job:" .. jk end
   function K.targets(jk) return p .. ":job:" .. jk .. ":targets" end
-  function K.result(jk) return p .. ":result:" .. jk end
+  function K.result(jk) return p .. ":cached:" .. jk end
   function K.inflight(endpoint) return p .. ":inflight:" .. endpoint end
   function K.endpoint_stats(endpoint) return p .. ":epstats:" .. endpoint end
 end
@@ -171,7 +171,7 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
   return r
 end
 if prev == "done" and redis.call("EXISTS", K.result(jk)) == 0 then
-  -- done, but its cached result (or the artefact it points at) is gone: the job is work to redo
+  -- done, but its cache pointer is gone (forgotten: what it pointed at is gone): work to redo
   prev = "redo"
   redis.call("HSET", jkey, "attempts", 0, "crashes", 0, "reroutes", 0)
   j[2], j[3] = "0", "0"
@@ -273,7 +273,8 @@ return 1
 """
 
 # KEYS: prefix, job hash, its targets list, its result key, delayed set, delayed specs hash.
-# ARGV: job_key, final state (done|failed), error_class, reason, now, ttl, result blob.
+# ARGV: job_key, final state (done|failed), error_class, reason, now, ttl, result pointer ("": done
+# but not cached: its result store could not be written).
 # Returns the job's targets (the inputs to write outputs for). A failed job counts as a failed file
 # of its class on the endpoint that ran its last attempt.
 FINISH = KEYSPACE + _DELAY + r"""
@@ -286,7 +287,7 @@ end
 redis.call("HSET", jkey, "state", st, "error_class", cls, "reason", reason, "finished_at", now,
            "delivery", "", "lease_until", "")
 undelay_job(delayed, specs, jk)
-if st == "done" then
+if st == "done" and ARGV[7] ~= "" then
   if ttl > 0 then redis.call("SET", rkey, ARGV[7], "EX", ttl) else redis.call("SET", rkey, ARGV[7]) end
 end
 return redis.call("LRANGE", tkey, 0, -1)

@@ -8,8 +8,10 @@ is there".
 A transcription's output is a JSON document built from the job's result (and its extra formats).
 A conversion's output is the converted file itself: the worker copies it from its scratch space to
 each input's output; a dedupe hit copies it from where the job first wrote it (the result's
-`artifact`), verified by its sha256. When that copy is gone or changed, `CacheMiss` tells the
-caller to do the job again: a cache entry that cannot be trusted is simply work to redo.
+`artifact`), verified by its sha256. A dedupe hit of a transcription reads its result from the
+result cache likewise (`common.cache`). When what the cache points at is gone or changed,
+`deliver_cached` forgets the pointer and tells the caller to do the job again: a cache entry that
+cannot be trusted is simply work to redo.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from batchscribe.common.cache import CacheMiss, load_result
 from batchscribe.common.conversion import is_conversion
 from batchscribe.common.errors import ProcessingError
 from batchscribe.common.models import FileRecord, FileState
+from batchscribe.common.names import printable
 from batchscribe.common.output import (
     MEDIA_FORMAT,
     conversion_failure,
@@ -43,10 +47,6 @@ def _formats(store: StateStore, batch_id: str, cache: dict[str, list[str]]) -> l
     if batch_id not in cache:
         cache[batch_id] = store.batch_formats(batch_id)
     return cache[batch_id]
-
-
-class CacheMiss(Exception):  # noqa: N818 - not an error: the cached artefact is gone, redo the job
-    """A dedupe hit whose cached artefact is gone or changed: the job must run again."""
 
 
 def _settle(store: StateStore, record: FileRecord, write: Callable[[], None], state: FileState,
@@ -91,6 +91,28 @@ def deliver_success(store: StateStore, job_key: str, records: Iterable[FileRecor
                             _formats(store, record.batch_id, cache))
         _settle(store, record, write, FileState.DONE, job_key, error_class="", reason="",
                 endpoint=result.get("endpoint", record.endpoint), **mark)
+
+
+def deliver_cached(store: StateStore, job_key: str, records: Sequence[FileRecord], entry: dict[str, Any],
+                   at_submit: bool = False) -> list[FileRecord]:
+    """Deliver a done job's outputs from its cache `entry` (`StateStore.results`), no engine call.
+
+    `at_submit`: the producer's dedupe hits (inputs that are not the job's targets; counted as
+    `cached` in the summary); else a redelivery of a finished job in a worker. Returns the records
+    not delivered because the entry turned out gone or changed (`CacheMiss`): its pointer is
+    forgotten, so the caller claims (or runs) the job again, which writes the entry back."""
+    settle_as = "" if at_submit else job_key
+    for i, record in enumerate(records):
+        try:
+            if i == 0:
+                result = load_result(entry)  # one read for every input of the job
+            deliver_success(store, settle_as, [record], result, cached=at_submit)
+        except CacheMiss as exc:
+            log.info("cached result of job %s is not usable (%s): doing it again", job_key,
+                     printable(str(exc)))
+            store.forget_result(job_key)
+            return list(records[i:])
+    return []
 
 
 def _media_writer(record: FileRecord, result: dict[str, Any], artifact: Path | None) -> Callable[[], None]:

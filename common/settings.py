@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from batchscribe.common.errors import ConfigError
-from batchscribe.common.locations import is_blob
+from batchscribe.common.errors import ConfigError, InputError
+from batchscribe.common.locations import is_blob, parse_blob, shown
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,6 +48,9 @@ class Settings:
     lease_ttl: int = 30  # a running job whose lease is older than this lost its worker (crash)
     heartbeat: float = 5.0  # how often leases and kombu's unacked index are refreshed
     result_ttl: int = 30 * 24 * 3600  # cached transcripts for dedupe hits; 0 keeps them forever
+    # Where workers store transcripts for dedupe hits (a folder every producer and worker reaches
+    # at this path, or a blob prefix); "" = each batch's own OUT/.batchscribe/results (`common.cache`).
+    result_store: str = ""
     claim_ttl: int = 30  # a producer that dies between claim and publish blocks a job this long
     # `submit --wait` and `run` stop waiting (exit 3) once Redis has not answered for this long;
     # the batch itself goes on.
@@ -68,6 +71,9 @@ class Settings:
                 values[name] = _float(var, env[var])
         if env.get("BATCHSCRIBE_KEY_PREFIX"):
             values["key_prefix"] = env["BATCHSCRIBE_KEY_PREFIX"]
+        if env.get(RESULT_STORE_VAR):
+            store = env[RESULT_STORE_VAR]
+            values["result_store"] = store if is_blob(store) else os.path.expanduser(store)
         values["retry"] = _retry_policy(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -83,6 +89,7 @@ class Settings:
         if self.wait_redis_timeout <= 0:
             raise ConfigError(f"BATCHSCRIBE_WAIT_REDIS_TIMEOUT must be a positive number of seconds, "
                               f"got {self.wait_redis_timeout}")
+        _check_result_store(self.result_store)
         if self.lease_ttl < self.heartbeat * 2:
             raise ConfigError(f"BATCHSCRIBE_LEASE_TTL ({self.lease_ttl}) must be at least twice "
                               f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat})")
@@ -98,7 +105,8 @@ class Settings:
 
     def to_env(self) -> dict[str, str]:
         """The environment that gives a child process (a consumer) the same settings."""
-        env = {"BATCHSCRIBE_REDIS_URL": self.redis_url, "BATCHSCRIBE_KEY_PREFIX": self.key_prefix}
+        env = {"BATCHSCRIBE_REDIS_URL": self.redis_url, "BATCHSCRIBE_KEY_PREFIX": self.key_prefix,
+               RESULT_STORE_VAR: self.result_store}
         env.update({var: str(getattr(self, name)) for name, var in (*_INT_VARS, *_FLOAT_VARS)})
         env.update({var: str(getattr(self.retry, name)) for name, var, _ in _RETRY_VARS})
         return env
@@ -117,6 +125,28 @@ def _check_redis_url(url: str) -> None:
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"broker URL {redact(url)!r}: the database after the last / must be a number, "
                           f"got {db!r}")
+
+
+RESULT_STORE_VAR = "BATCHSCRIBE_RESULT_STORE"
+
+
+def _check_result_store(store: str) -> None:
+    """The result store is one location for the whole cluster: absolute, and never with a secret
+    in it (it is written into Redis, logs and every consumer's environment)."""
+    if not store:
+        return
+    if is_blob(store):
+        try:
+            location = parse_blob(store)
+        except InputError as exc:
+            raise ConfigError(f"{RESULT_STORE_VAR}: {exc}") from None
+        if location.sas:
+            raise ConfigError(f"{RESULT_STORE_VAR}={shown(store)} holds a SAS token: give the location "
+                              "alone and its credentials as for any blob (BATCHSCRIBE_BLOB_SAS, a "
+                              "connection string, an identity)")
+    elif not os.path.isabs(store):
+        raise ConfigError(f"{RESULT_STORE_VAR} must be an absolute path (every producer and worker "
+                          f"reads it at the same path) or a blob location, got {store!r}")
 
 
 def _int(var: str, raw: str) -> int:

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
@@ -217,18 +217,31 @@ def read_chunks(location: str | Path, chunk: int = COPY_CHUNK) -> Iterator[bytes
 def copy_verified(source: str | Path, target: str | Path, sha256: str) -> bool:
     """Copy `source` to `target` (atomically) if its content still hashes to `sha256`; False (and
     nothing written) when it does not or is gone — a cached artefact that can no longer be trusted."""
-    digest = hashlib.sha256()
     with pending_output(target) as pending:
-        try:
-            for block in read_chunks(source):
-                digest.update(block)
-                pending.write(block)
-        except (FileNotFoundError, PermanentError):  # gone, or no longer readable here
-            return False
-        if digest.hexdigest() != sha256:
+        if not _stream_verified(source, sha256, pending.write):
             return False
         pending.commit()
     return True
+
+
+def read_verified(location: str | Path, sha256: str) -> bytes | None:
+    """The content at `location` if it still hashes to `sha256`; None when it does not or is gone
+    (what `copy_verified` copies, kept in memory: a cached transcript)."""
+    content = bytearray()
+    return bytes(content) if _stream_verified(location, sha256, content.extend) else None
+
+
+def _stream_verified(source: str | Path, sha256: str, sink: Callable[[bytes], object]) -> bool:
+    """Hand `source`'s content to `sink` block by block; whether it was all there and hashed to
+    `sha256` (the one check of every cached artefact)."""
+    digest = hashlib.sha256()
+    try:
+        for block in read_chunks(source):
+            digest.update(block)
+            sink(block)
+    except (FileNotFoundError, PermanentError):  # gone, or no longer readable here
+        return False
+    return digest.hexdigest() == sha256
 
 
 def sha256_of(location: str | Path) -> str:

@@ -3,7 +3,8 @@ page at a time, so a batch of any size streams in bounded memory (`batchscribe r
 API's file listing and file documents).
 
 A file's output document is read from its output file; when that is gone (or not readable here),
-a done file's is rebuilt from the cached transcript in Redis and a failed file's from its record.
+a done file's is rebuilt from its cached transcript (`common.cache`) and a failed file's from its
+record.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from batchscribe.common.cache import CacheMiss, load_result
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.names import printable
 from batchscribe.common.output import failure_document, success_document
@@ -58,8 +60,11 @@ def file_document(store: StateStore, record: FileRecord, roots: Sequence[Path] =
             pass
     if record.state is FileState.FAILED:
         return failure_document(record, record.error_class, record.reason)
-    result = store.results([record.job]).get(record.job) if record.job else None
-    return success_document(record, result) if result is not None else None
+    entry = store.results([record.job]).get(record.job) if record.job else None
+    try:
+        return success_document(record, load_result(entry)) if entry is not None else None
+    except CacheMiss:  # read only: the next dedupe hit finds it gone too, and does the job again
+        return None
 
 
 def transcript_text(document: dict[str, Any] | None) -> str:

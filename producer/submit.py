@@ -30,7 +30,7 @@ from batchscribe.common.models import (
     options_from_dict,
 )
 from batchscribe.common.names import printable
-from batchscribe.common.outcomes import CacheMiss, deliver_failure, deliver_success
+from batchscribe.common.outcomes import deliver_cached, deliver_failure
 from batchscribe.common.output import MEDIA_FORMAT, output_for
 from batchscribe.common.publish import Publisher, TaskSpec
 from batchscribe.common.queues import queue_for, task_for
@@ -255,22 +255,18 @@ class Submitter:
         self.store.mark_published([r.job for r in ordered], self.owner)
 
     def _deliver_cached(self, records: list[FileRecord]) -> list[FileRecord]:
-        """Write the outputs of dedupe hits; returns those whose cached artefact is gone (their
-        results are forgotten: the caller claims them again)."""
-        results = self.store.results(sorted({r.job for r in records}))
-        missed: list[FileRecord] = []
+        """Write the outputs of dedupe hits from the cache; returns those it could not (the result
+        expired between the claim and now, or what it points at is gone or changed: forgotten),
+        which the caller claims again."""
+        by_job: dict[str, list[FileRecord]] = {}
         for record in records:
-            result = results.get(record.job)
-            if result is None:
-                missed.append(record)  # expired between the claim and now
-                continue
-            try:
-                deliver_success(self.store, "", [record], result, cached=True)
-            except CacheMiss as exc:
-                log.info("cached result of %s is no longer usable (%s); doing it again",
-                         printable(shown(record.path)), exc)
-                self.store.forget_result(record.job)
-                missed.append(record)
+            by_job.setdefault(record.job, []).append(record)
+        entries = self.store.results(sorted(by_job))
+        missed: list[FileRecord] = []
+        for job, wanting in by_job.items():
+            entry = entries.get(job)
+            missed += wanting if entry is None else deliver_cached(self.store, job, wanting, entry,
+                                                                   at_submit=True)
         return missed
 
     def _settle_attached(self, records: list[FileRecord], options: JobOptions,

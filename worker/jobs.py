@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from batchscribe.common.cache import keep_transcript, pointer, store_root
 from batchscribe.common.config import Endpoint
 from batchscribe.common.conversion import ConversionOptions
 from batchscribe.common.errors import (
@@ -38,7 +39,7 @@ from batchscribe.common.errors import (
 )
 from batchscribe.common.models import FileRecord, JobOptions, TranscriptionOptions, options_from_dict
 from batchscribe.common.names import output_name, printable
-from batchscribe.common.outcomes import CacheMiss, deliver_failure, deliver_success, records_for
+from batchscribe.common.outcomes import deliver_cached, deliver_failure, deliver_success, records_for
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import queue_for
 from batchscribe.common.settings import RetryPolicy, Settings
@@ -82,8 +83,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Work:
-    """What one engine call or conversion produced: the job's result (cached for dedupe) and, for a
-    conversion, the converted file in the delivery's scratch folder."""
+    """What one engine call or conversion produced: the job's result (its outputs are made from it;
+    the dedupe cache keeps it, `JobRunner._cache_entry`) and, for a conversion, the converted file
+    in the delivery's scratch folder."""
 
     result: dict[str, Any]
     artifact: Path | None = None
@@ -209,18 +211,32 @@ class JobRunner:
                 return self._on_error(delivery, start, records, internal, time.time() - began)
             seconds = time.time() - began
             result = work.result
+            cached = self._cache_entry(job_key, records, work)  # stored before its pointer is recorded
 
             def record() -> None:
                 self._log(job_key, records, "done", attempt=start.attempts, seconds=seconds)
                 self.store.record_attempt(self.endpoint.name,
                                           audio_seconds=float(result.get("duration") or 0),
                                           busy_seconds=seconds)
-                targets = self.store.finish_job(job_key, result, self.settings.result_ttl)
+                targets = self.store.finish_job(job_key, cached, self.settings.result_ttl)
                 deliver_success(self.store, job_key, records_for(self.store, targets, records), result,
                                 artifact=work.artifact)
 
             durably(record, f"recording the result of {job_key}")
         return Outcome("done", f"{float(result.get('duration') or 0):.1f} s of audio in {seconds:.1f} s")
+
+    def _cache_entry(self, job_key: str, records: list[FileRecord], work: Work) -> dict[str, Any] | None:
+        """What the dedupe cache keeps of the job (`common.cache`): a conversion's result points at
+        its first output already; a transcription's is written to the result store now, and its
+        pointer kept. None when the store cannot be written: the outputs are delivered anyway."""
+        if work.artifact is not None:
+            return work.result
+        configured = self.settings.result_store
+        out = "" if configured or not records else durably(
+            lambda: self.store.batch(records[0].batch_id).get("out", ""),
+            f"reading where {job_key}'s batch writes")
+        root = store_root(configured, out)
+        return keep_transcript(root, job_key, work.result) if root else None
 
     def _perform(self, job_key: str, records: list[FileRecord], opts: JobOptions, worker: str,
                  workdir: Path) -> Work:
@@ -261,17 +277,11 @@ class JobRunner:
 
     def _deliver_cached(self, job_key: str, records: list[FileRecord]) -> bool:
         """A redelivery of a finished job (e.g. crash after finishing): outputs only, no engine.
-        False when the cached artefact is gone: its result is forgotten, the job must run again."""
+        False when the cached result is gone or changed: it is forgotten, the job must run again."""
         cached = self.store.results([job_key]).get(job_key)
         if cached is None or not records:
             return True
-        try:
-            deliver_success(self.store, job_key, records, cached)
-        except CacheMiss as exc:
-            log.warning("job %s: %s; doing it again", job_key, exc)
-            self.store.forget_result(job_key)
-            return False
-        return True
+        return not deliver_cached(self.store, job_key, records, cached)
 
     def _transcribe(self, records: list[FileRecord], opts: TranscriptionOptions, source: Path,
                     worker: str, workdir: Path) -> Work:
@@ -292,8 +302,8 @@ class JobRunner:
         from batchscribe.worker.convert import convert
 
         converted = convert(source, opts, workdir, stop=self.stop)
-        return Work({"kind": "convert", "duration": converted.duration, "size": converted.size,
-                     "sha256": converted.sha256, "artifact": records[0].output, "engine": "ffmpeg",
+        return Work({"kind": "convert", "duration": converted.duration,
+                     **pointer(records[0].output, converted.size, converted.sha256), "engine": "ffmpeg",
                      "endpoint": self.endpoint.name, "options": opts.to_dict()}, converted.path)
 
     def _engine_log(self, records: list[FileRecord], worker: str) -> Path | None:

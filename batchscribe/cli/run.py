@@ -1,14 +1,15 @@
 """`batchscribe run`: the whole pipeline on one machine (private Redis, local consumers, cleanup).
 
 Everything `run` starts lives in one private folder (`mkdtemp`: a fresh name, mode 0700, under
-$TMPDIR): the private Redis (unix socket only, no TCP port: nobody else can reach it), its data and
-the worker log. On every way out — success, an error, Ctrl-C (SIGINT), SIGTERM, SIGHUP — it is
-stopped in reverse order: supervisor and consumers first (they release their endpoints while Redis
-still answers), then Redis, then the folder. Redis runs in its own session, so a Ctrl-C in the
-terminal reaches `run` only. The worker log is removed after a successful run (and after a usage,
-config or input error: nothing ran) unless --keep-log; when files failed, the run was interrupted
-or Redis failed, it is kept (only it) and its path printed. `--flower [PORT]` adds Flower on
-127.0.0.1 for the length of the run (a password made for the run, printed once); it is stopped first.
+$TMPDIR): the private Redis (unix socket only, no TCP port: nobody else can reach it), its data,
+the result cache its pointers point into, and the worker log. On every way out — success, an
+error, Ctrl-C (SIGINT), SIGTERM, SIGHUP — it is stopped in reverse order: supervisor and
+consumers first (they release their endpoints while Redis still answers), then Redis, then the
+folder. Redis runs in its own session, so a Ctrl-C in the terminal reaches `run` only. The worker
+log is removed after a successful run (and after a usage, config or input error: nothing ran)
+unless --keep-log; when files failed, the run was interrupted or Redis failed, it is kept (only
+it) and its path printed. `--flower [PORT]` adds Flower on 127.0.0.1 for the length of the run (a
+password made for the run, printed once); it is stopped first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, NoReturn
@@ -51,6 +53,7 @@ from batchscribe.common.settings import Settings
 from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX
 
 LOG_NAME = "worker.log"
+RESULTS_NAME = "results"  # the result cache of a private Redis's workers, beside it (`common.cache`)
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -144,6 +147,8 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
                   broker: str | None, append_log: bool = False) -> Iterator[Settings]:
     """Start Redis in `folder` (unless `broker`), the supervisor and its consumers (log:
     `folder/worker.log`); yield the settings; stop them in reverse order (`run`, `watch`).
+    Workers of a private Redis keep their result cache in `folder/results` (its pointers are in that
+    Redis alone); with a `broker`, where the cluster's do (BATCHSCRIBE_RESULT_STORE).
 
     Each part registers its stop before it starts, so whatever happens next unwinds it.
     `append_log`: `watch` keeps one log across restarts in its own 0700 folder.
@@ -154,6 +159,8 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
 
     private = None if broker else PrivateRedis(data_dir=folder / "redis", unix_socket=True)
     settings = settings_for(broker or private.url)  # type: ignore[union-attr]  # bad settings: nothing started
+    if private is not None:  # the result cache lives and goes with the Redis that points into it
+        settings = replace(settings, result_store=str((folder / RESULTS_NAME).resolve()))
     os.environ.setdefault(SCRATCH_ENV, str(folder / "scratch"))  # the local workers' scratch goes with it
     log_path = folder / LOG_NAME
     with ExitStack() as stack:
@@ -178,8 +185,8 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
 def state_folder(kind: str, key: str) -> Path:
     """The kept folder of a one-machine `watch` (`kind` "watch", one per output folder `key`),
     `convert` ("convert", likewise) or `serve --local` ("serve", one per --batchkit-out): its Redis,
-    worker log and lock, kept across
-    restarts so that a restart finds what was done and what is still queued. Mode 0700: its Redis
+    result cache, worker log and lock, kept across restarts so that a restart finds what was done
+    and what is still queued. Mode 0700: its Redis
     socket is guarded by it, as `run`'s is."""
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     real = key if is_blob(key) else os.path.realpath(os.path.expanduser(key))

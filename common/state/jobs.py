@@ -1,6 +1,6 @@
 """Jobs: one unit of engine work (content hash + result-changing options), shared by every input
 with those bytes. Claimed by a producer, started, requeued or finished by deliveries that hold a
-lease on it; its transcript is cached for dedupe hits.
+lease on it; a pointer to its stored result is kept for dedupe hits (`common.cache`).
 
 Life of a job: ``claimed`` (a producer will publish it; expires after claim_ttl) → ``queued`` →
 ``running`` ⇄ ``retrying`` → ``done`` | ``failed``. A running job holds a **lease** (`delivery`,
@@ -141,11 +141,14 @@ class Jobs(StoreBase):
         due = now if due is None else due
         return bool(self._run("hand_back", keys, [job_key, delivery, stamp(now), stamp(due), spec, tag]))
 
-    def finish_job(self, job_key: str, result: dict[str, Any] | None, ttl: int,
+    def finish_job(self, job_key: str, cached: dict[str, Any] | None, ttl: int,
                    error_class: str = "", reason: str = "") -> list[str]:
-        """Record the job's outcome (and cache its result); returns the targets to write for."""
-        state = "done" if result is not None else "failed"
-        blob = pack_result(result) if result is not None else b""
+        """Record the job's outcome: failed with `error_class`, else done, with `cached` (a pointer
+        to its stored result, `common.cache`) kept for dedupe hits for `ttl` seconds (0: for ever);
+        a done job without one (its store could not be written) is simply not cached. Returns the
+        targets to write for."""
+        state = "failed" if error_class else "done"
+        blob = pack_result(cached) if cached is not None and not error_class else b""
         k = self.keys
         r = self._run("finish", [k.job(job_key), k.targets(job_key), k.result(job_key), k.delayed(),
                                  k.delayed_specs()],
@@ -153,12 +156,12 @@ class Jobs(StoreBase):
         return [as_text(t) for t in r]
 
     def forget_result(self, job_key: str) -> None:
-        """Drop a done job's cached result (what it points at is gone): the next claim claims it
+        """Drop a done job's cache pointer (what it points at is gone): the next claim claims it
         again and the next delivery runs it (`redo`)."""
         self.redis.delete(self.keys.result(job_key))
 
     def results(self, job_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Cached results of done jobs (dedupe hits)."""
+        """The cache pointers of done jobs (dedupe hits; `common.cache.load_result` reads them)."""
         if not job_keys:
             return {}
         blobs = cast("list[bytes | None]", self.redis.mget([self.keys.result(jk) for jk in job_keys]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from batchscribe.common.keys import KOMBU_KEYS, KeyPattern, pattern_of
 from batchscribe.common.settings import Settings
-from batchscribe.common.state import StateStore
+from batchscribe.common.state import StateStore, unpack_result
 from batchscribe.private_redis import PrivateRedis
 from tests.support.cli import run_cli
 from tests.support.cluster import VM
@@ -108,3 +108,6 @@ def test_after_retries_a_crash_and_a_hot_swap_every_key_is_declared_and_nothing_
     assert in_flight == {survivor: "0", "c": "0"}, status.stdout
     problems = key_problems(store, patterns)
     assert not problems, "\n".join(problems)
+    pointers = [unpack_result(store.redis.get(raw)) for raw in store.redis.scan_iter(store.keys.result("*"))]
+    assert len(pointers) == 6 and all(set(p) == {"artifact", "size", "sha256"} for p in pointers), \
+        "Redis holds where each transcript is stored, not the transcript (common/cache.py)"

@@ -30,7 +30,7 @@ def test_retry_failed_after_the_input_was_fixed(tmp_path: Path, redis_server, st
         tone_wav(inputs / "broken.wav", 2.25)  # the user fixes the file
         again = run_cli("retry-failed", batch_id, "--wait", broker=redis_server.url)
         assert again.returncode == 0, again.stderr
-        assert "1 failed file(s) queued again — 1 to transcribe" in again.stderr
+        assert "1 failed file(s) queued again — 1 for the workers" in again.stderr
     fixed = json.loads((out / "broken_wav.json").read_text())["AudioFileResults"][0]
     assert fixed["TranscriptionStatus"] == "Succeeded"
     assert fixed["CombinedResults"][0]["Display"] == "duration 2.25 seconds"

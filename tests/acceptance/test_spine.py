@@ -74,6 +74,7 @@ def test_run_transcribes_a_tree_of_formats_on_one_machine(tmp_path: Path) -> Non
     assert "1 skipped" in result.stderr
     assert_transcribed(out, expected)
     assert (out / "calls" / "monday_8k_wav.txt").read_text().strip()
+    assert not (out / ".batchscribe").exists(), "run's result cache went with its private Redis"
     summary = json.loads((out / "run_summary.json").read_text())["overall_summary"]
     assert summary["succeeded"] == 4 and summary["failed"] == 0 and summary["skipped_not_media"] == 1
 
@@ -118,9 +119,10 @@ def test_dedupe_same_bytes_other_names_and_resubmission(tmp_path: Path, redis_se
     third = run_cli("submit", str(inputs), "--out", str(other), "--wait", broker=redis_server.url)
     assert third.returncode == 0 and "3 from cache" in third.stderr
     assert engine_calls(store) == 2  # zero engine calls for both re-submissions
-    for folder in (out, other):
-        assert {p.name for p in folder.iterdir()} == {"a_wav.json", "copy_of_a_wav.json", "c_mp3.json",
-                                                        "run_summary.json"}
+    outputs = {"a_wav.json", "copy_of_a_wav.json", "c_mp3.json", "run_summary.json"}
+    assert {p.name for p in other.iterdir()} == outputs  # answered from the first folder's store
+    assert {p.name for p in out.iterdir()} == outputs | {".batchscribe"}  # the result cache (common/cache.py)
+    assert len(list((out / ".batchscribe" / "results").rglob("*.json.gz"))) == 2
 
 
 def test_two_producers_at_once_transcribe_each_file_once(tmp_path: Path, redis_server, store: StateStore,

@@ -128,6 +128,8 @@ def test_watch_on_one_machine_keeps_its_state_across_a_restart(tmp_path: Path, r
             assert watcher.stop(signal.SIGTERM) == 0, watcher.log()
         folders = list((state / "batchscribe" / "watch").iterdir())
         assert len(folders) == 1 and (folders[0] / "redis").is_dir()
+        assert len(list((folders[0] / "results").rglob("*.json.gz"))) == 1, "its result cache is kept there"
+        assert not (out / ".batchscribe").exists(), "not in the output folder"
         assert processes_in(folders[0]) == [], "its redis-server outlived watch"
         assert "stopped: workers, then Redis" in watcher.log(), watcher.log()
 

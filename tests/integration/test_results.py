@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from batchscribe.common.cache import put_transcript
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.output import success_document, write_document
 from batchscribe.common.state import StateStore
@@ -32,7 +33,9 @@ def test_results_stream_every_file_in_order_page_by_page(store: StateStore, tmp_
         result = {"phrases": [{"DisplayText": f"text of {record.index}", "Offset": 0, "Duration": 10}]}
         write_document(record, success_document(record, result), ["json"])
         store.settle_file(f"b:{record.index}", FileState.DONE)
-    store.finish_job("j2", {"phrases": [{"DisplayText": "from the cache", "Offset": 0, "Duration": 1}]}, 60)
+    cached = put_transcript(str(tmp_path / "store"), "j2",
+                            {"phrases": [{"DisplayText": "from the cache", "Offset": 0, "Duration": 1}]})
+    store.finish_job("j2", cached, 60)
     store.settle_file("b:2", FileState.DONE)  # its output file is gone: rebuilt from the cached result
     store.settle_file("b:3", FileState.FAILED, error_class="permanent", reason="not a WAV file")
 
@@ -56,6 +59,9 @@ def test_results_stream_every_file_in_order_page_by_page(store: StateStore, tmp_
     text = io.BytesIO()
     write_results(rows, "txt", text, terminal=True)
     assert b"caf\\xe9.wav" in text.getvalue() and b"[failed]\npermanent: not a WAV file" in text.getvalue()
+    Path(cached["artifact"]).unlink()  # its cache entry is gone too: no text, and no error
+    assert [r["text"] for r in iter_results(store, "b", 5)][2] == ""
+
     empty = io.BytesIO()
     write_results([], "json", empty)
     assert json.loads(empty.getvalue()) == []

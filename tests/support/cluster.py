@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from batchscribe.common.cache import STORE_FOLDER
 from batchscribe.common.output import output_path
 from batchscribe.common.state import StateStore
 from batchscribe.private_redis import PrivateRedis
@@ -403,9 +404,11 @@ def _check_outputs(verdict: Verdict, audio: AudioSet, out: Path) -> None:
         if (problem := _check_output(path, seconds)) is not None:
             verdict.problems.append(problem)
     # A writer SIGKILLed between creating its temp file and renaming it leaves a hidden `.bs-*.tmp`:
-    # never an output (outputs appear only by rename), so it is not counted as one.
+    # never an output (outputs appear only by rename), so it is not counted as one; nor is the result
+    # cache kept in the output folder (`common.cache`).
+    store = out / STORE_FOLDER
     extra = [p for p in out.rglob("*") if p.is_file() and p not in expected and p.name != "run_summary.json"
-             and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+             and not (p.name.startswith(".") and p.name.endswith(".tmp")) and store not in p.parents]
     if extra:
         names = [p.name for p in extra[:5]]
         verdict.problems.append(f"{len(extra)} unexpected file(s) in the output folder: {names}")

@@ -23,6 +23,13 @@ def test_settings_round_trip_through_the_environment() -> None:
     assert Settings.from_env(settings.to_env()) == settings
 
 
+@pytest.mark.parametrize("given, kept", [("/mnt/nfs/cache", "/mnt/nfs/cache"), ("az://cache/results", "az://cache/results"),
+                                         ("", "")])
+def test_the_result_store_reaches_the_consumers_as_given(given: str, kept: str) -> None:
+    settings = Settings.from_env({"BATCHSCRIBE_RESULT_STORE": given})
+    assert settings.result_store == kept and Settings.from_env(settings.to_env()) == settings
+
+
 @pytest.mark.parametrize("env, message", [
     ({"BATCHSCRIBE_REDIS_URL": "http://x"}, "broker URL must start with redis://"),
     ({"BATCHSCRIBE_REDIS_URL": "redis://127.0.0.1:abc/0"}, "the port must be a number"),
@@ -30,6 +37,10 @@ def test_settings_round_trip_through_the_environment() -> None:
     ({"BATCHSCRIBE_REDIS_URL": "redis://h:6379/zero"}, "the database after the last / must be a number"),
     ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "soon"}, "BATCHSCRIBE_VISIBILITY_TIMEOUT must be"),
     ({"BATCHSCRIBE_VISIBILITY_TIMEOUT": "6"}, "at most half of BATCHSCRIBE_VISIBILITY_TIMEOUT"),
+    ({"BATCHSCRIBE_RESULT_STORE": "cache/results"}, "BATCHSCRIBE_RESULT_STORE must be an absolute path"),
+    ({"BATCHSCRIBE_RESULT_STORE": "az://"}, "BATCHSCRIBE_RESULT_STORE: az://: no container named"),
+    ({"BATCHSCRIBE_RESULT_STORE": "https://a.blob.core.windows.net/c/r?sv=1&sig=secret"},
+     r"BATCHSCRIBE_RESULT_STORE=https://a.blob.core.windows.net/c/r\?… holds a SAS token"),
 ])
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
