@@ -20,7 +20,9 @@ Each round runs every system once on the same files, in an order rotated from ro
 Spans: `whole` = process start → exit (what `time` says); `busy` = first file started → last file
 done (fw/engine: inside the process; run: from `--log-folder`'s run.log, each done attempt's time
 minus its seconds); `startup` = whole start → first file started; `shutdown` = last done → exit.
-CPU = user + system seconds of the process and everything it waited for (ffmpeg, consumers, Redis).
+CPU = user + system seconds of the process and everything it waited for (ffmpeg, consumers, Redis);
+`others` = the share of the machine's cores that everything else kept busy meanwhile (/proc/stat
+minus our CPU): the neighbours' load during that measurement.
 WER: word-weighted over the corpus, normalised as the tests do (tests/support/wer.py).
 Ratios are throughput ratios on the same audio: fw's seconds / the other's seconds, per round
 (paired) and of the medians.
@@ -179,14 +181,20 @@ def _timed_batch(files: Sequence[Path], slots: int, one: Any) -> dict[str, Any]:
 class Result:
     system: str
     round: int
-    load: float
-    whole: float
+    meter: Meter
     busy: float
     startup: float
     shutdown: float
-    cpu: float
     wer: float
     notes: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def whole(self) -> float:
+        return self.meter.ended - self.meter.started
+
+    @property
+    def cpu(self) -> float:
+        return self.meter.cpu
 
 
 def _children_cpu() -> float:
@@ -194,18 +202,39 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall, our CPU (the child and what it waited for) and everyone else's CPU over one measurement."""
+
+    def __enter__(self) -> Meter:
+        self.load = os.getloadavg()[0]
+        self._cpu, self._busy, self.started = _children_cpu(), _machine_busy(), time.time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ended = time.time()
+        self.cpu = _children_cpu() - self._cpu
+        cores = os.cpu_count() or 1
+        others = max(0.0, _machine_busy() - self._busy - self.cpu)
+        self.others = others / (cores * (self.ended - self.started))  # share of the machine
+
+
 def measure_child(kind: str, corpus: Path, slots: int, threads: int, references: dict[str, str],
                   round_no: int) -> Result:
-    load = os.getloadavg()[0]
-    cpu0, started = _children_cpu(), time.time()
-    done = subprocess.run([sys.executable, __file__, "--child", kind, "--corpus", str(corpus),
-                           "--slots", str(slots), "--threads", str(threads)],
-                          capture_output=True, text=True, check=True)
-    ended, cpu = time.time(), _children_cpu() - cpu0
+    with Meter() as meter:
+        done = subprocess.run([sys.executable, __file__, "--child", kind, "--corpus", str(corpus),
+                               "--slots", str(slots), "--threads", str(threads)],
+                              capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return Result(f"{kind} {slots}x{threads}", round_no, load, ended - started,
-                  out["last_done"] - out["first_start"], out["first_start"] - started,
-                  ended - out["last_done"], cpu, corpus_wer(references, out["texts"]))
+    return Result(f"{kind} {slots}x{threads}", round_no, meter, out["last_done"] - out["first_start"],
+                  out["first_start"] - meter.started, meter.ended - out["last_done"],
+                  corpus_wer(references, out["texts"]))
 
 
 RUN_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}):\w+:[^:]+:done (.*) on \S+ attempt \d+ "
@@ -221,11 +250,9 @@ def measure_run(corpus: Path, references: dict[str, str], round_no: int, config:
     out, logs = work / f"out-{round_no}", work / f"logs-{round_no}"
     cmd = [str(VENV_BIN / "batchscribe"), "run", str(corpus), "--out", str(out), "--txt",
            "--log-folder", str(logs), "--keep-log"] + (["--config", config] if config else [])
-    load = os.getloadavg()[0]
-    cpu0, started = _children_cpu(), time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env={**os.environ, "NO_COLOR": "1"})
-    ended, cpu = time.time(), _children_cpu() - cpu0
+    with Meter() as meter:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              env={**os.environ, "NO_COLOR": "1"})
     if done.returncode != 0:
         raise SystemExit(f"batchscribe run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     spans = []
@@ -238,11 +265,11 @@ def measure_run(corpus: Path, references: dict[str, str], round_no: int, config:
         raise SystemExit(f"run.log shows {len(spans)} done files of {len(references)}")
     first, last = min(s for s, _ in spans), max(e for _, e in spans)
     texts = {name: (out / output_name(name, ".txt")).read_text().strip() for name in references}
-    notes = worker_log_marks(done.stderr, started)
+    notes = worker_log_marks(done.stderr, meter.started)
     shutil.rmtree(out, ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
-    return Result("run" + (" (config)" if config else ""), round_no, load, ended - started, last - first,
-                  first - started, ended - last, cpu, corpus_wer(references, texts), notes)
+    return Result("run" + (" (config)" if config else ""), round_no, meter, last - first,
+                  first - meter.started, meter.ended - last, corpus_wer(references, texts), notes)
 
 
 def worker_log_marks(stderr: str, started: float) -> dict[str, float]:
@@ -282,9 +309,10 @@ def corpus_wer(references: dict[str, str], texts: dict[str, str]) -> float:
 def report(results: list[Result], audio: float, files: int) -> None:
     from _common import machine, print_table
 
-    rows = [[r.round, r.system, f"{r.load:.1f}", f"{r.whole:.2f}", f"{r.startup:.2f}", f"{r.busy:.2f}",
-             f"{r.shutdown:.2f}", f"{r.cpu:.1f}", f"{audio / r.busy:.1f}x", f"{r.wer:.3f}"] for r in results]
-    print_table(["round", "system", "load", "whole s", "startup s", "busy s", "shutdown s", "CPU s",
+    rows = [[r.round, r.system, f"{r.meter.load:.1f}", f"{100 * r.meter.others:.0f}%", f"{r.whole:.2f}",
+             f"{r.startup:.2f}", f"{r.busy:.2f}", f"{r.shutdown:.2f}", f"{r.cpu:.1f}",
+             f"{audio / r.busy:.1f}x", f"{r.wer:.3f}"] for r in results]
+    print_table(["round", "system", "load", "others", "whole s", "startup s", "busy s", "shutdown s", "CPU s",
                  "busy x RT", "WER"], rows,
                 title=f"every measurement ({files} files, {audio:.0f} s of audio)")
 
@@ -366,7 +394,7 @@ def main() -> None:
                 results.append(result)
                 print(f"  round {round_no}: {result.system:<14} whole {result.whole:6.2f} s, busy "
                       f"{result.busy:6.2f} s, CPU {result.cpu:5.1f} s, WER {result.wer:.3f} "
-                      f"(load {result.load:.1f})", flush=True)
+                      f"(load {result.meter.load:.1f}, others {100 * result.meter.others:.0f}%)", flush=True)
         report(results, audio, len(references))
 
 
