@@ -306,15 +306,8 @@ def corpus_wer(references: dict[str, str], texts: dict[str, str]) -> float:
 # ---- the report ----------------------------------------------------------------------------------------
 
 
-def report(results: list[Result], audio: float, files: int) -> None:
-    from _common import machine, print_table
-
-    rows = [[r.round, r.system, f"{r.meter.load:.1f}", f"{100 * r.meter.others:.0f}%", f"{r.whole:.2f}",
-             f"{r.startup:.2f}", f"{r.busy:.2f}", f"{r.shutdown:.2f}", f"{r.cpu:.1f}",
-             f"{audio / r.busy:.1f}x", f"{r.wer:.3f}"] for r in results]
-    print_table(["round", "system", "load", "others", "whole s", "startup s", "busy s", "shutdown s", "CPU s",
-                 "busy x RT", "WER"], rows,
-                title=f"every measurement ({files} files, {audio:.0f} s of audio)")
+def summarise(results: list[Result], title: str) -> None:
+    from _common import print_table
 
     systems = list(dict.fromkeys(r.system for r in results))
     reference = next(s for s in systems if s.startswith("fw "))
@@ -333,12 +326,49 @@ def report(results: list[Result], audio: float, files: int) -> None:
         summary.append([system, f"{med(system, 'whole'):.2f}", f"{med(system, 'busy'):.2f}",
                         f"{med(system, 'cpu'):.1f}", f"{med(system, 'wer'):.3f}",
                         f"{med(reference, 'whole') / med(system, 'whole'):.2f}",
-                        f"{min(whole_ratios):.2f}-{max(whole_ratios):.2f}",
+                        _spread(whole_ratios),
                         f"{med(reference, 'busy') / med(system, 'busy'):.2f}",
-                        f"{min(busy_ratios):.2f}-{max(busy_ratios):.2f}"])
-    print_table(["system", "whole s", "busy s", "CPU s", "WER", f"whole vs {reference}", "per round",
-                 f"busy vs {reference}", "per round"], summary,
-                title=f"medians of {len(by_round)} rounds; ratios = throughput relative to {reference}")
+                        _spread(busy_ratios)])
+    print_table(["system", "whole s", "busy s", "CPU s", "WER", f"whole vs {reference}",
+                 "paired: median (range)", f"busy vs {reference}", "paired: median (range)"], summary,
+                title=f"{title}; ratios = throughput relative to {reference}")
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def wait_for_quiet(share: float, patience: float, sample: float = 3.0) -> None:
+    """Until the machine's busy share over `sample` seconds is under `share` (nothing of ours runs
+    now, so all of it is the neighbours'), or `patience` seconds have passed."""
+    cores = os.cpu_count() or 1
+    deadline = time.time() + patience
+    while True:
+        busy = _machine_busy()
+        time.sleep(sample)
+        others = (_machine_busy() - busy) / (cores * sample)
+        if others < share or time.time() > deadline:
+            print(f"  (neighbours at {100 * others:.0f}% of the machine: starting)", flush=True)
+            return
+
+
+def report(results: list[Result], audio: float, files: int, quiet: float = 0) -> None:
+    from _common import machine, print_table
+
+    rows = [[r.round, r.system, f"{r.meter.load:.1f}", f"{100 * r.meter.others:.0f}%", f"{r.whole:.2f}",
+             f"{r.startup:.2f}", f"{r.busy:.2f}", f"{r.shutdown:.2f}", f"{r.cpu:.1f}",
+             f"{audio / r.busy:.1f}x", f"{r.wer:.3f}"] for r in results]
+    print_table(["round", "system", "load", "others", "whole s", "startup s", "busy s", "shutdown s", "CPU s",
+                 "busy x RT", "WER"], rows,
+                title=f"every measurement ({files} files, {audio:.0f} s of audio)")
+
+    summarise(results, f"medians of {len({r.round for r in results})} rounds")
+    if quiet:
+        calm = {r.round for r in results} - {r.round for r in results if r.meter.others >= quiet}
+        if calm:
+            summarise([r for r in results if r.round in calm],
+                      f"the {len(calm)} round(s) in which the neighbours stayed under {100 * quiet:.0f}% "
+                      f"of the machine throughout ({', '.join(map(str, sorted(calm)))})")
     marks = [(r.round, r.notes) for r in results if r.notes]
     if marks:
         keys = list(dict.fromkeys(k for _, n in marks for k in n))
@@ -355,6 +385,10 @@ def main() -> None:
     parser.add_argument("--run-config", default=None, help="also time `run --config FILE`")
     parser.add_argument("--no-engine", action="store_true", help="skip the in-process engine rows")
     parser.add_argument("--no-half", action="store_true", help="skip fw with cores/2 slots x 2 threads")
+    parser.add_argument("--quiet", type=float, default=0, metavar="PCT",
+                        help="before each round, wait (up to --patience s) until the neighbours use under "
+                        "PCT %% of the machine; the summary then also shows the rounds that stayed so")
+    parser.add_argument("--patience", type=float, default=600)
     parser.add_argument("--child", choices=("fw", "engine"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--slots", type=int, default=0, help=argparse.SUPPRESS)
@@ -385,6 +419,8 @@ def main() -> None:
             plan.append(("run", args.run_config))
         results: list[Result] = []
         for round_no in range(1, args.rounds + 1):
+            if args.quiet:
+                wait_for_quiet(args.quiet / 100, args.patience)
             shift = (round_no - 1) % len(plan)
             for kind, how in plan[shift:] + plan[:shift]:
                 if kind == "run":
@@ -395,7 +431,7 @@ def main() -> None:
                 print(f"  round {round_no}: {result.system:<14} whole {result.whole:6.2f} s, busy "
                       f"{result.busy:6.2f} s, CPU {result.cpu:5.1f} s, WER {result.wer:.3f} "
                       f"(load {result.meter.load:.1f}, others {100 * result.meter.others:.0f}%)", flush=True)
-        report(results, audio, len(references))
+        report(results, audio, len(references), args.quiet / 100)
 
 
 if __name__ == "__main__":
