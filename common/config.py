@@ -331,10 +331,11 @@ def converter_endpoint(concurrency: int | None = None) -> Endpoint:
 def default_local_endpoints(cpu_count: int | None = None) -> EndpointSet:
     """What `run` uses with no config: one local endpoint sized to the machine.
 
-    Each Whisper decode uses two threads well, so the slots are half the cores (at least one).
+    One slot per core, one CTranslate2 thread per decode: parallel decodes of separate files beat
+    one decode spread over several threads (whose OpenMP barriers stall whenever a neighbour takes a
+    core), and they overlap each other's ffmpeg and Python work. On 2 cores 2 × 1 ran the same
+    files 2.4× faster than 1 × 2 (bench/bench_local_pipeline.py, docs/benchmarks.md §7).
     """
     cores = cpu_count or os.cpu_count() or 1
-    slots = max(1, cores // 2)
-    endpoint = Endpoint(name="local", engine="local", concurrency=slots, rtf=1.0,
-                        cpu_threads=max(1, cores // slots))
+    endpoint = Endpoint(name="local", engine="local", concurrency=cores, rtf=1.0, cpu_threads=1)
     return EndpointSet(endpoints=(endpoint,), source="<built-in local endpoint>")

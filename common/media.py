@@ -9,7 +9,8 @@ reason a user can act on.
 A truncated file (the header promises more audio than the file holds: a recorder that died, a
 copy cut short) is refused, whatever its format: the producer reads a WAV's header at submit
 (`probe_duration(strict=True)`); the worker compares what any file decodes to with what its header
-states (`stated_duration`, `worker.audio.prepare`). Both say `truncation(...)` + `CUT_SHORT_HINT`.
+states (`stated_duration`, `worker.audio.prepare`: WAV, MP4, MP3, FLAC and Ogg headers are read in
+Python, other formats ask ffprobe). Both say `truncation(...)` + `CUT_SHORT_HINT`.
 """
 
 from __future__ import annotations
@@ -461,6 +462,9 @@ def stated_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT
         stated = iso_bmff_duration(path, head, os.path.getsize(path))
         if stated is not None:
             return stated
+    stated = header_duration(path, head)  # MP3 / FLAC / Ogg headers that settle it
+    if stated is not None:
+        return stated
     done = _run(["ffprobe", "-v", "warning", "-select_streams", "a:0", "-of", "json",
                  "-show_entries", "stream=duration", media_arg(path)], timeout, path)
     if "Estimating duration from bitrate" in done.stderr:
@@ -468,6 +472,104 @@ def stated_duration(path: str | os.PathLike[str], timeout: float = PROBE_TIMEOUT
     streams = json.loads(done.stdout or "{}").get("streams") or [{}]
     stated = streams[0].get("duration")
     return None if stated in (None, "", "N/A") else float(stated)
+
+
+def header_duration(path: str | os.PathLike[str], head: bytes) -> float | None:
+    """What ffprobe reports as the first audio stream's duration, read from the headers of an MP3
+    (the Xing/Info frame's count of frames, as LAME and ffmpeg write it), a FLAC (STREAMINFO's
+    total samples) or an Ogg Vorbis/Opus file (the granule position of its last page); None when
+    they do not settle it — an MP3 without a frame count, CRC-protected or not Layer III, a FLAC
+    that does not state its length, Ogg with several streams or another codec, anything else —
+    and the caller asks ffprobe. No process start: `prepare` asks this of every such input.
+
+    Checked against ffprobe (ffmpeg 5.1) in tests/unit/test_media.py; a copy cut short states
+    what its header promised, so `check_whole` still refuses it.
+    """
+    try:
+        if head[:4] == b"OggS":
+            return _ogg_duration(Path(path), head)
+        offset = _id3v2_size(head)
+        if offset + 64 > len(head):  # a long ID3v2 tag (cover art): its end is past the head
+            with Path(path).open("rb") as fh:
+                fh.seek(offset)
+                head, offset = fh.read(64), 0
+        if head[offset:offset + 4] == b"fLaC":
+            return _flac_duration(head[offset + 4:])
+        return _mp3_duration(head[offset:])
+    except (struct.error, IndexError, OSError):
+        return None
+
+
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version
+
+
+def _id3v2_size(head: bytes) -> int:
+    """Bytes of the ID3v2 tag at the start of an MP3 or FLAC (0 when there is none)."""
+    if head[:3] != b"ID3" or len(head) < 10:
+        return 0
+    size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+    return 10 + size + (10 if head[5] & 0x10 else 0)  # a footer repeats the header
+
+
+def _mp3_duration(frame: bytes) -> float | None:
+    """frames × samples per frame / rate from the Xing/Info tag of the first frame (`frame`)."""
+    if len(frame) < 4 or frame[0] != 0xFF or frame[1] & 0xE0 != 0xE0:
+        return None
+    version, layer, unprotected = (frame[1] >> 3) & 3, (frame[1] >> 1) & 3, frame[1] & 1
+    rate_index, mono = (frame[2] >> 2) & 3, frame[3] >> 6 == 3
+    if version == 1 or layer != 1 or rate_index == 3 or not unprotected:
+        return None
+    side_info = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+    tag = 4 + side_info
+    if frame[tag:tag + 4] not in (b"Xing", b"Info"):
+        return None
+    flags, frames = (int(x) for x in struct.unpack(">II", frame[tag + 4:tag + 12]))
+    if not flags & 1 or not frames:
+        return None
+    samples_per_frame = 1152 if version == 3 else 576
+    return frames * samples_per_frame / _MP3_RATES[version][rate_index]
+
+
+def _flac_duration(blocks: bytes) -> float | None:
+    """total samples / rate from STREAMINFO, the first metadata block (0 samples: not stated)."""
+    if blocks[0] & 0x7F != 0 or int.from_bytes(blocks[1:4], "big") != 34:
+        return None
+    packed = int.from_bytes(blocks[14:22], "big")  # rate 20 bits, channels 3, depth 5, samples 36
+    rate, total = packed >> 44, packed & ((1 << 36) - 1)
+    return total / rate if rate and total else None
+
+
+OGG_TAIL = 1 << 16  # the last page of an Ogg stream lies in its last 64 KiB (pages are ≤ 65,307 bytes)
+
+
+def _ogg_duration(path: Path, head: bytes) -> float | None:
+    """The granule position of the stream's end-of-stream page, which must end the file, / rate
+    (ffprobe's figure: Opus's pre-skip is not taken off)."""
+    segments = head[26]
+    body = 27 + segments
+    serial, packet = head[14:18], head[body:body + 16]
+    if packet[:7] == b"\x01vorbis":
+        rate = int(struct.unpack("<I", packet[12:16])[0])
+    elif packet[:8] == b"OpusHead":
+        rate = 48000
+    else:
+        return None
+    after = body + sum(head[27:body])
+    if head[after:after + 4] == b"OggS" and head[after + 5] & 2:  # another stream begins: ffprobe's call
+        return None
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        fh.seek(max(0, size - OGG_TAIL))
+        tail = fh.read()
+    last = tail.rfind(b"OggS")
+    if last < 0 or last + 27 > len(tail):
+        return None
+    table = last + 27 + tail[last + 26]
+    whole = tail[last + 4] == 0 and tail[last + 5] & 4 and table + sum(tail[last + 27:table]) == len(tail)
+    if not whole or tail[last + 14:last + 18] != serial:  # cut (no end-of-stream page at the end), chained
+        return None
+    granule = int(struct.unpack("<q", tail[last + 6:last + 14])[0])
+    return granule / rate if granule > 0 and rate else None
 
 
 def media_arg(path: str | os.PathLike[str]) -> str:

@@ -90,6 +90,7 @@ def test_truncated_wav_is_refused_like_any_file_cut_short(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("name", "codec", "kind"), [
     ("cut.mp3", CODECS["mp3"], "MP3"),  # the Xing header states the frame count
     ("cut.m4a", (*CODECS["m4a"], "-movflags", "+faststart"), "M4A"),  # moov (durations) up front
+    ("cut.flac", CODECS["flac"], "FLAC"),  # STREAMINFO states the total samples
 ])
 def test_truncated_mp3_and_m4a_are_refused(tmp_path: Path, name: str, codec: tuple[str, ...], kind: str) -> None:
     whole = synthesize(LONG_TEXT, tmp_path / f"whole-{name}", codec=codec)

@@ -15,7 +15,7 @@ from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import TICKS_PER_SECOND, lexical
 from batchscribe.worker.audio import prepare, run_ffmpeg
 from batchscribe.worker.engines.base import PreparedAudio, Recognition
-from batchscribe.worker.engines.local import LocalEngine
+from batchscribe.worker.engines.local import LocalEngine, read_samples
 from tests.support.speech import synthesize
 from tests.support.wer import wer
 
@@ -63,6 +63,25 @@ def test_generated_speech_in_other_formats(engine: LocalEngine, tmp_path: Path, 
     source = synthesize(text, tmp_path / f"review.{ext}", rate=rate, channels=channels)
     result = engine.transcribe(prepare(source, tmp_path / "work"), ENGLISH)
     assert wer(text, text_of(result)) <= 0.25, text_of(result)
+
+
+@pytest.mark.parametrize("name", ["fox.mp3", "support_44k_stereo.wav", "meeting_8k_mono.wav"])
+def test_prepared_audio_is_read_as_faster_whisper_would_decode_it(tmp_path: Path, name: str) -> None:
+    """The engine reads the prepared WAV's samples itself (no PyAV pass, no gc.collect per file):
+    exactly the array faster-whisper's decode_audio makes of the same file."""
+    import numpy as np
+    from faster_whisper.audio import decode_audio
+
+    audio = prepare(ROOT / "samples" / name, tmp_path)
+    samples = read_samples(audio)
+    assert isinstance(samples, np.ndarray) and samples.dtype == np.float32
+    assert np.array_equal(samples, decode_audio(str(audio.path)))
+    assert len(samples) == round(audio.duration * 16000)
+
+
+def test_a_wav_of_another_shape_goes_to_faster_whisper_as_a_path(tmp_path: Path) -> None:
+    source = synthesize(SENTENCE, tmp_path / "speech.wav", rate=22050)
+    assert read_samples(PreparedAudio(path=source, duration=1.0)) == str(source)
 
 
 def test_phrases_have_the_speech_service_shape(engine: LocalEngine, speech: PreparedAudio) -> None:

@@ -75,9 +75,11 @@ def test_ours_keys_and_env_values(tmp_path: Path) -> None:
 
 
 def test_default_local_endpoint_is_sized_to_the_machine() -> None:
-    assert default_local_endpoints(2).endpoints[0].concurrency == 1
+    small = default_local_endpoints(2).endpoints[0]
+    assert small.concurrency == 2 and small.cpu_threads == 1  # one decode per core
     big = default_local_endpoints(16).endpoints[0]
-    assert big.engine == "local" and big.concurrency == 8 and big.cpu_threads == 2
+    assert big.engine == "local" and big.concurrency == 16 and big.cpu_threads == 1
+    assert default_local_endpoints(1).endpoints[0].concurrency == 1
 
 
 SECRET = "0123abcdSECRETvalue"

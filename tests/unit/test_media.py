@@ -21,10 +21,12 @@ from batchscribe.common.media import (
     MEDIA_EXTENSIONS,
     check_file,
     ffprobe_duration,
+    header_duration,
     is_media,
     probe_duration,
     probe_duration_from_head,
     read_wav_header,
+    stated_duration,
     stderr_reason,
 )
 
@@ -364,3 +366,89 @@ def test_iso_bmff_whose_boxes_do_not_add_up_is_left_to_ffprobe(
     monkeypatch.setattr(media, "_run", counted)
     assert outcome(lambda p: probe_duration(p, strict=True), path) == expected
     assert len(runs) == 1
+
+
+# ---- MP3 / FLAC / Ogg durations from their headers (what the worker compares a decode with) -------
+
+TONE = ("-f", "lavfi", "-i", "sine=frequency=440:duration=3.7")
+HEADERS = {  # name -> ffmpeg output arguments; all state their length in a header
+    "mpeg1-stereo.mp3": ("-ar", "44100", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "128k"),
+    "mpeg1-mono-vbr.mp3": ("-ar", "32000", "-ac", "1", "-c:a", "libmp3lame", "-q:a", "6"),
+    "mpeg2-stereo.mp3": ("-ar", "22050", "-ac", "2", "-c:a", "libmp3lame", "-b:a", "48k"),
+    "mpeg2-mono.mp3": ("-ar", "16000", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "32k"),
+    "mpeg25-mono.mp3": ("-ar", "8000", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "16k"),
+    "tagged.mp3": ("-ar", "22050", "-c:a", "libmp3lame", "-metadata", "title=A title", "-metadata",
+                   "artist=Someone"),
+    "long-tag.mp3": ("-ar", "22050", "-c:a", "libmp3lame", "-metadata", "comment=" + "x" * 70_000),
+    "s16.flac": ("-ar", "16000", "-c:a", "flac"),
+    "s24-stereo.flac": ("-ar", "44100", "-ac", "2", "-sample_fmt", "s32", "-c:a", "flac"),
+    "vorbis.ogg": ("-ar", "24000", "-c:a", "libvorbis"),
+    "opus.opus": ("-c:a", "libopus", "-b:a", "24k"),
+}
+UNSETTLED = {  # headers that do not say: ffprobe's call, as before
+    "no-xing.mp3": ("-ar", "44100", "-c:a", "libmp3lame", "-write_xing", "0"),
+    "flac-in-ogg.oga": ("-ar", "16000", "-c:a", "flac"),
+}
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("headers")
+    for name, args in {**HEADERS, **UNSETTLED}.items():
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *TONE, *args, str(folder / name)], check=True)
+    for name in ("mpeg1-stereo.mp3", "s16.flac", "vorbis.ogg", "opus.opus"):
+        data = (folder / name).read_bytes()
+        (folder / f"cut-{name}").write_bytes(data[: len(data) // 3])
+    return folder
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", sorted(HEADERS))
+def test_mp3_flac_and_ogg_headers_state_what_ffprobe_says(headers: Path, name: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    path = headers / name
+    expected = ffprobe_audio_duration(path)
+    assert header_duration(path, path.read_bytes()[:HEAD_BYTES]) == pytest.approx(expected, abs=0.001)
+    without_ffprobe(monkeypatch, tmp_path)  # the worker's check starts no process for them
+    assert stated_duration(path) == pytest.approx(expected, abs=0.001)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["cut-mpeg1-stereo.mp3", "cut-s16.flac"])
+def test_a_copy_cut_short_still_states_its_whole_length(headers: Path, name: str) -> None:
+    """What lets `prepare` refuse it: the header promises more than the file holds, as ffprobe says."""
+    path = headers / name
+    whole = ffprobe_audio_duration(headers / name.removeprefix("cut-"))
+    assert header_duration(path, path.read_bytes()[:HEAD_BYTES]) == pytest.approx(whole, abs=0.001)
+    assert ffprobe_audio_duration(path) == pytest.approx(whole, abs=0.001)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", [*sorted(UNSETTLED), "cut-vorbis.ogg", "cut-opus.opus"])
+def test_headers_that_do_not_settle_it_are_left_to_ffprobe(headers: Path, name: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No frame count (ffmpeg would estimate from the bit rate), FLAC inside Ogg, an Ogg cut short
+    (no end-of-stream page ends it): not guessed at; ffprobe runs, as before."""
+    path = headers / name
+    assert header_duration(path, path.read_bytes()[:HEAD_BYTES]) is None
+    runs: list[object] = []
+    run = media._run
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        runs.append(args)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(media, "_run", counted)
+    try:
+        stated_duration(path)
+    except AudioError:
+        pass  # ffprobe gives up on some cut Ogg files: the worker then has nothing to compare with
+    assert len(runs) == 1
+
+
+@pytest.mark.parametrize("data", [b"", b"ID3", b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f", b"\xff\xfb\x90",
+                                  b"fLaC\x00\x00\x00\x22" + b"\x00" * 30, b"OggS" + b"\x00" * 40,
+                                  bytes(range(256)) * 4])
+def test_junk_headers_settle_nothing(tmp_path: Path, data: bytes) -> None:
+    path = write(tmp_path, "junk", data)
+    assert header_duration(path, data) is None

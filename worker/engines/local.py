@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import AudioError, ConfigError, PermanentError, ProcessingError, TransientError
+from batchscribe.common.media import read_wav_header
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import lexical, ticks
 from batchscribe.worker.engines.base import EngineStopped, PreparedAudio, ProgressCallback, Recognition
@@ -118,7 +119,8 @@ class LocalEngine:
         model = self.load()
         language = self._whisper_language(model, options)
         try:
-            segments, info = model.transcribe(str(audio.path), language=language, beam_size=BEAM_SIZE,
+            samples = read_samples(audio)
+            segments, info = model.transcribe(samples, language=language, beam_size=BEAM_SIZE,
                                               word_timestamps=options.word_timestamps, vad_filter=True)
             phrases = []
             for segment in segments:  # a lazy generator: decoding happens while iterating
@@ -153,6 +155,26 @@ class LocalEngine:
         if len(served) == 1:
             return codes[0]
         return None if options.candidate_languages else codes[0]
+
+
+def read_samples(audio: PreparedAudio) -> Any:
+    """The prepared WAV as faster-whisper's input: float32 samples in [-1, 1), 16 kHz mono.
+
+    `prepare()` wrote (or linked) 16-bit PCM mono at 16 kHz, so this is its data chunk divided by
+    32768 — the very array faster-whisper's own `decode_audio(path)` returns, without running
+    PyAV's decoder and resampler over it and then a full `gc.collect()` (faster-whisper #390):
+    ~20 ms per file in a consumer's heap, holding the GIL that the other slots' decodes need.
+    A WAV of another shape (not from `prepare`) goes to faster-whisper as a path, as before.
+    """
+    import numpy as np
+
+    info = read_wav_header(audio.path)
+    if (info.format_tag, info.channels, info.bits, info.sample_rate) != (1, 1, 16, audio.sample_rate):
+        return str(audio.path)
+    with audio.path.open("rb") as fh:
+        fh.seek(info.data_offset)
+        data = fh.read(info.data_size - info.data_size % 2)
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def to_phrase(segment: Segment, with_words: bool) -> dict[str, Any] | None:
@@ -192,6 +214,6 @@ def _translate(exc: Exception) -> ProcessingError | EngineStopped:
         return exc
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "bad_alloc" in str(exc):
         return TransientError(f"local engine ran out of memory: {exc}")
-    if type(exc).__module__.startswith("av"):
+    if type(exc).__module__.startswith("av") or isinstance(exc, OSError):
         return AudioError(f"cannot decode prepared audio: {exc}")
     return TransientError(f"local engine failed: {type(exc).__name__}: {exc}")
