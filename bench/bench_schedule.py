@@ -46,8 +46,10 @@ import argparse
 import bisect
 import json
 import math
+import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -296,6 +298,19 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def children_seconds() -> float:
+    """CPU seconds of this process's waited-for descendants (`run` and, through it, its consumers
+    and Redis)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds of a live process (and its waited-for children), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def log_times(text: str, pattern: str) -> list[float]:
     """Wall-clock times of the Celery log lines (local time, ms) whose message matches `pattern`."""
     wanted = re.compile(pattern)
@@ -370,6 +385,9 @@ class ColdBench:
         for emulator in self.emulators.values():
             emulator.stop()
 
+    def emulator_cpu(self) -> float:
+        return sum(process_seconds(emu.proc.pid) for emu in self.emulators.values())
+
     def sessions(self) -> dict[str, list[dict[str, Any]]]:
         return {name: emu.stats(emu.ports[0])["sessions"] for name, emu in self.emulators.items()}
 
@@ -385,6 +403,8 @@ class ColdBench:
         shutil.rmtree(out, ignore_errors=True)
         stderr_path = self.work / f"run-{label}.stderr"
         load_before = loadavg()
+        emulator_cpu = self.emulator_cpu()
+        children_cpu = children_seconds()
         with open(stderr_path, "wb") as stderr:
             started = time.time()
             proc = subprocess.run([str(BIN), "run", str(folder), "--out", str(out), "--config",
@@ -392,6 +412,8 @@ class ColdBench:
                                   stderr=stderr, cwd=ROOT, env=cli_env(),
                                   timeout=max(600.0, 20 * result.ideal))
             exited = time.time()
+        run_cpu = children_seconds() - children_cpu
+        emulator_cpu = self.emulator_cpu() - emulator_cpu
         result.code = proc.returncode
         said = stderr_path.read_text(errors="replace")
         if proc.returncode != 0:
@@ -434,6 +456,8 @@ class ColdBench:
         rows = {
             "exit code": str(result.code),
             "load average (1 min) before → after": f"{load_before:.1f} → {loadavg():.1f}",
+            "CPU s: run + consumers + Redis; emulators":
+                f"{run_cpu:.1f}; {emulator_cpu:.1f} ({(run_cpu + emulator_cpu) / result.wall:.2f} cores)",
             "start-up: command start → first session s": f"{first_open - started:.2f}",
             "  command start → batch created (submit) s": f"{created - started:.2f}",
             "  command start → consumers ready (first, last) s":

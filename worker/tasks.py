@@ -57,6 +57,7 @@ from batchscribe.worker.jobs import Delivery, JobRunner, Outcome
 from batchscribe.worker.leases import LeaseKeeper
 from batchscribe.worker.liveness import ConsumerPresence
 from batchscribe.worker.outage import redis_errors_in_one_line
+from batchscribe.worker.placement import Placement
 from batchscribe.worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,12 @@ class ConsumerRuntime:
                 store = StateStore.connect(self.settings, check=False)
                 scratch = Scratch.for_node(self.node or endpoint.name)
                 scratch.clean_leftovers()  # what a SIGKILLed predecessor left
-                self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping, scratch=scratch)
+                self._runner = JobRunner(self.settings, store, endpoint, stop=self.stopping, scratch=scratch,
+                                         placement=Placement(store, endpoint))
                 presence = ConsumerPresence(store, self.node, endpoint.name, self.queues,
                                             self.settings.lease_ttl,
-                                            concurrency=endpoint.concurrency) if self.node else None
+                                            concurrency=endpoint.concurrency,
+                                            rtf=endpoint.rtf) if self.node else None
                 self._leases = LeaseKeeper(store, self.settings.lease_ttl, self.settings.heartbeat,
                                            presence=presence).start()
                 log.info("consumer serves endpoint %s (%s, concurrency %d)",
