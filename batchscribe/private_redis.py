@@ -78,6 +78,14 @@ class PrivateRedis:
                                  "socket; set TMPDIR to a shorter folder (e.g. /tmp)")
 
     def start(self, timeout: float = 10.0) -> PrivateRedis:
+        """Start the server and wait until it answers."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> PrivateRedis:
+        """Start the server without waiting for it (`wait_ready` does): `run` starts its consumers
+        meanwhile."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise StateError("redis-server is not installed (apt-get install redis-server), "
@@ -90,12 +98,16 @@ class PrivateRedis:
                 "--logfile", str(self.data_dir / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=_terminate_with_parent)
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the launched server answers a PING; StateError (and nothing left running) if it exits
+        or stays silent for `timeout` seconds, or if the wait is interrupted."""
         try:
             self._wait_ready(timeout)
         except BaseException:  # not answering, or interrupted while waiting: leave nothing running
             self.stop(kill=True)
             raise
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
@@ -108,7 +120,7 @@ class PrivateRedis:
                     if client.ping():
                         return
                 except redis.RedisError:
-                    time.sleep(0.05)
+                    time.sleep(0.01)
         finally:
             client.close()
         where = self.socket_path if self.unix_socket else f"port {self.port}"
@@ -119,7 +131,7 @@ class PrivateRedis:
             return
         if kill:
             self.proc.kill()
-        else:
+        elif not self._shutdown_command():
             self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
@@ -127,6 +139,21 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    def _shutdown_command(self) -> bool:
+        """Ask with SHUTDOWN, which Redis obeys at once (flushing its AOF as on SIGTERM); a SIGTERM it
+        only notices at its next cron tick, up to 100 ms later (measured: 120 ms, 8 ms with the
+        command). False when it cannot be asked (not answering): then SIGTERM."""
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=2)
+        try:
+            client.shutdown(nosave=True)  # no RDB snapshots here (--save ""); the AOF is flushed anyway
+        except redis.ConnectionError:  # the server closing the connection as it exits: done
+            return True
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+        return True
 
     def close(self) -> None:
         self.stop()

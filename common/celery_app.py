@@ -9,6 +9,8 @@ from celery import Celery
 from batchscribe.common.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, KOMBU_UNACKED_MUTEX_EXPIRE
 from batchscribe.common.settings import Settings
 
+KOMBU_BRPOP_TIMEOUT = 1.0  # kombu's Redis transport `brpop_timeout`
+
 
 def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
     """A Celery app wired to the settings' Redis. Never registered as the global current app.
@@ -34,6 +36,10 @@ def make_app(settings: Settings, name: str = "batchscribe") -> Celery:
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
+    if settings.broker_poll != KOMBU_BRPOP_TIMEOUT:
+        # The BRPOP timeout (common.settings). Only when asked: for kombu's synchronous loops (Flower's
+        # event receiver) `polling_interval` is also a sleep between two empty polls.
+        transport["polling_interval"] = settings.broker_poll
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

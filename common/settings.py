@@ -55,6 +55,10 @@ class Settings:
     # `submit --wait` and `run` stop waiting (exit 3) once Redis has not answered for this long;
     # the batch itself goes on.
     wait_redis_timeout: float = 300.0
+    # How long an idle consumer's BRPOP blocks before it asks again (kombu's `polling_interval`;
+    # its default is 1 s). A planned stop waits for the BRPOP under way (kombu reads its reply, which
+    # may hold a message), so this bounds how long a stopping consumer takes; `run` uses 0.1 s.
+    broker_poll: float = 1.0
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod
@@ -90,6 +94,9 @@ class Settings:
             raise ConfigError(f"BATCHSCRIBE_WAIT_REDIS_TIMEOUT must be a positive number of seconds, "
                               f"got {self.wait_redis_timeout}")
         _check_result_store(self.result_store)
+        if not 0 < self.broker_poll <= 10:
+            raise ConfigError(f"BATCHSCRIBE_BROKER_POLL must be more than 0 and at most 10 seconds, "
+                              f"got {self.broker_poll}")
         if self.lease_ttl < self.heartbeat * 2:
             raise ConfigError(f"BATCHSCRIBE_LEASE_TTL ({self.lease_ttl}) must be at least twice "
                               f"BATCHSCRIBE_HEARTBEAT ({self.heartbeat})")
@@ -171,7 +178,8 @@ _INT_VARS = (("visibility_timeout", "BATCHSCRIBE_VISIBILITY_TIMEOUT"),
 
 # (field, environment variable) of the settings that are numbers with a fraction.
 _FLOAT_VARS = (("heartbeat", "BATCHSCRIBE_HEARTBEAT"),
-               ("wait_redis_timeout", "BATCHSCRIBE_WAIT_REDIS_TIMEOUT"))
+               ("wait_redis_timeout", "BATCHSCRIBE_WAIT_REDIS_TIMEOUT"),
+               ("broker_poll", "BATCHSCRIBE_BROKER_POLL"))
 
 # (RetryPolicy field, environment variable, parser), shared by from_env and to_env.
 _RETRY_VARS: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (

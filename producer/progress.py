@@ -1,7 +1,11 @@
 """Follow a batch to its end for `submit --wait`, `retry-failed --wait` and `run`: the display
 (`producer.display`: live on a terminal, plain lines otherwise) and `run.log` (`producer.runlog`).
 (`run_summary.json` is kept fresh by the workers' supervisors, `common.summary.refresh_live`: a
-rewrite of a huge batch must not freeze the display, and the batch may have nobody waiting.)"""
+rewrite of a huge batch must not freeze the display, and the batch may have nobody waiting.)
+
+The display is redrawn every `interval` (0.5 s); in between, only the batch's counters are read,
+every SETTLED_POLL, so that the end of the batch is seen within 50 ms rather than within half a
+second: `run` stops its workers, and the command returns, that much sooner."""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from batchscribe.common.errors import RedisUnavailableError
 from batchscribe.common.models import options_from_dict
 from batchscribe.common.queues import queue_for
 from batchscribe.common.state import StateStore
+from batchscribe.common.summary import batch_complete
 from batchscribe.producer.display import Display, Progress, plain_line
 from batchscribe.producer.runlog import RunLog
 from batchscribe.producer.status import BatchView, load_view
 
 IN_FLIGHT_EVERY = 2.0  # seconds between reads of the endpoints' in-flight counts
+SETTLED_POLL = 0.05  # seconds between reads of the batch's counters while the display waits
 
 
 def progress_of(view: BatchView, in_flight: dict[str, int], title: str = "transcribing") -> Progress:
@@ -102,4 +108,17 @@ def _follow(store: StateStore, batch_id: str, display: Display, interval: float,
             if run_log is not None:
                 run_log.note(f"batch {batch_id}: {plain_line(progress)}")
             return view
-        time.sleep(interval)
+        settle_wait(store, batch_id, interval)
+
+
+def settle_wait(store: StateStore, batch_id: str, seconds: float) -> None:
+    """Sleep `seconds`, or less: until the batch's counters say every file has settled (one HGETALL
+    of its header every SETTLED_POLL). A Redis error ends the wait; the caller's next read meets it."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(SETTLED_POLL, left))
+        try:
+            if batch_complete(store.batch(batch_id)):
+                return
+        except RedisUnavailableError:
+            return

@@ -31,7 +31,8 @@ EVENTS_PER_READ = 1000
 FORMAT = "%(asctime)s.%(msecs)03d:%(levelname)s:%(processName)s:%(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LEVELS = {"done": logging.INFO, "cached": logging.INFO, "error": logging.WARNING, "crash": logging.WARNING,
-           "deferred": logging.INFO, "handback": logging.INFO, "failed": logging.ERROR}
+           "deferred": logging.INFO, "handback": logging.INFO, "yielded": logging.INFO,
+           "failed": logging.ERROR}
 
 
 def event_cursor(store: StateStore) -> str:

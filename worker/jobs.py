@@ -35,19 +35,22 @@ from batchscribe.common.errors import (
     ErrorClass,
     ProcessingError,
     RedisUnavailableError,
+    StateError,
     TransientError,
 )
 from batchscribe.common.models import FileRecord, JobOptions, TranscriptionOptions, options_from_dict
 from batchscribe.common.names import output_name, printable
 from batchscribe.common.outcomes import deliver_cached, deliver_failure, deliver_success, records_for
-from batchscribe.common.publish import TaskSpec
-from batchscribe.common.queues import queue_for
+from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.queues import endpoint_queue, queue_for
 from batchscribe.common.settings import RetryPolicy, Settings
 from batchscribe.common.state import JobStart, StateStore
 from batchscribe.worker.engines import build_engine
 from batchscribe.worker.engines.base import Engine, EngineStopped
 from batchscribe.worker.health import HealthGate
 from batchscribe.worker.inputs import local_input
+from batchscribe.worker.placement import FALLBACK as YIELD_FALLBACK
+from batchscribe.worker.placement import Placement
 from batchscribe.worker.scratch import Scratch
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ BOUNCE_DELAY = 0.3
 
 # What became of one delivery (for logs and tests).
 Verdict = Literal["done", "failed", "requeued", "deferred", "bounced", "cached", "stale", "superseded",
-                  "cancelled", "handback"]
+                  "cancelled", "handback", "yielded"]
 REASON_SHOWN = 300  # characters of an error's reason in a task's result (the output has all of it)
 
 
@@ -154,15 +157,18 @@ class JobRunner:
 
     def __init__(self, settings: Settings, store: StateStore, endpoint: Endpoint,
                  engine: Engine | None = None, stop: threading.Event | None = None,
-                 gate: HealthGate | None = None, scratch: Scratch | None = None) -> None:
+                 gate: HealthGate | None = None, scratch: Scratch | None = None,
+                 placement: Placement | None = None) -> None:
         self.settings = settings
         self.store = store
         self.endpoint = endpoint
         self.stop = stop or threading.Event()  # set when the consumer is told to stop (planned)
         self.gate = gate or HealthGate(store, endpoint.name)
         self.scratch = scratch or Scratch.for_node(endpoint.name)
+        self.placement = placement  # None: every file runs where it lands (worker.placement)
         self._engine = engine
         self._engine_lock = threading.Lock()
+        self._publisher: Publisher | None = None
 
     @property
     def engine(self) -> Engine:
@@ -196,6 +202,10 @@ class JobRunner:
                       error_class=ErrorClass.ENDPOINT.value, reason=closed)
             return self._requeue(delivery, ErrorClass.ENDPOINT, closed, spend=False,
                                  delay=ENDPOINT_REQUEUE_DELAY)
+        if self.placement is not None and not start.first_started_at:  # a first start only: once
+            home = self.placement.better_home(delivery.pool_spec())
+            if home is not None:
+                return self._yield(delivery, records, start.attempts, home)
         opts = options_from_dict(delivery.options)
         began = time.time()
         with self.scratch.workdir() as workdir:
@@ -381,6 +391,31 @@ class JobRunner:
         reason = "the consumer was stopped (planned); another one starts it"
         self._log(delivery.job_key, records, "handback", attempt=attempt - 1, reason=reason)
         return Outcome("handback", reason)
+
+    def _yield(self, delivery: Delivery, records: list[FileRecord], attempt: int, home: str) -> Outcome:
+        """Leave the file to the faster endpoint `home` (`worker.placement`): handed back (queued, the
+        attempt undone) with a fallback copy for the pool, then pinned to `home`'s own queue."""
+        fallback = delivery.pool_spec()
+        if not self.store.hand_back_job(delivery.job_key, delivery.id, fallback.to_json(),
+                                        due=self.store.clock() + YIELD_FALLBACK):
+            return _SUPERSEDED
+        try:
+            self.publisher().publish([delivery.spec(endpoint_queue(home))])
+        except StateError as exc:  # the fallback copy puts it back on the pool
+            log.warning("could not pin %s to %s (%s); it goes back to the pool in %.0f s",
+                        delivery.job_key, home, exc, YIELD_FALLBACK)
+        reason = f"{home} ends it sooner (longest files to the fastest endpoints)"
+        self._log(delivery.job_key, records, "yielded", attempt=attempt - 1, reason=reason)
+        return Outcome("yielded", reason)
+
+    def publisher(self) -> Publisher:
+        """The task publisher of `_yield`, made on first use (most consumers never yield)."""
+        with self._engine_lock:
+            if self._publisher is None:
+                from batchscribe.common.celery_app import make_app
+
+                self._publisher = Publisher(make_app(self.settings, "batchscribe-placement"))
+            return self._publisher
 
     def _fail(self, job_key: str, records: list[FileRecord], cls: ErrorClass, reason: str,
               attempt: int) -> Outcome:

@@ -23,7 +23,7 @@ class ConsumerPresence:
     """One consumer's heartbeat writer."""
 
     def __init__(self, store: StateStore, node: str, endpoint: str, queues: Sequence[str], ttl: float,
-                 clock: Callable[[], float] = time.time, concurrency: int = 0) -> None:
+                 clock: Callable[[], float] = time.time, concurrency: int = 0, rtf: float = 0.0) -> None:
         self.store = store
         self.node = node
         self.endpoint = endpoint
@@ -31,10 +31,12 @@ class ConsumerPresence:
         self.ttl = ttl
         self.clock = clock
         self.concurrency = concurrency
+        self.rtf = rtf
 
     def beat(self, running: Sequence[LeaseItem]) -> None:
         self.store.beat_consumer(ConsumerBeat(self.node, self.endpoint, os.getpid(), self.queues,
-                                              round(self.clock(), 3), tuple(running), self.concurrency),
+                                              round(self.clock(), 3), tuple(running), self.concurrency,
+                                              self.rtf),
                                  self.ttl)
 
     def leave(self) -> None:

@@ -49,6 +49,7 @@ from batchscribe.worker.pool import KILL_RETRY, Pool, PopenConsumer, Spawn
 log = logging.getLogger(__name__)
 
 LOOP = 0.25  # seconds between reaps of the pool
+STOP_POLL = 0.02  # seconds between reaps while stopping: `run` exits as soon as its consumers have
 SUMMARY_JOIN = 60.0  # seconds a stopping supervisor waits for a run-summary rewrite under way
 
 
@@ -118,6 +119,15 @@ class Supervisor:
         # moves it), as for every time written to Redis; not self.clock, which is monotonic.
         self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(self.store.clock(), 3), self.pool.slots(),
                                   dict(self.pool.restarts)), self.owner_ttl)
+
+    def prestart(self) -> None:
+        """Start a consumer for every endpoint of the set now, before Redis answers: for a VM that
+        alone uses its Redis (`run`, `watch`, `serve --local` on their private one, where this VM
+        owns every endpoint). A consumer spends ~0.5 s importing before it connects, while the Redis
+        it will use starts in ~50 ms; the first tick then finds them running and keeps what it
+        wants (an endpoint it would not run — down, or not owned after all — gets its planned stop,
+        as in any tick)."""
+        self.pool.reconcile({e.name: e for e in self.desired()})
 
     def _tick_safely(self) -> None:
         try:
@@ -213,11 +223,13 @@ class Supervisor:
         self._start_background()
         next_tick = 0.0
         try:
-            while not self._stop.wait(LOOP):
+            while True:  # the first tick at once: consumers start now, not one LOOP later
                 self.pool.check()
                 if self.clock() >= next_tick:
                     self._tick_safely()
                     next_tick = self.clock() + self.poll_interval
+                if self._stop.wait(LOOP):
+                    break
         finally:
             self._shutdown()
 
@@ -228,13 +240,18 @@ class Supervisor:
     def stopped_by_failure(self) -> bool:
         return self._failed
 
+    def shutdown(self) -> None:
+        """The end of `run` without `run` having started (Redis never answered): stop what
+        `prestart` started."""
+        self._shutdown()
+
     def _shutdown(self) -> None:
         """Planned stop of every consumer, kill after the grace period, give endpoints back."""
         self.pool.stop_all()
         deadline = self.clock() + self.grace + 2 * KILL_RETRY
         while self.pool.consumers and self.clock() < deadline:
             self.pool.check()
-            time.sleep(0.1)
+            time.sleep(STOP_POLL)
         self.health.close()
         if self._summary_thread is not None:  # a rewrite under way finishes (or removes its temp file)
             self._summary_thread.join(timeout=SUMMARY_JOIN)

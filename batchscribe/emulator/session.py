@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class Session:
 
     def _on_text(self, frame: Frame) -> None:
         if frame.path == "speech.config":
+            self.info.configured = self.info.configured or time.time()
             self.info.config = frame.json()
         elif frame.path == "speech.context":
             self.info.context = frame.json()
@@ -94,6 +96,10 @@ class Session:
             turn = self._start_turn(rid)
         before = len(turn.audio.pcm)
         turn.audio.add(frame)
+        if not self.info.first_audio:
+            self.info.first_audio = time.time()
+        if turn.audio.ended and not self.info.audio_ended:
+            self.info.audio_ended = time.time()
         self.info.audio_seconds += (len(turn.audio.pcm) - before) / BYTES_PER_SECOND
         if self.fault is FaultMode.CLOSE1011 and turn.audio.pcm:
             await self.ws.close(1011, "injected fault: internal error")
@@ -125,6 +131,7 @@ class Session:
                 await self._send("speech.phrase", rid, phrase)
                 self.info.phrases += 1
             await self._send("turn.end", rid, {})
+            self.info.answered = time.time()
         except ConnectionClosed:
             pass
         except Exception:  # a bug here must show, not hang the client silently

@@ -26,7 +26,15 @@ class SessionInfo:
     audio_seconds: float = 0.0
     phrases: int = 0
     outcome: str = "open"
+    # Wall-clock times (time.time(), comparable across processes) of the session's phases, 0 until
+    # they happen: the upgrade request admitted, speech.config, the first and the closing audio
+    # frame (of the first turn), turn.end sent (of the last turn), the connection closed. They say
+    # where a session's time goes beyond audio / rtf (bench/bench_schedule.py).
     started: float = field(default_factory=time.time)
+    configured: float = 0.0
+    first_audio: float = 0.0
+    audio_ended: float = 0.0
+    answered: float = 0.0
     ended: float = 0.0
 
     @classmethod

@@ -51,13 +51,15 @@ class ConsumerBeat:
     beat_at: float
     deliveries: tuple[LeaseItem, ...] = ()  # what it runs now
     concurrency: int = 0  # files it runs at once at most (its endpoint's concurrency)
+    rtf: float = 0.0  # its endpoint's speed, × real time (0: unknown) — `worker.placement` reads it
 
     @classmethod
     def from_json(cls, raw: str) -> ConsumerBeat:
+        """Fields a newer version added are left out, so a rolling upgrade can read them."""
         data: dict[str, Any] = json.loads(raw)
         data["queues"] = tuple(data.get("queues", ()))
         data["deliveries"] = tuple(LeaseItem(**d) for d in data.get("deliveries", ()))
-        return cls(**data)
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def _json(record: Any) -> str:

@@ -75,6 +75,12 @@ POLL_SECONDS = 0.2  # watchdog and progress granularity; completion itself wakes
 PUSH_LEAD = 10.0  # seconds of audio the push writer may run ahead of the throttled upload
 PUSH_PACE = 1.5  # the writer's pace relative to the SDK's rtf throttle (which overshoots by ~16 %)
 REAPER_PUT_TIMEOUT = 30.0
+# Audio the SDK sends before its throttle applies. With 0 the throttled SDK held the first audio
+# frame back ~42 ms after speech.config, on every file and whatever the rtf (at 50-500 ms still;
+# from 1,000 ms it goes out at once): ~half of a file's session overhead (bench/bench_schedule.py,
+# docs/emulator.md). One second of audio ahead of real-time pacing is far inside the ~30 s the SDK
+# itself holds unacknowledged, and a container decodes at its own pace whatever it has received.
+THROTTLE_LEAD_MS = 1000
 
 
 def _cancellation_error(code: sdk.CancellationErrorCode, details: str, phrases: int) -> ProcessingError:
@@ -303,7 +309,7 @@ class AzureEngine:
         config.set_profanity(_PROFANITY[options.profanity])
         throttle = str(max(1, int(ep.rtf * 100)))  # percent of real time; the SDK overshoots by 6-16 %
         config.set_property_by_name("SPEECH-AudioThrottleAsPercentageOfRealTime", throttle)
-        config.set_property_by_name("SPEECH-TransmitLengthBeforeThrottleMs", "0")
+        config.set_property_by_name("SPEECH-TransmitLengthBeforeThrottleMs", str(THROTTLE_LEAD_MS))
         config.set_property_by_name("SPEECH-StopRecognitionTimeoutInSeconds", str(self.stop_timeout))
         return config
 
