@@ -52,14 +52,37 @@ from batchscribe.common.queues import TRANSCRIBE_TASK
 from batchscribe.common.settings import redact
 from batchscribe.common.state import describe
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED: dict[str, Any] = {}  # callbacks, errbacks, chain, chord: none (`celery_app.CompactAMQP`)
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
+
+
+def input_ref(index: int) -> str:
+    """A task's first argument when it names the input that published it (`index` of its `batch`)
+    instead of the job's 81-character key: the worker reads the key from that input's record
+    (`resolve_ref`), and each queued message is ~130 bytes smaller."""
+    return f"@{index}"
+
+
+def is_input_ref(job_key: str) -> bool:
+    return job_key.startswith("@")
+
+
+def message_task(raw: bytes | str) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) of a task message as kombu's Redis transport stores it (its body base64 or
+    JSON text, as its envelope says). Raises ValueError, KeyError, TypeError for anything else."""
+    envelope = json.loads(raw)
+    body: Any = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs = json.loads(body)[:2]
+    return list(args), dict(kwargs)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One Celery task = one unique file (job). `path` and `batch` are the input and batch that
-    published it (the job may serve others too): what Flower shows and searches by."""
+    published it (the job may serve others too): what Flower shows and searches by. `job_key` is
+    the job's key, or `input_ref` of that input; `options` may leave out what is the default."""
 
     job_key: str
     options: dict[str, Any]
@@ -312,7 +335,8 @@ class _MessageBuilder:
         self.options_cache: dict[int, tuple[Any, str, str | None]] = {}  # id -> (options, JSON, repr tail)
         self.hostname = hostname
         self.event_exchange = app.conf.event_exchange
-        self.thread_oid = app.thread_oid
+        # how kombu's channel encodes bodies (the app's transport option; None: JSON text as it is)
+        self.body_encoding = (app.conf.broker_transport_options or {}).get("body_encoding", "base64")
         self._templates: dict[str, tuple[_Template, _Template]] = {}  # task name -> (message, event body)
         m = _mark
         self.event = _Template({
@@ -320,7 +344,7 @@ class _MessageBuilder:
             "headers": {"hostname": hostname},
             "properties": {"delivery_mode": 1,
                            "delivery_info": {"exchange": self.event_exchange, "routing_key": "task.sent"},
-                           "priority": 0, "body_encoding": "base64", "delivery_tag": m("tag")},
+                           "priority": 0, "body_encoding": self.body_encoding, "delivery_tag": m("tag")},
         })
 
     def _for(self, task: str) -> tuple[_Template, _Template]:
@@ -328,17 +352,15 @@ class _MessageBuilder:
         found = self._templates.get(task)
         if found is None:
             m, hostname = _mark, self.hostname
+            # What `celery_app.CompactAMQP` (headers a worker would assume left out) and kombu's
+            # channel make of `send_task`.
             message = _Template({
                 "body": m("body"), "content-encoding": "utf-8", "content-type": "application/json",
-                "headers": {"lang": "py", "task": task, "id": m("id"), "shadow": None, "eta": None,
-                            "expires": None, "group": None, "group_index": None, "retries": 0,
-                            "timelimit": [None, None], "root_id": m("id"), "parent_id": None,
-                            "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr"), "origin": hostname,
-                            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
-                            "stamps": {}},
-                "properties": {"correlation_id": m("id"), "reply_to": self.thread_oid, "delivery_mode": 2,
+                "headers": {"task": task, "id": m("id"), "root_id": m("id"),
+                            "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr")},
+                "properties": {"correlation_id": m("id"), "delivery_mode": 2,
                                "delivery_info": {"exchange": "", "routing_key": m("queue")}, "priority": 0,
-                               "body_encoding": "base64", "delivery_tag": m("tag")},
+                               "body_encoding": self.body_encoding, "delivery_tag": m("tag")},
             })
             event_body = _Template({
                 "hostname": hostname, "utcoffset": m("utcoffset"), "pid": m("pid"), "clock": m("clock"),
@@ -358,18 +380,24 @@ class _MessageBuilder:
         kwargsrepr = self._kwargs_repr(path, duration, spec.batch)
         body = _BODY.fill({"job_key": _json_str(job_key), "options": options_json, "path": _json_str(path),
                            "duration": json.dumps(duration), "batch": _json_str(spec.batch)})
-        values = {"body": '"' + base64.b64encode(body.encode()).decode() + '"', "id": _json_str(task_id),
+        values = {"body": self._body(body), "id": _json_str(task_id),
                   "argsrepr": _json_str(argsrepr), "kwargsrepr": _json_str(kwargsrepr),
-                  "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4()}"'}
+                  "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4().hex[:20]}"'}
         message_template, event_body = self._for(spec.task)
         message = message_template.fill(values)
         if not self.events:
             return message, ""
         values.update(utcoffset=json.dumps(utcoffset()), pid=str(self.pid), clock=str(self.clock.forward()),
                       timestamp=json.dumps(time.time()))
-        values["body"] = '"' + base64.b64encode(event_body.fill(values).encode()).decode() + '"'
-        values["tag"] = f'"{uuid.uuid4()}"'
+        values["body"] = self._body(event_body.fill(values))
+        values["tag"] = f'"{uuid.uuid4().hex[:20]}"'
         return message, self.event.fill(values)
+
+    def _body(self, text: str) -> str:
+        """A body as kombu's channel puts it into the envelope (a JSON string)."""
+        if self.body_encoding == "base64":
+            return '"' + base64.b64encode(text.encode()).decode() + '"'
+        return _json_str(text)
 
     def _options(self, options: dict[str, Any]) -> tuple[str, str | None]:
         """JSON of the options and the end of the args repr, once per options dict in a publish call."""

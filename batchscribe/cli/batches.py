@@ -99,7 +99,8 @@ def submit_line(report: SubmitReport) -> str:
     links = f", {links_note(report.links, len(report.links))}" if report.links else ""
     return (f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
             f"{report.duplicates} duplicate(s), {report.attached} already in progress elsewhere, "
-            f"{report.cached} from cache, {report.failed_now} unusable; {len(report.skipped)} skipped "
+            f"{report.cached} from cache, {report.failed_now} unusable; "
+            f"{report.skipped_count or len(report.skipped)} skipped "
             f"(not audio/video){links} [{report.seconds:.1f}s]")
 
 
