@@ -472,7 +472,7 @@ for i = 3, #ARGV, 2 do
   local f = file_fields(redis.call("HGET", fkey, sfield))
   if f[1] == "failed" then
     file_move(target, "queued", {"info", ARGV[i + 1], "attempts", "0", "error_class", "", "reason", "",
-                                 "finished_at", "", "started_at", "", "endpoint", "", "cached", ""}, now)
+                                 "finished_at", "", "cached", ""}, now)
     moved = moved + 1
   end
 end

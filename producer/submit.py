@@ -27,7 +27,6 @@ from batchscribe.common.errors import InputError, OutputConflictError, PathNotAl
 from batchscribe.common.locations import is_blob, parse_blob, shown
 from batchscribe.common.models import (
     FileRecord,
-    FileState,
     JobOptions,
     TranscriptionOptions,
     compact_options,
@@ -294,28 +293,42 @@ class Submitter:
             raise InputError(f"batch {batch_id} was cancelled: submit its inputs again as a new batch "
                              "(what was transcribed comes from the cache)")
         options = options_from_dict(json.loads(header.get("options") or "{}"))
-        records = [r for r in self.store.files(batch_id, self.store.failed_indexes(batch_id))
-                   if error_class is None or r.error_class == error_class]
-        report = SubmitReport(batch_id=batch_id, files=len(records))
-        clashes = self.store.reserve_outputs(batch_id, [(r.output, r.path) for r in records])
-        if clashes:
-            raise output_clash(clashes)
+        report = SubmitReport(batch_id=batch_id)
+        # First every output is reserved again, CHUNK failed files at a time (a clash queues nothing),
+        # then they are fingerprinted, queued and published a CHUNK at a time: memory stays flat.
+        for n, records in enumerate(self._failed_chunks(batch_id, error_class)):
+            clashes = self.store.reserve_outputs(batch_id, [(r.output, r.path) for r in records])
+            if clashes:  # what the chunks before reserved goes again
+                for earlier in itertools.islice(self._failed_chunks(batch_id, error_class), n):
+                    self.store.release_outputs(batch_id, [r.output for r in earlier])
+                raise output_clash(clashes)
+            report.files += len(records)
         self.store.set_live(batch_id, True)  # open again: its summary is kept fresh until it completes
-        prints = fingerprint_files([r.path for r in records], self.store)
-        good: list[FileRecord] = []
-        for record, fp in zip(records, prints):
-            record.sha256, record.size, record.duration = fp.sha256, fp.size, fp.duration
-            record.job = job_key(fp.sha256, options) if not fp.error else ""
-            self.store.settle_file(target_id(batch_id, record.index), FileState.QUEUED, "",
-                                   sha256=record.sha256, duration=record.duration, job=record.job,
-                                   attempts=0, error_class="", reason="", finished_at="")
-            if fp.error:
-                deliver_failure(self.store, "", [record], "permanent", fp.error)
-                report.failed_now += 1
-            else:
-                good.append(record)
-        self._claim_and_publish(good, options, report)
+        for records in self._failed_chunks(batch_id, error_class):
+            prints = fingerprint_files([r.path for r in records], self.store)
+            for record, fp in zip(records, prints):
+                record.sha256, record.size, record.duration = fp.sha256, fp.size, fp.duration
+                record.job = job_key(fp.sha256, options) if not fp.error else ""
+            self.store.requeue_files(batch_id, records)
+            good: list[FileRecord] = []
+            for record, fp in zip(records, prints):
+                if fp.error:
+                    deliver_failure(self.store, "", [record], "permanent", fp.error)
+                    report.failed_now += 1
+                else:
+                    good.append(record)
+            self._claim_and_publish(good, options, report)
         return report
+
+    def _failed_chunks(self, batch_id: str, error_class: str | None) -> Iterator[list[FileRecord]]:
+        """The batch's failed files (of one class), CHUNK at a time in index order."""
+        start = 0
+        while True:
+            indexes = self.store.failed_indexes(batch_id, error_class, start=start, count=CHUNK)
+            if not indexes:
+                return
+            start = indexes[-1] + 1
+            yield self.store.files(batch_id, indexes)
 
     def _claim_and_publish(self, records: list[FileRecord], options: JobOptions,
                            report: SubmitReport, redo: bool = True) -> None:
