@@ -31,7 +31,7 @@ from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.producer.cancel import cancel as cancel_batch
-from batchscribe.producer.display import console_for
+from batchscribe.producer.display import SubmitLines, console_for
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.results import FORMATS, iter_results, write_results
 from batchscribe.producer.runlog import RunLog, event_cursor
@@ -62,7 +62,8 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Jo
     store = StateStore.connect(settings)
     cursor = event_cursor(store) if wait and outputs.log_folder else "0-0"  # before its first attempt
     report = submitter_for(settings, store).submit(
-        inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "")
+        inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "",
+        progress=SubmitLines(sys.stderr))
     line = submit_line(report)
     click.echo(line, err=True)
     if check_workers and (report.published or report.attached):
