@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -40,6 +41,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from _common import ROOT, machine, print_table
@@ -240,7 +242,12 @@ def fmt_families(sizes: dict[str, int], files: int) -> str:
     return ", ".join(f"{name} {value / files:.0f}" for name, value in top)
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # the files are removed on the way out
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _stop)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated file counts")
     parser.add_argument("--tmp", default=None, help="folder for the files (default: system temp)")

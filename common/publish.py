@@ -34,7 +34,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
@@ -54,6 +53,13 @@ from batchscribe.common.state import describe
 
 _EMBED: dict[str, Any] = {}  # callbacks, errbacks, chain, chord: none (`celery_app.CompactAMQP`)
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
+
+
+def new_task_id() -> str:
+    """A task id: 80 random bits as 20 hex digits (a task message holds it three times; Celery and
+    Flower take any unique string). Delivery tags are 64 random bits: unique among the messages in
+    flight, which is where kombu looks them up."""
+    return os.urandom(10).hex()
 
 
 def input_ref(index: int) -> str:
@@ -182,7 +188,7 @@ class Publisher:
         lpush, publish = pipe.lpush, pipe.publish
         in_batch = 0
         for spec in specs:
-            task_id = uuid.uuid4().hex
+            task_id = new_task_id()
             message, event = build(spec, task_id)
             lpush(spec.queue, message)
             if events:
@@ -236,7 +242,7 @@ class Publisher:
         try:
             with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
                 for spec in specs:
-                    task_id = uuid.uuid4().hex
+                    task_id = new_task_id()
                     self.app.send_task(
                         spec.task, task_id=task_id, queue=spec.queue, producer=producer,
                         args=[spec.job_key, spec.options],
@@ -382,7 +388,7 @@ class _MessageBuilder:
                            "duration": json.dumps(duration), "batch": _json_str(spec.batch)})
         values = {"body": self._body(body), "id": _json_str(task_id),
                   "argsrepr": _json_str(argsrepr), "kwargsrepr": _json_str(kwargsrepr),
-                  "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4().hex[:20]}"'}
+                  "queue": _json_str(spec.queue), "tag": f'"{os.urandom(8).hex()}"'}
         message_template, event_body = self._for(spec.task)
         message = message_template.fill(values)
         if not self.events:
@@ -390,7 +396,7 @@ class _MessageBuilder:
         values.update(utcoffset=json.dumps(utcoffset()), pid=str(self.pid), clock=str(self.clock.forward()),
                       timestamp=json.dumps(time.time()))
         values["body"] = self._body(event_body.fill(values))
-        values["tag"] = f'"{uuid.uuid4().hex[:20]}"'
+        values["tag"] = f'"{os.urandom(8).hex()}"'
         return message, self.event.fill(values)
 
     def _body(self, text: str) -> str:

@@ -5,9 +5,10 @@
 
 * ``SLOT`` (index % 64): what the producer knows, written once (again by `retry-failed`): ``h`` and
   the sha256's 32 bytes (``-`` without one), then NUL-separated: duration; where the relative path
-  is (``#N``: the last N characters of the path, else ``=REL``); the path (``.TAIL`` below the
-  batch's `base`, else ``!PATH``); the output and the job key, each "" when it is the one derived
-  from the batch (`output_for(out, rel, options)`, ``sha256.options_key``).
+  is ("": the path as stored, ``#N``: its last N characters, else ``=REL``); the path (``.TAIL``
+  below the batch's `base`, else ``!PATH``); the output and the job key, each "" when it is the
+  one derived from the batch (`output_for(out, rel, options)`, ``sha256.options_key``); trailing
+  empty fields are left out.
 * ``SLOTs``: what became of it, written by the scripts (`common.lua` ``_RECORDS``):
   ``state|attempts|endpoint|started_at|finished_at|error_class|cached|reason``; absent while the
   file is queued and untouched.
@@ -78,15 +79,15 @@ def pack_info(record: FileRecord, ctx: BatchContext, derived_output: bool = Fals
     if not sha_ok:  # not a sha256 (tests write any text): keep it as the job key says nothing else
         head = b"-"
     path, rel = record.path, record.rel
-    where = f"#{len(rel)}" if rel and path.endswith(rel) else f"={rel}"
     spelled = f".{path[len(ctx.base):]}" if ctx.base and path.startswith(ctx.base) else f"!{path}"
+    where = "" if rel == spelled[1:] else f"#{len(rel)}" if rel and path.endswith(rel) else f"={rel}"
     output = "" if derived_output or record.output == ctx.output(rel) else record.output
     derived = ctx.job_key(record.sha256) if len(head) == 33 else ""
     job = "" if record.job == derived else (record.job or "\x01")  # \x01: no job although a sha
     extra = "" if len(head) == 33 or not record.sha256 else record.sha256
-    fields = [short_float(record.duration), where, spelled, output, job]
-    if extra:
-        fields.append(extra)
+    fields = [short_float(record.duration), where, spelled, output, job, extra]
+    while fields[-1] == "":  # trailing empty fields are left out
+        fields.pop()
     return head + _raw("\0".join(fields))
 
 
@@ -94,11 +95,12 @@ def unpack(batch_id: str, index: int, info: bytes, state: bytes | None, ctx: Bat
     """A FileRecord from its two fields."""
     sha = info[1:33].hex() if info[:1] == b"h" else ""
     parts = _text(info[33:] if sha else info[1:]).split("\0")
+    parts += [""] * (6 - len(parts))
     duration, where, spelled, output, job = parts[:5]
-    if len(parts) > 5:
+    if parts[5]:
         sha = parts[5]
     path = ctx.base + spelled[1:] if spelled[:1] == "." else spelled[1:]
-    rel = path[len(path) - int(where[1:]):] if where[:1] == "#" else where[1:]
+    rel = spelled[1:] if not where else path[len(path) - int(where[1:]):] if where[:1] == "#" else where[1:]
     if job == "\x01":
         job = ""
     elif not job and info[:1] == b"h":
