@@ -16,10 +16,10 @@ runs, for each size N, on a fresh private Redis (the settings `batchscribe run` 
    last file's `complete_batch`: final run_summary.json, reservations released; an attempt event
    and endpoint counters as a worker records them) with an empty transcript in place of an engine
    call: no engine, no ffmpeg. Threads: --drain-threads;
-6. used_memory at rest (every file done), with and without the cached transcripts (`result:*`,
-   which wt-cas moves out of Redis) and the capped attempt log (`events`, at most ~200,000 entries
-   whatever the batch size);
-7. one more final `run_summary.json` write of the finished batch, timed.
+6. one more final `run_summary.json` write of the finished batch, timed;
+7. used_memory at rest (every file done): as it is; without the cached transcripts (their keys
+   deleted: what wt-cas moves out of Redis); without the capped attempt log too (`events`, at most
+   ~200,000 entries whatever the batch size) — the per-file state.
 
 Then the table, with the slope from the second-largest to the largest size (bytes per extra file,
 µs per extra file). Files are removed at the end (also on Ctrl-C). Nothing asserts a timing.
@@ -120,6 +120,18 @@ def used(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
+def unlink(client: redis.Redis, pattern: str) -> None:
+    """Delete every key matching `pattern` (synchronously: used_memory is read right after)."""
+    batch: list[bytes] = []
+    for name in client.scan_iter(pattern, count=5000):
+        batch.append(name)
+        if len(batch) >= 5000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+
+
 def rss_of_child(args: list[str], env: dict[str, str]) -> tuple[int, float, float, str, str]:
     """Run a child; (returncode, wall, peak RSS MB of that child alone, stdout, stderr)."""
     started = time.perf_counter()
@@ -212,6 +224,8 @@ def measure(size: int, work: Path, threads: int, rest: bool) -> Row:
         began = time.perf_counter()
         render_status(load_view(store, batch, check_workers=True))
         row.status_inproc = time.perf_counter() - began
+        print(f"  queued: {row.queued_bytes:.0f} B/file ({fmt_families(row.queued_families, size)}); "
+              f"status {row.status_cli:.2f} s (in-process {1000 * row.status_inproc:.1f} ms)", flush=True)
 
         if not rest:
             client.close()
@@ -222,17 +236,20 @@ def measure(size: int, work: Path, threads: int, rest: bool) -> Row:
         header = store.batch(batch)
         print(f"  drain: {drained:,} tasks in {row.drain_seconds:.0f} s; done {header.get('n_done')}",
               flush=True)
-        at_rest = used(client) - empty
         row.rest_families = families(client, store.keys)
-        results = row.rest_families.get(f"{store.prefix}:result:*", 0)
-        events = row.rest_families.get(f"{store.prefix}:events", 0)
-        row.rest_with_results = at_rest / size
-        row.rest_with_events = (at_rest - results) / size
-        row.rest_bytes = (at_rest - results - events) / size
-
         began = time.perf_counter()
         write_summary(store, batch, store.batch(batch), final=True)
         row.summary_seconds = time.perf_counter() - began
+        # At rest with everything; then without the cached transcripts (their keys, values and
+        # expiry entries: what wt-cas moves out of Redis), then without the capped attempt log too.
+        row.rest_with_results = (used(client) - empty) / size
+        unlink(client, f"{store.prefix}:result:*")
+        row.rest_with_events = (used(client) - empty) / size
+        client.delete(store.keys.events())
+        row.rest_bytes = (used(client) - empty) / size
+        print(f"  at rest: {row.rest_bytes:.0f} B/file, {row.rest_with_events:.0f} with the event log, "
+              f"{row.rest_with_results:.0f} with the transcripts ({fmt_families(row.rest_families, size)})",
+              flush=True)
         client.close()
     return row
 
