@@ -1,4 +1,4 @@
-"""Publish many transcribe tasks: Celery messages built from a template, one Redis pipeline per batch.
+"""Publish many transcribe tasks: Celery messages built from a template, one script call per batch.
 
 `app.send_task` costs ~1 ms per task on the producer (a new redis-py client per publish inside
 kombu, `saferepr` of the arguments, a second round trip for the task-sent event), and kombu's own
@@ -15,9 +15,11 @@ publish twice). So the producer writes the messages itself:
   pipeline is sent at most once. A failure raises `PublishError` (what was surely published, what
   is uncertain); the caller's claims then stay unpublished, expire and are taken over. Nothing is
   dropped silently, nothing is published twice by a replay.
-* The `task-sent` event (`task_send_sent_event`) goes into the same pipeline: one `PUBLISH` on the
+* The `task-sent` event (`task_send_sent_event`) goes into the same call: one `PUBLISH` on the
   `celeryev` fanout topic per task, the envelope kombu would send, so Flower still sees tasks as
-  they are sent. `Publisher(app, sent_events=False)` leaves it out.
+  they are sent. `Publisher(app, sent_events=False)` leaves it out. A batch of tasks is one Lua
+  call (`_PUSH`: an `LPUSH` and a `PUBLISH` per task, in order) in a pipeline, not two commands per
+  task: packing and parsing those cost the producer more than building the messages.
 * Queue bindings are declared as kombu declares them (the two `SADD`s) once per queue per call.
 
 Brokers or options this path does not cover (another transport, Sentinel, `global_keyprefix`,
@@ -118,11 +120,28 @@ class PublishError(StateError):
         self.uncertain = uncertain
 
 
+# ARGV: the number of event topics, the topics, then (queue, message, task-sent event or "") triples:
+# each message LPUSHed to its queue (as kombu's Redis transport puts it) and its event PUBLISHed on
+# every topic, in order. One call per batch of tasks: a command per task costs the producer more to
+# pack and parse than building the message does.
+_PUSH = r"""
+local topics = tonumber(ARGV[1])
+for i = topics + 2, #ARGV, 3 do
+  redis.call("LPUSH", ARGV[i], ARGV[i + 1])
+  if ARGV[i + 2] ~= "" then
+    for t = 2, topics + 1 do redis.call("PUBLISH", ARGV[t], ARGV[i + 2]) end
+  end
+end
+return 1
+"""
+
+
 @dataclass
 class _Route:
     """What the fast path needs from kombu's Redis channel, read once per Publisher."""
 
     client: redis.Redis
+    push: Any  # the _PUSH script, registered on `client`
     binding_key: str  # '_kombu.binding.%s'
     binding_permanent_key: str  # '_kombu.binding_permanent.%s'
     sep: str
@@ -183,23 +202,21 @@ class Publisher:
             key, member = route.queues[queue]  # type: ignore[misc]
             pipe.sadd(route.binding_key % key, member)
             pipe.sadd(route.binding_permanent_key % key, member)
-        topics = route.event_topics
-        events = self.sent_events
-        lpush, publish = pipe.lpush, pipe.publish
-        in_batch = 0
+        topics = route.event_topics if self.sent_events else []
+        head: list[Any] = [len(topics), *topics]
+        args = list(head)
         for spec in specs:
             task_id = new_task_id()
             message, event = build(spec, task_id)
-            lpush(spec.queue, message)
-            if events:
-                for topic in topics:
-                    publish(topic, event)
+            args += [spec.queue, message, event]
             ids.append(task_id)
-            in_batch += 1
-            if in_batch >= self.batch_size:
+            if len(ids) - done >= self.batch_size:
+                route.push(args=args, client=pipe)
                 self._execute(pipe, ids, done)
-                done, in_batch = len(ids), 0
-        if len(pipe):
+                done, args = len(ids), list(head)
+        if len(ids) > done or len(pipe):
+            if len(ids) > done:
+                route.push(args=args, client=pipe)
             self._execute(pipe, ids, done)
         return ids
 
@@ -270,7 +287,8 @@ def _connect_route(app: Celery) -> _Route | None:
             params.pop(retrying, None)  # no retries: a pipeline must never be replayed
         exchange = app.conf.event_exchange
         topics = list(channel._get_publish_topics(exchange, "task.sent"))
-        route = _Route(client=redis.Redis(connection_pool=redis.ConnectionPool(**params)),
+        client = redis.Redis(connection_pool=redis.ConnectionPool(**params))
+        route = _Route(client=client, push=client.register_script(_PUSH),
                        binding_key=channel.keyprefix_queue,
                        binding_permanent_key=channel.keyprefix_binding_permanent,
                        sep=channel.sep, event_topics=topics)

@@ -113,14 +113,16 @@ class Discovery:
                         self.skipped.append(path)
 
     def _walk(self, root: Path, label: str) -> Iterator[Found]:
-        for dirpath, dirnames, filenames in os.walk(root):
+        top = str(root)
+        cut = len(top) + 1 if top != "/" else 1  # os.walk's paths start with the root as given
+        for dirpath, dirnames, filenames in os.walk(top):
             subdirs = [os.path.join(dirpath, d) for d in sorted(dirnames)]
             self.links += [d for d in subdirs if os.path.islink(d)]
             dirnames[:] = [os.path.basename(d) for d in subdirs
                            if not os.path.islink(d) and os.path.realpath(d) not in self.excluded]
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
-                yield full, os.path.join(label, os.path.relpath(full, root)), None
+                yield full, os.path.join(label, full[cut:]), None
 
     def _list_blobs(self, root: BlobLocation, label: str) -> Iterator[Found]:
         """Every blob under `root` (the output prefix left out when it lies inside it)."""
