@@ -279,7 +279,7 @@ for i = 3, #ARGV do
   local jk = ARGV[i]
   local w = waiting_entry(jk)
   if w then
-    if w.kind == "c" and w.a == owner then put_waiting(w, "q", string.format("%d", now), "", w.target) end
+    if w.kind == "c" and w.a == owner then put_waiting(w, "q", now, "", w.target) end
   else
     local jkey = K.job(jk)
     local j = redis.call("HMGET", jkey, "state", "owner")
