@@ -29,6 +29,11 @@ from batchscribe.common.errors import StateError
 from batchscribe.common.processes import die_with_parent
 
 SOCKET_NAME = "redis.sock"
+# Hashes of up to 1,024 fields of up to 1,024 bytes stay listpacks (Redis's compact encoding): the
+# 64-record hashes of a batch and the 4,096-way indexes (docs/deploy.md §Redis memory) cost a
+# third of what the default limits (512 fields, 64 bytes) make of their longer paths.
+MEMORY_SETTINGS = ("--hash-max-listpack-entries", "1024", "--hash-max-listpack-value", "1024",
+                   "--zset-max-listpack-entries", "512")
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with its NUL
 
 
@@ -93,7 +98,7 @@ class PrivateRedis:
         self._prepare_dir()
         args = [binary, *self._listen_args(), "--dir", str(self.data_dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                "--appendfsync", "everysec", "--maxmemory-policy", "noeviction",
+                "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", *MEMORY_SETTINGS,
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", str(self.data_dir / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

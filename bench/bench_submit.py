@@ -156,6 +156,13 @@ def shape(value: Any) -> Any:
     return type(value).__name__
 
 
+def _body(message: dict[str, Any]) -> bytes:
+    """A message's body as kombu decodes it (base64 or JSON text, as its envelope says)."""
+    if message["properties"].get("body_encoding") == "base64":
+        return base64.b64decode(message["body"])
+    return str(message["body"]).encode()
+
+
 def compare_with_celery(app: Any, server: PrivateRedis, spec: TaskSpec, publisher: Publisher) -> str:
     """Publish one task through Celery and one through the Publisher; '' if message and event agree."""
     import redis
@@ -174,7 +181,8 @@ def compare_with_celery(app: Any, server: PrivateRedis, spec: TaskSpec, publishe
                 return json.loads(got["data"])
 
     app.send_task(TRANSCRIBE_TASK, args=[spec.job_key, spec.options], task_id="celery-id",
-                  kwargs={"path": spec.path, "duration": round(spec.duration, 3)}, queue=spec.queue)
+                  kwargs={"path": spec.path, "duration": round(spec.duration, 3), "batch": spec.batch},
+                  queue=spec.queue)
     real, real_event = json.loads(client.rpop(spec.queue)), next_event()
     [task_id] = publisher.publish([spec])
     mine, my_event = json.loads(client.rpop(spec.queue)), next_event()
@@ -182,7 +190,7 @@ def compare_with_celery(app: Any, server: PrivateRedis, spec: TaskSpec, publishe
     problems = []
     if shape(real) != shape(mine):
         problems.append("keys differ")
-    if base64.b64decode(real["body"]) != base64.b64decode(mine["body"]):
+    if _body(real) != _body(mine):
         problems.append("body differs")
     for part, ignore in (("headers", {"id", "root_id"}), ("properties", {"correlation_id", "delivery_tag"})):
         a = {k: v for k, v in real[part].items() if k not in ignore}
@@ -196,7 +204,8 @@ def compare_with_celery(app: Any, server: PrivateRedis, spec: TaskSpec, publishe
         else:
             bodies = []
             for event, tid in ((real_event, "celery-id"), (my_event, task_id)):
-                body = json.loads(base64.b64decode(event.pop("body")))
+                body = json.loads(_body(event))
+                event.pop("body")
                 for volatile in ("clock", "timestamp"):
                     body.pop(volatile)
                 event["properties"].pop("delivery_tag")
@@ -261,9 +270,8 @@ class PartTimer:
 def run_submit(submitter: Submitter, corpus: Corpus, out: Path, options: TranscriptionOptions,
                profile: bool) -> tuple[SubmitReport, dict[str, float], str]:
     timer = PartTimer()
-    timer.wrap(submit_mod, "discover", "discover (walk)")
     timer.wrap(submit_mod, "fingerprint_files", "fingerprint (stat+cache+sha256+header)")
-    timer.wrap(submitter.store, "create_batch", "create_batch (file records)")
+    timer.wrap(submitter.store, "add_files", "add_files (file records)")
     timer.wrap(submitter.store, "reserve_outputs", "reserve outputs (Lua)")
     timer.wrap(submitter.store, "claim", "claim (Lua)")
     timer.wrap(submitter.publisher, "publish", "publish (Celery messages)")

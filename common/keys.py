@@ -5,6 +5,7 @@ mirrors the names scripts derive), and what each key family should look like in 
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,25 @@ class KeyPattern:
 def pattern_of(key: str, patterns: Iterable[KeyPattern]) -> KeyPattern | None:
     """The first of `patterns` (most specific first) that `key` matches."""
     return next((p for p in patterns if p.matches(key)), None)
+
+
+# Inputs per file-record hash (`Keys.file`): 64 records of ~100-200 bytes stay one listpack.
+FILE_BUCKET = 64
+# Hashes the dedupe, fingerprint and reservation indexes are spread over (by 12 bits of a digest):
+# up to ~2 million entries each stay listpacks of <= 512 fields (hash-max-listpack-entries; the
+# Redis batchscribe starts allows 1024, docs/deploy.md §Redis memory).
+BUCKETS = 4096
+
+
+_HEX_KEY = re.compile(r"(?:[0-9a-f]{2})+\.(?:[0-9a-f]{2})+")
+
+
+def job_field(job_key: str) -> bytes:
+    """A job's field in `Keys.waiting_jobs`: "HEX.HEX" keys (lower-case hex) as their bytes, others
+    as they are (`common.lua`'s ``K.waiting`` spells the same)."""
+    if _HEX_KEY.fullmatch(job_key):
+        return bytes.fromhex(job_key.replace(".", ""))
+    return job_key.encode("utf-8", "surrogateescape")
 
 
 # The longest a summary clock or lock lives (`common.summary`: its period grows with the batch,
@@ -64,20 +84,29 @@ class Keys:
         return f"{self.prefix}:summary-lock:{batch_id}"
 
     def file(self, batch_id: str, index: int | str) -> str:
-        """Hash: one input file of a batch (FileRecord)."""
-        return f"{self.prefix}:file:{batch_id}:{index}"
+        """Hash: the records of FILE_BUCKET inputs of a batch (index // FILE_BUCKET): field ``SLOT``
+        (index % FILE_BUCKET) is what the producer wrote, ``SLOTs`` what became of it since
+        (`common.records`)."""
+        return f"{self.prefix}:files:{batch_id}:{int(index) // FILE_BUCKET}"
 
-    def failed(self, batch_id: str) -> str:
-        """Set of file indexes of a batch that failed."""
-        return f"{self.prefix}:batch:{batch_id}:failed"
+    def failed(self, batch_id: str, error_class: str) -> str:
+        """Sorted set: the indexes (score and member) of a batch's files that failed with this class."""
+        return f"{self.prefix}:batch:{batch_id}:failed:{error_class}"
 
-    def output_reservations(self) -> str:
-        """Hash: digest of an output path -> the batch writing it (released when that batch completes)."""
-        return f"{self.prefix}:outputs"
+    def output_reservations(self, digest: bytes) -> str:
+        """Hash: 16-byte digest of an output path -> the input and batch writing it (released when
+        that batch completes); one of BUCKETS hashes, by the digest's first 12 bits."""
+        return f"{self.prefix}:outputs:{digest.hex()[:3]}"
 
     def job(self, job_key: str) -> str:
-        """Hash: one unit of engine work = content hash + result-changing options (dedupe)."""
+        """Hash: one unit of engine work = content hash + result-changing options (dedupe), from its
+        first start until its last input has its outcome (then only its result says it is done)."""
         return f"{self.prefix}:job:{job_key}"
+
+    def waiting_jobs(self, job_key: str) -> str:
+        """Hash: jobs claimed or queued that never started, one field each (`job_field`), in one of
+        BUCKETS hashes by the key's first 3 characters: a job's own hash costs ~200 bytes more."""
+        return f"{self.prefix}:jobs:{job_key[:3]}"
 
     def targets(self, job_key: str) -> str:
         """List of "batch_id:index" inputs that want this job's result."""
@@ -90,9 +119,10 @@ class Keys:
         its own, so that no version takes the other's value for its own.)"""
         return f"{self.prefix}:cached:{job_key}"
 
-    def fingerprints(self) -> str:
-        """Hash: "path|size|mtime_ns" -> "sha256|duration", so re-submits skip hashing."""
-        return f"{self.prefix}:fingerprints"
+    def fingerprints(self, digest: bytes) -> str:
+        """Hash: 16-byte digest of "path|size|mtime_ns" -> sha256 (32 bytes) + duration, so
+        re-submits skip hashing; one of BUCKETS hashes by the digest's first 12 bits."""
+        return f"{self.prefix}:fp:{digest.hex()[:3]}"
 
     def events(self) -> str:
         """Stream: one entry per attempt outcome (the real-time log)."""
@@ -166,7 +196,7 @@ class Keys:
         """
         p = self.prefix
         return [
-            KeyPattern(f"{p}:batch:*:failed", "indexes of a batch's failed files (set)"),
+            KeyPattern(f"{p}:batch:*:failed:*", "indexes of a batch's failed files of one class (zset)"),
             KeyPattern(f"{p}:batch:*", "a batch's header and counters (hash)"),
             KeyPattern(f"{p}:batches", "batch ids by creation time (zset)"),
             KeyPattern(f"{p}:batches:live", "ids of batches not finished yet (set)", transient=True),
@@ -174,15 +204,16 @@ class Keys:
                        ttl=summary_ttl),
             KeyPattern(f"{p}:summary-lock:*", "a run summary being renamed into place (string)",
                        ttl=summary_ttl),
-            KeyPattern(f"{p}:file:*", "one input of a batch (hash)"),
-            KeyPattern(f"{p}:outputs", "output paths running batches write (hash)", transient=True),
+            KeyPattern(f"{p}:files:*", "64 inputs of a batch (hash)"),
+            KeyPattern(f"{p}:outputs:*", "output paths running batches write (hash)", transient=True),
             KeyPattern(f"{p}:job:*:targets", "inputs waiting for a job's result (list)", transient=True),
-            KeyPattern(f"{p}:job:*", "one unit of engine work (hash)"),
+            KeyPattern(f"{p}:job:*", "one unit of engine work under way (hash)"),
+            KeyPattern(f"{p}:jobs:*", "jobs waiting for their first start (hash)"),
             KeyPattern(f"{p}:cached:*", "where a job's cached result is stored (string)",
                        ttl=result_ttl or None),
             KeyPattern(f"{p}:result:*", "a transcript cached in Redis by a version before the result "
                        "store; never read (string)", ttl=result_ttl or None),
-            KeyPattern(f"{p}:fingerprints", "fingerprint cache of input files (hash)"),
+            KeyPattern(f"{p}:fp:*", "fingerprint cache of input files (hash)"),
             KeyPattern(f"{p}:events", "the attempt log (capped stream)"),
             KeyPattern(f"{p}:inflight:*", "deliveries running on an endpoint (zset)", transient=True),
             KeyPattern(f"{p}:epstats:*", "an endpoint's counters (hash)"),

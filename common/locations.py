@@ -110,8 +110,12 @@ def shown(location: str | Path) -> str:
 
 def join(base: str | Path, rel: str) -> str:
     """`rel` (relative, '/'-separated) under `base`, for paths and blob prefixes alike."""
-    if is_blob(str(base)):
-        return parse_blob(str(base)).child(rel).canonical
+    text = str(base)
+    if is_blob(text):
+        return parse_blob(text).child(rel).canonical
+    if (rel and text[1:] and text[0] == "/" and not text.endswith("/") and "//" not in text
+            and rel[0] not in "/." and not rel.endswith("/") and "//" not in rel and "/." not in rel):
+        return f"{text}/{rel}"  # what Path(base) / rel gives for a clean absolute base and rel
     return str(Path(base) / rel)
 
 

@@ -25,40 +25,112 @@ local K = {}
 do
   local p = KEYS[1]
   function K.batch(bid) return p .. ":batch:" .. bid end
-  function K.failed(bid) return p .. ":batch:" .. bid .. ":failed" end
-  function K.file(target) return p .. ":file:" .. target end  -- target = "batch_id:index"
+  function K.failed(bid, cls) return p .. ":batch:" .. bid .. ":failed:" .. cls end
+  -- target = "batch_id:index": its records' hash, its two fields (what the producer wrote, what
+  -- became of it), its batch and index
+  function K.file(target)
+    local sep = string.find(target, ":[^:]*$")
+    local bid, idx = string.sub(target, 1, sep - 1), tonumber(string.sub(target, sep + 1))
+    local slot = tostring(idx % 64)
+    return p .. ":files:" .. bid .. ":" .. tostring(math.floor(idx / 64)), slot, slot .. "s", bid, idx
+  end
   function K.job(jk) return p .. ":job:" .. jk end
   function K.targets(jk) return p .. ":job:" .. jk .. ":targets" end
   function K.result(jk) return p .. ":cached:" .. jk end
+  -- a job waiting for its first start: its hash and field ("HEX.HEX" keys as their bytes)
+  local BYTE = {}
+  for i = 0, 255 do
+    local c = string.char(i)
+    BYTE[string.format("%02x", i)] = c
+  end
+  function K.waiting(jk)
+    local field = jk
+    local sha, opts = string.match(jk, "^([0-9a-f]+)%.([0-9a-f]+)$")
+    if sha and #sha % 2 == 0 and #opts % 2 == 0 then
+      field = string.gsub(sha .. opts, "..", BYTE)
+    end
+    return p .. ":jobs:" .. string.sub(jk, 1, 3), field
+  end
+  local function bucket(digest)   -- the first 12 bits of a digest, as 3 hex digits
+    local b1, b2 = string.byte(digest, 1, 2)
+    return string.format("%03x", math.floor(((b1 or 0) * 256 + (b2 or 0)) / 16))
+  end
+  function K.outputs(digest) return p .. ":outputs:" .. bucket(digest) end
+  function K.fingerprints(digest) return p .. ":fp:" .. bucket(digest) end
   function K.inflight(endpoint) return p .. ":inflight:" .. endpoint end
   function K.endpoint_stats(endpoint) return p .. ":epstats:" .. endpoint end
 end
 """
 
-# Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact.
-# Returns 1 when this move completed the batch (every file done, failed or cancelled), else 0.
-# A cancelled file stays cancelled (nothing is written into its record) unless it is queued again.
-_FILES = KEYSPACE + r"""
+# Shared Lua: file records (common.state.records says the layout). What the producer wrote (field
+# SLOT) starts with "h" + the 32 bytes of the sha256 or "-", then NUL-separated text: duration,
+# where the relative path is, the path, an output and a job key when they are not the derived ones.
+# What became of the file (field SLOTs, absent while queued and untouched) is
+# "state|attempts|endpoint|started_at|finished_at|error_class|cached|reason".
+_RECORDS = r"""
+local FIELDS = {state = 1, attempts = 2, endpoint = 3, started_at = 4, finished_at = 5,
+                error_class = 6, cached = 7, reason = 8}
+local QUEUED = {"queued", "0", "", "", "", "", "", ""}
+local function file_fields(blob)
+  if not blob then return {unpack(QUEUED)} end
+  return {string.match(blob, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")}
+end
+local function info_text(info)
+  return string.sub(info, string.sub(info, 1, 1) == "h" and 34 or 2)
+end
+local function info_duration(info)
+  return string.match(info_text(info), "^([^%z]*)") or "0"
+end
+-- the job key of a record: the one written with it, else its sha256 (hex) and the batch's options
+local function info_job(info, options_key)
+  local explicit = string.match(info_text(info), "^[^%z]*%z[^%z]*%z[^%z]*%z[^%z]*%z([^%z]*)")
+  if explicit == "\1" then return "" end
+  if explicit and explicit ~= "" then return explicit end
+  if string.sub(info, 1, 1) ~= "h" then return "" end
+  local hex = string.gsub(string.sub(info, 2, 33), ".",
+                          function(c) return string.format("%02x", string.byte(c)) end)
+  return hex .. "." .. (options_key or "")
+end
+"""
+
+# Shared Lua: move one file ("batch_id:index") to a new state, keep the batch counters exact (files
+# by state, failed files by class, each class's indexes). Returns 1 when this move completed the
+# batch (every file done, failed or cancelled), else 0. A cancelled file stays cancelled (nothing
+# is written into its record) unless it is queued again. `fields`: name/value pairs of what became
+# of the file (FIELDS); "info" replaces what the producer wrote (a file fingerprinted again).
+_FILES = KEYSPACE + _RECORDS + r"""
 local function file_move(target, new_state, fields, now)
-  local sep = string.find(target, ":[^:]*$")
-  local bid = string.sub(target, 1, sep - 1)
-  local idx = string.sub(target, sep + 1)
-  local fkey, bkey = K.file(target), K.batch(bid)
-  local old = redis.call("HGET", fkey, "state")
-  if not old then return 0 end
+  local fkey, slot, sfield, bid, idx = K.file(target)
+  local info = redis.call("HGET", fkey, slot)
+  if not info then return 0 end
+  local bkey = K.batch(bid)
+  local f = file_fields(redis.call("HGET", fkey, sfield))
+  local old, old_class = f[1], f[6]
   if old == "cancelled" and new_state ~= "queued" then return 0 end
-  for i = 1, #fields, 2 do redis.call("HSET", fkey, fields[i], fields[i + 1]) end
-  if old == new_state then return 0 end
-  if old == "done" and new_state ~= "queued" then return 0 end
-  redis.call("HSET", fkey, "state", new_state)
+  for i = 1, #fields, 2 do
+    local at = FIELDS[fields[i]]
+    if at then f[at] = fields[i + 1]
+    elseif fields[i] == "info" then redis.call("HSET", fkey, slot, fields[i + 1]) info = fields[i + 1] end
+  end
+  local moves = old ~= new_state and not (old == "done" and new_state ~= "queued")
+  if moves then f[1] = new_state end
+  redis.call("HSET", fkey, sfield, table.concat(f, "|"))
+  local cls = f[6] ~= "" and f[6] or "unknown"
+  old_class = old_class ~= "" and old_class or "unknown"
+  if old == "failed" and (f[1] ~= "failed" or cls ~= old_class) then
+    redis.call("ZREM", K.failed(bid, old_class), idx)
+    redis.call("HINCRBY", bkey, "f_" .. old_class, -1)
+  end
+  if f[1] == "failed" and (old ~= "failed" or cls ~= old_class) then
+    redis.call("ZADD", K.failed(bid, cls), idx, idx)
+    redis.call("HINCRBY", bkey, "f_" .. cls, 1)
+  end
+  if not moves then return 0 end
   redis.call("HINCRBY", bkey, "n_" .. old, -1)
   redis.call("HINCRBY", bkey, "n_" .. new_state, 1)
   if new_state == "done" then
-    local dur = redis.call("HGET", fkey, "duration") or "0"
-    redis.call("HINCRBYFLOAT", bkey, "audio_done", dur)
+    redis.call("HINCRBYFLOAT", bkey, "audio_done", info_duration(info))
   end
-  if new_state == "failed" then redis.call("SADD", K.failed(bid), idx) end
-  if old == "failed" then redis.call("SREM", K.failed(bid), idx) end
   if new_state == "done" or new_state == "failed" or new_state == "cancelled" then
     local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed", "n_cancelled")
     if tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[4] or 0) == tonumber(b[1] or -1) then
@@ -72,6 +144,60 @@ local function job_files(targets_key, new_state, fields, now)
   local targets = redis.call("LRANGE", targets_key, 0, -1)
   for _, t in ipairs(targets) do file_move(t, new_state, fields, now) end
   return targets
+end
+"""
+
+# Shared Lua: a job claimed or queued that never started is one field of a `waiting` hash (a job's
+# own hash and targets list cost ~500 bytes in Redis 7.0): "KIND|A|B|first target", KIND c
+# (claimed: A the owner, B the claim deadline), q (queued: A since when), x (cancelled: A when).
+# Further targets are in the job's targets list. Its first start makes it a job hash (`own_job`).
+# A done job whose inputs all have their outcome is one such field again, d: "d|attempts|crashes|
+# endpoint|handbacks|reroutes" (`retire_job`), beside its cached result.
+_WAITING = r"""
+local WAITING_STATE = {c = "claimed", q = "queued", x = "cancelled", d = "done"}
+local function waiting_entry(jk)
+  local wkey, wfield = K.waiting(jk)
+  local w = redis.call("HGET", wkey, wfield)
+  if not w then return nil end
+  local kind, a, b, t = string.match(w, "^(%a)|([^|]*)|([^|]*)|(.*)$")
+  return {state = WAITING_STATE[kind], kind = kind, a = a, b = b, target = t, key = wkey, field = wfield}
+end
+local function put_waiting(w, kind, a, b, target)
+  redis.call("HSET", w.key, w.field, kind .. "|" .. a .. "|" .. b .. "|" .. target)
+end
+-- A waiting job becomes a job hash with its first target at the head of its targets list (a done
+-- one only when its result is gone: it is to be done again). Returns the entry it was (nil: none);
+-- a cancelled one, or a done one with its result, is left in place.
+local function own_job(jk, jkey, tkey)
+  if redis.call("EXISTS", jkey) == 1 then return nil end
+  local w = waiting_entry(jk)
+  if not w or w.kind == "x" then return w end
+  if w.kind == "d" then
+    if redis.call("EXISTS", K.result(jk)) == 1 then return w end
+    local endpoint, handbacks, reroutes = string.match(w.target, "^([^|]*)|([^|]*)|(.*)$")
+    redis.call("HSET", jkey, "state", "done", "attempts", w.a, "crashes", w.b, "endpoint", endpoint or "",
+               "handbacks", handbacks or 0, "reroutes", reroutes or 0)
+    redis.call("HDEL", w.key, w.field)
+    return w
+  end
+  if w.kind == "c" then
+    redis.call("HSET", jkey, "state", "claimed", "owner", w.a, "claim_deadline", w.b)
+  else
+    redis.call("HSET", jkey, "state", "queued", "queued_at", w.a)
+  end
+  redis.call("HSET", jkey, "attempts", 0, "crashes", 0, "reroutes", 0, "error_class", "", "reason", "")
+  redis.call("LPUSH", tkey, w.target)
+  redis.call("HDEL", w.key, w.field)
+  return w
+end
+-- A done job nobody waits for any more: its hash becomes a `d` entry.
+local function retire_job(jk, jkey)
+  local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "endpoint", "handbacks", "reroutes")
+  if j[1] ~= "done" then return end
+  local wkey, wfield = K.waiting(jk)
+  redis.call("HSET", wkey, wfield, "d|" .. (j[2] or "0") .. "|" .. (j[3] or "0") .. "|" .. (j[4] or "") .. "|"
+             .. (j[5] or "0") .. "|" .. (j[6] or "0"))
+  redis.call("DEL", jkey)
 end
 """
 
@@ -106,29 +232,40 @@ end
 
 # KEYS: prefix. ARGV: now, owner, claim_ttl, then (job_key, target, duration) triples.
 # Per item: "claimed" (caller must publish), "attached" (someone else will), "done" (cached result).
-CLAIM = KEYSPACE + r"""
+# A job that never ran is claimed as a waiting entry (`_WAITING`); one that ran before (failed,
+# cancelled while running, or done with its result gone) in its own hash.
+CLAIM = KEYSPACE + _WAITING + r"""
 local now, owner, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local out = {}
 for i = 4, #ARGV, 3 do
-  local jk, target, dur = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local jk, target = ARGV[i], ARGV[i + 1]
   local jkey, tkey = K.job(jk), K.targets(jk)
   local j = redis.call("HMGET", jkey, "state", "claim_deadline")
-  local st = j[1]
-  local has_result = redis.call("EXISTS", K.result(jk)) == 1
-  if st == "done" and has_result then
+  local st, deadline, w = j[1], tonumber(j[2] or 0) or 0, nil
+  if not st then
+    w = waiting_entry(jk)
+    if w then st, deadline = w.state, tonumber(w.b) or 0 end
+  end
+  if redis.call("EXISTS", K.result(jk)) == 1 and (not st or st == "done") then
     out[#out + 1] = "done"
   else
-    local claimable = (not st) or st == "failed" or (st == "done") or st == "cancelled"
-        or (st == "claimed" and tonumber(j[2] or 0) < now)
-    if claimable then
+    local claimable = (not st) or st == "failed" or st == "done" or st == "cancelled"
+        or (st == "claimed" and deadline < now)
+    local listed = true   -- the target goes into the targets list (not the waiting entry)
+    if claimable and j[1] then
       redis.call("HSET", jkey, "state", "claimed", "owner", owner, "claim_deadline", now + ttl,
-                 "duration", dur, "attempts", 0, "crashes", 0, "reroutes", 0,
-                 "error_class", "", "reason", "")
-      out[#out + 1] = "claimed"
-    else
-      out[#out + 1] = "attached"
+                 "attempts", 0, "crashes", 0, "reroutes", 0, "error_class", "", "reason", "")
+    elseif claimable then
+      -- an expired claim keeps its first target; a new or cancelled job starts with this one
+      local first = (w and w.kind == "c") and w.target or target
+      local wkey, wfield = K.waiting(jk)
+      redis.call("HSET", wkey, wfield, "c|" .. owner .. "|" .. (now + ttl) .. "|" .. first)
+      listed = first ~= target
+    elseif w then
+      listed = w.target ~= target
     end
-    if redis.call("LPOS", tkey, target) == false then redis.call("RPUSH", tkey, target) end
+    out[#out + 1] = claimable and "claimed" or "attached"
+    if listed and redis.call("LPOS", tkey, target) == false then redis.call("RPUSH", tkey, target) end
   end
 end
 return out
@@ -136,13 +273,20 @@ return out
 
 # KEYS: prefix. ARGV: owner, now, job keys... : claimed -> queued once the task is on the broker
 # (queued_at: since when its message waits, for the oldest-queued-age metric).
-PUBLISHED = KEYSPACE + r"""
+PUBLISHED = KEYSPACE + _WAITING + r"""
 local owner, now = ARGV[1], ARGV[2]
 for i = 3, #ARGV do
-  local jkey = K.job(ARGV[i])
-  local j = redis.call("HMGET", jkey, "state", "owner")
-  if j[1] == "claimed" and j[2] == owner then
-    redis.call("HSET", jkey, "state", "queued", "queued_at", now)
+  local jk = ARGV[i]
+  local w = waiting_entry(jk)
+  if w then
+    if w.kind == "c" and w.a == owner then put_waiting(w, "q", now, "", w.target) end
+  else
+    local jkey = K.job(jk)
+    local j = redis.call("HMGET", jkey, "state", "owner")
+    if j[1] == "claimed" and j[2] == owner then
+      redis.call("HSET", jkey, "state", "queued", "queued_at", now)
+      redis.call("HDEL", jkey, "owner", "claim_deadline")
+    end
   end
 end
 return 1
@@ -157,10 +301,12 @@ return 1
 # to the pool (at most max_bounces times per failure) so that another endpoint can take it, or
 # "cancelled" when no input wants the job any more (its batches were cancelled): nothing runs;
 # "redo" when the job is done but its cached result is gone (`forget_result`): it runs again.
-START = _FILES + _DELAY + r"""
+# A job without a hash whose result is cached is "done"; without either it is "missing".
+START = _FILES + _DELAY + _WAITING + r"""
 local jkey, tkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local jk, endpoint, now, delivery = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local ttl, spec, max_bounces, bounce_due = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local was = own_job(jk, jkey, tkey)
 local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "delivery", "lease_until",
                      "reroutes", "first_started_at", "endpoint", "avoid", "bounces")
 local prev = j[1] or "missing"
@@ -170,6 +316,11 @@ local function reply(verdict, attempts, crashes, crashed, lease, targets)
   for _, t in ipairs(targets) do r[#r + 1] = t end
   return r
 end
+if was and was.kind == "x" then   -- cancelled before it ever started
+  undelay_job(delayed, specs, jk)
+  return reply("cancelled", "0", "0", "", 0, {})
+end
+if prev == "missing" and redis.call("EXISTS", K.result(jk)) == 1 then prev = "done" end  -- retired
 if prev == "done" and redis.call("EXISTS", K.result(jk)) == 0 then
   -- done, but its cache pointer is gone (forgotten: what it pointed at is gone): work to redo
   prev = "redo"
@@ -293,15 +444,40 @@ end
 return redis.call("LRANGE", tkey, 0, -1)
 """
 
-# KEYS: prefix [, the targets list of the job to detach the input from].
+# KEYS: prefix [, the targets list of the job to detach the input from, the job's hash].
 # ARGV: target, new state, now, then field/value pairs. Returns 1 when this completed the batch.
-SETTLE = _FILES + r"""
+# Detaching the job's last input from a job that is done retires the job's hash (`retire_job`): a
+# done job at rest is its cached result and ~60 bytes. (A failed job keeps its hash: why it failed.)
+SETTLE = _FILES + _WAITING + r"""
 local target, st, now = ARGV[1], ARGV[2], ARGV[3]
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 local complete = file_move(target, st, fields, now)
-if KEYS[2] then redis.call("LREM", KEYS[2], 0, target) end
+if KEYS[2] then
+  redis.call("LREM", KEYS[2], 0, target)
+  if KEYS[3] and redis.call("LLEN", KEYS[2]) == 0 then
+    retire_job(string.sub(KEYS[3], #KEYS[1] + 6), KEYS[3])   -- KEYS[3] is K.job(jk)
+  end
+end
 return complete
+"""
+
+# KEYS: prefix. ARGV: batch_id, now, then (index, info) pairs: files of a failed batch queued
+# again (`retry-failed`) with what a new fingerprint says of them (attempts, class and reason
+# cleared). Returns how many were failed and are queued now.
+REQUEUE_FILES = _FILES + r"""
+local bid, now, moved = ARGV[1], ARGV[2], 0
+for i = 3, #ARGV, 2 do
+  local target = bid .. ":" .. ARGV[i]
+  local fkey, slot, sfield = K.file(target)
+  local f = file_fields(redis.call("HGET", fkey, sfield))
+  if f[1] == "failed" then
+    file_move(target, "queued", {"info", ARGV[i + 1], "attempts", "0", "error_class", "", "reason", "",
+                                 "finished_at", "", "cached", ""}, now)
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 # KEYS: prefix, kombu's unacked index. ARGV: now, lease_until, then (job_key, delivery, tag)
@@ -441,15 +617,16 @@ if redis.call("GET", KEYS[2]) == ARGV[1] then return redis.call("DEL", KEYS[2]) 
 return 0
 """
 
-# KEYS: prefix, output reservations hash. ARGV: batch_id, then (output digest, input tag) pairs;
-# tags are 16 bytes. A reservation's value is the input tag followed by the batch id. All or
-# nothing: if a batch that is still running (done + failed + cancelled < total) holds an output for
-# another input, nothing is written and the reply lists {position (1-based), other batch, ...} of
-# each clash; else every output is reserved, reply {}. The same input submitted again (a re-run
-# after Ctrl-C) takes its output over; a reservation of a finished or vanished batch is stale and
-# taken over too.
+# KEYS: prefix. ARGV: batch_id, then (output digest, input tag) pairs; digests are 16 bytes, tags
+# 8. A reservation (in the digest's `K.outputs` hash) is the input tag followed by the batch id.
+# All or nothing: if a batch that is still running (done + failed + cancelled < total) holds an
+# output for another input, or this batch holds it for another of its inputs (two inputs of one
+# batch would share an output), nothing is written and the reply lists {position (1-based), other
+# batch, ...} of each clash; else every output is reserved, reply {}. The same input submitted
+# again (a re-run after Ctrl-C) takes its output over; a reservation of a finished or vanished
+# batch is stale and taken over too.
 RESERVE_OUTPUTS = KEYSPACE + r"""
-local hkey, bid = KEYS[2], ARGV[1]
+local bid = ARGV[1]
 local live = {}
 local function running(other)
   if live[other] == nil then
@@ -459,30 +636,30 @@ local function running(other)
   end
   return live[other]
 end
-local clashes, position = {}, 0
+local clashes, position, mine = {}, 0, {}
 for i = 2, #ARGV, 2 do
   position = position + 1
-  local held = redis.call("HGET", hkey, ARGV[i])
-  if held and string.sub(held, 1, 16) ~= ARGV[i + 1] then
-    local other = string.sub(held, 17)
-    if other ~= bid and running(other) then
+  local held = mine[ARGV[i]] or redis.call("HGET", K.outputs(ARGV[i]), ARGV[i])
+  if held and string.sub(held, 1, 8) ~= ARGV[i + 1] then
+    local other = string.sub(held, 9)
+    if other == bid or running(other) then
       clashes[#clashes + 1] = tostring(position)
       clashes[#clashes + 1] = other
     end
   end
+  mine[ARGV[i]] = ARGV[i + 1] .. bid
 end
 if #clashes > 0 then return clashes end
-for i = 2, #ARGV, 2 do redis.call("HSET", hkey, ARGV[i], ARGV[i + 1] .. bid) end
+for i = 2, #ARGV, 2 do redis.call("HSET", K.outputs(ARGV[i]), ARGV[i], ARGV[i + 1] .. bid) end
 return clashes
 """
 
-# KEYS: prefix, output reservations hash. ARGV: batch_id, then output digests: drop the reservations
-# this batch still holds.
-RELEASE_OUTPUTS = r"""
-local hkey = KEYS[2]
+# KEYS: prefix. ARGV: batch_id, then output digests: drop the reservations this batch still holds.
+RELEASE_OUTPUTS = KEYSPACE + r"""
 for i = 2, #ARGV do
+  local hkey = K.outputs(ARGV[i])
   local held = redis.call("HGET", hkey, ARGV[i])
-  if held and string.sub(held, 17) == ARGV[1] then redis.call("HDEL", hkey, ARGV[i]) end
+  if held and string.sub(held, 9) == ARGV[1] then redis.call("HDEL", hkey, ARGV[i]) end
 end
 return 1
 """
@@ -496,7 +673,7 @@ return 1
 # it if it fails). A job another batch still wants is left alone. A batch that had finished before
 # its first call is left as it was. Returns {verdict, completed 0|1, files cancelled, jobs cancelled};
 # verdict "finished" (nothing done) or "cancelled".
-CANCEL = _FILES + _DELAY + r"""
+CANCEL = _FILES + _DELAY + _WAITING + r"""
 local bkey, delayed, specs = KEYS[2], KEYS[3], KEYS[4]
 local bid, now = ARGV[1], ARGV[2]
 local b = redis.call("HMGET", bkey, "total", "n_done", "n_failed", "n_cancelled", "cancelled_at")
@@ -507,21 +684,38 @@ if (not b[5] or b[5] == "")
 end
 redis.call("HSETNX", bkey, "cancelled_at", now)
 local completed, files, jobs = 0, 0, 0
+local options_key = redis.call("HGET", bkey, "options_key")
 for i = 3, #ARGV do
   local target = bid .. ":" .. ARGV[i]
-  local f = redis.call("HMGET", K.file(target), "state", "job")
-  if f[1] == "queued" or f[1] == "running" or f[1] == "retrying" then
+  local fkey, slot, sfield = K.file(target)
+  local info = redis.call("HGET", fkey, slot)
+  local st = info and file_fields(redis.call("HGET", fkey, sfield))[1]
+  if st == "queued" or st == "running" or st == "retrying" then
     completed = math.max(completed, file_move(target, "cancelled", {"finished_at", now}, now))
     files = files + 1
-    local jk = f[2] or ""
+    local jk = info_job(info, options_key)
     if jk ~= "" then
       local tkey, jkey = K.targets(jk), K.job(jk)
       redis.call("LREM", tkey, 0, target)
-      local st = redis.call("HGET", jkey, "state")
-      if redis.call("LLEN", tkey) == 0 and (st == "claimed" or st == "queued" or st == "retrying") then
-        redis.call("HSET", jkey, "state", "cancelled", "finished_at", now)
-        undelay_job(delayed, specs, jk)
-        jobs = jobs + 1
+      local w = redis.call("EXISTS", jkey) == 0 and waiting_entry(jk)
+      if w then
+        if w.target == target and w.kind ~= "x" then   -- its first target goes: the next one takes its place
+          local nxt = redis.call("LPOP", tkey)
+          if nxt then
+            put_waiting(w, w.kind, w.a, w.b, nxt)
+          else
+            put_waiting(w, "x", now, "", target)
+            undelay_job(delayed, specs, jk)
+            jobs = jobs + 1
+          end
+        end
+      else
+        local js = redis.call("HGET", jkey, "state")
+        if redis.call("LLEN", tkey) == 0 and (js == "claimed" or js == "queued" or js == "retrying") then
+          redis.call("HSET", jkey, "state", "cancelled", "finished_at", now)
+          undelay_job(delayed, specs, jk)
+          jobs = jobs + 1
+        end
       end
     end
   end
@@ -551,6 +745,20 @@ redis.call("SET", KEYS[2], ARGV[1] .. "|" .. ARGV[2] .. "|" .. cost, "PX", ARGV[
 return 1
 """
 
+# KEYS: prefix. ARGV: 16-byte fingerprint digests (of "path|size|version"). Returns the cached
+# value of each (32 bytes of sha256 + duration) or false. In `K.fingerprints(digest)`.
+FINGERPRINTS = KEYSPACE + r"""
+local out = {}
+for i = 1, #ARGV do out[i] = redis.call("HGET", K.fingerprints(ARGV[i]), ARGV[i]) end
+return out
+"""
+
+# KEYS: prefix. ARGV: (digest, value) pairs: remember each fingerprint.
+REMEMBER_FINGERPRINTS = KEYSPACE + r"""
+for i = 1, #ARGV, 2 do redis.call("HSET", K.fingerprints(ARGV[i]), ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
 # Every script the store registers, by name.
 SCRIPTS = {
     "claim": CLAIM, "published": PUBLISHED, "start": START, "requeue": REQUEUE, "finish": FINISH,
@@ -560,6 +768,7 @@ SCRIPTS = {
     "release_endpoint": RELEASE_ENDPOINT, "reserve_outputs": RESERVE_OUTPUTS,
     "summary_turn": SUMMARY_TURN, "release_held": RELEASE_ENDPOINT,
     "release_outputs": RELEASE_OUTPUTS,
-    "cancel": CANCEL,
+    "cancel": CANCEL, "requeue_files": REQUEUE_FILES,
+    "fingerprints": FINGERPRINTS, "remember_fingerprints": REMEMBER_FINGERPRINTS,
     "hand_back": HAND_BACK, "record_attempt": RECORD_ATTEMPT,
 }

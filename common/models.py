@@ -72,6 +72,13 @@ def options_from_dict(data: dict[str, Any]) -> JobOptions:
     return TranscriptionOptions.from_dict(data)
 
 
+def compact_options(options: JobOptions) -> dict[str, Any]:
+    """The options without the values that are their defaults (a conversion keeps its `kind`):
+    what a task message carries. `options_from_dict` reads it back to the same options."""
+    default: dict[str, Any] = type(options)().to_dict()
+    return {k: v for k, v in options.to_dict().items() if v != default.get(k) or k == "kind"}
+
+
 def job_key(sha256: str, options: JobOptions) -> str:
     """The unit of dedupe: same bytes + same result-changing options = one engine call."""
     return f"{sha256}.{options.cache_key()}"
@@ -84,7 +91,8 @@ def job_key_for(sha256: str, options_key: str) -> str:
 
 @dataclass
 class FileRecord:
-    """One input of a batch as kept in Redis (`Keys.file`). Strings only, as Redis stores them."""
+    """One input of a batch (`common.state.records` says how Redis keeps it). `size` and
+    `queued_at` are not kept there."""
 
     batch_id: str
     index: int

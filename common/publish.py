@@ -1,4 +1,4 @@
-"""Publish many transcribe tasks: Celery messages built from a template, one Redis pipeline per batch.
+"""Publish many transcribe tasks: Celery messages built from a template, one script call per batch.
 
 `app.send_task` costs ~1 ms per task on the producer (a new redis-py client per publish inside
 kombu, `saferepr` of the arguments, a second round trip for the task-sent event), and kombu's own
@@ -15,9 +15,11 @@ publish twice). So the producer writes the messages itself:
   pipeline is sent at most once. A failure raises `PublishError` (what was surely published, what
   is uncertain); the caller's claims then stay unpublished, expire and are taken over. Nothing is
   dropped silently, nothing is published twice by a replay.
-* The `task-sent` event (`task_send_sent_event`) goes into the same pipeline: one `PUBLISH` on the
+* The `task-sent` event (`task_send_sent_event`) goes into the same call: one `PUBLISH` on the
   `celeryev` fanout topic per task, the envelope kombu would send, so Flower still sees tasks as
-  they are sent. `Publisher(app, sent_events=False)` leaves it out.
+  they are sent. `Publisher(app, sent_events=False)` leaves it out. A batch of tasks is one Lua
+  call (`_PUSH`: an `LPUSH` and a `PUBLISH` per task, in order) in a pipeline, not two commands per
+  task: packing and parsing those cost the producer more than building the messages.
 * Queue bindings are declared as kombu declares them (the two `SADD`s) once per queue per call.
 
 Brokers or options this path does not cover (another transport, Sentinel, `global_keyprefix`,
@@ -34,7 +36,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii as _json_str  # what json.dumps uses
@@ -52,14 +53,44 @@ from batchscribe.common.queues import TRANSCRIBE_TASK
 from batchscribe.common.settings import redact
 from batchscribe.common.state import describe
 
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED: dict[str, Any] = {}  # callbacks, errbacks, chain, chord: none (`celery_app.CompactAMQP`)
 _REPR_MAX = 1000  # below Celery's argsrepr/kwargsrepr_maxsize (1024): no truncation to imitate
+
+
+def new_task_id() -> str:
+    """A task id: 80 random bits as 20 hex digits (a task message holds it three times; Celery and
+    Flower take any unique string). Delivery tags are 64 random bits: unique among the messages in
+    flight, which is where kombu looks them up."""
+    return os.urandom(10).hex()
+
+
+def input_ref(index: int) -> str:
+    """A task's first argument when it names the input that published it (`index` of its `batch`)
+    instead of the job's 81-character key: the worker reads the key from that input's record
+    (`resolve_ref`), and each queued message is ~130 bytes smaller."""
+    return f"@{index}"
+
+
+def is_input_ref(job_key: str) -> bool:
+    return job_key.startswith("@")
+
+
+def message_task(raw: bytes | str) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) of a task message as kombu's Redis transport stores it (its body base64 or
+    JSON text, as its envelope says). Raises ValueError, KeyError, TypeError for anything else."""
+    envelope = json.loads(raw)
+    body: Any = envelope["body"]
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args, kwargs = json.loads(body)[:2]
+    return list(args), dict(kwargs)
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     """One Celery task = one unique file (job). `path` and `batch` are the input and batch that
-    published it (the job may serve others too): what Flower shows and searches by."""
+    published it (the job may serve others too): what Flower shows and searches by. `job_key` is
+    the job's key, or `input_ref` of that input; `options` may leave out what is the default."""
 
     job_key: str
     options: dict[str, Any]
@@ -89,11 +120,28 @@ class PublishError(StateError):
         self.uncertain = uncertain
 
 
+# ARGV: the number of event topics, the topics, then (queue, message, task-sent event or "") triples:
+# each message LPUSHed to its queue (as kombu's Redis transport puts it) and its event PUBLISHed on
+# every topic, in order. One call per batch of tasks: a command per task costs the producer more to
+# pack and parse than building the message does.
+_PUSH = r"""
+local topics = tonumber(ARGV[1])
+for i = topics + 2, #ARGV, 3 do
+  redis.call("LPUSH", ARGV[i], ARGV[i + 1])
+  if ARGV[i + 2] ~= "" then
+    for t = 2, topics + 1 do redis.call("PUBLISH", ARGV[t], ARGV[i + 2]) end
+  end
+end
+return 1
+"""
+
+
 @dataclass
 class _Route:
     """What the fast path needs from kombu's Redis channel, read once per Publisher."""
 
     client: redis.Redis
+    push: Any  # the _PUSH script, registered on `client`
     binding_key: str  # '_kombu.binding.%s'
     binding_permanent_key: str  # '_kombu.binding_permanent.%s'
     sep: str
@@ -154,23 +202,21 @@ class Publisher:
             key, member = route.queues[queue]  # type: ignore[misc]
             pipe.sadd(route.binding_key % key, member)
             pipe.sadd(route.binding_permanent_key % key, member)
-        topics = route.event_topics
-        events = self.sent_events
-        lpush, publish = pipe.lpush, pipe.publish
-        in_batch = 0
+        topics = route.event_topics if self.sent_events else []
+        head: list[Any] = [len(topics), *topics]
+        args = list(head)
         for spec in specs:
-            task_id = uuid.uuid4().hex
+            task_id = new_task_id()
             message, event = build(spec, task_id)
-            lpush(spec.queue, message)
-            if events:
-                for topic in topics:
-                    publish(topic, event)
+            args += [spec.queue, message, event]
             ids.append(task_id)
-            in_batch += 1
-            if in_batch >= self.batch_size:
+            if len(ids) - done >= self.batch_size:
+                route.push(args=args, client=pipe)
                 self._execute(pipe, ids, done)
-                done, in_batch = len(ids), 0
-        if len(pipe):
+                done, args = len(ids), list(head)
+        if len(ids) > done or len(pipe):
+            if len(ids) > done:
+                route.push(args=args, client=pipe)
             self._execute(pipe, ids, done)
         return ids
 
@@ -213,7 +259,7 @@ class Publisher:
         try:
             with self.app.producer_or_acquire() as producer, producer.batch(max_size=self.batch_size):
                 for spec in specs:
-                    task_id = uuid.uuid4().hex
+                    task_id = new_task_id()
                     self.app.send_task(
                         spec.task, task_id=task_id, queue=spec.queue, producer=producer,
                         args=[spec.job_key, spec.options],
@@ -241,7 +287,8 @@ def _connect_route(app: Celery) -> _Route | None:
             params.pop(retrying, None)  # no retries: a pipeline must never be replayed
         exchange = app.conf.event_exchange
         topics = list(channel._get_publish_topics(exchange, "task.sent"))
-        route = _Route(client=redis.Redis(connection_pool=redis.ConnectionPool(**params)),
+        client = redis.Redis(connection_pool=redis.ConnectionPool(**params))
+        route = _Route(client=client, push=client.register_script(_PUSH),
                        binding_key=channel.keyprefix_queue,
                        binding_permanent_key=channel.keyprefix_binding_permanent,
                        sep=channel.sep, event_topics=topics)
@@ -312,7 +359,8 @@ class _MessageBuilder:
         self.options_cache: dict[int, tuple[Any, str, str | None]] = {}  # id -> (options, JSON, repr tail)
         self.hostname = hostname
         self.event_exchange = app.conf.event_exchange
-        self.thread_oid = app.thread_oid
+        # how kombu's channel encodes bodies (the app's transport option; None: JSON text as it is)
+        self.body_encoding = (app.conf.broker_transport_options or {}).get("body_encoding", "base64")
         self._templates: dict[str, tuple[_Template, _Template]] = {}  # task name -> (message, event body)
         m = _mark
         self.event = _Template({
@@ -320,7 +368,7 @@ class _MessageBuilder:
             "headers": {"hostname": hostname},
             "properties": {"delivery_mode": 1,
                            "delivery_info": {"exchange": self.event_exchange, "routing_key": "task.sent"},
-                           "priority": 0, "body_encoding": "base64", "delivery_tag": m("tag")},
+                           "priority": 0, "body_encoding": self.body_encoding, "delivery_tag": m("tag")},
         })
 
     def _for(self, task: str) -> tuple[_Template, _Template]:
@@ -328,17 +376,15 @@ class _MessageBuilder:
         found = self._templates.get(task)
         if found is None:
             m, hostname = _mark, self.hostname
+            # What `celery_app.CompactAMQP` (headers a worker would assume left out) and kombu's
+            # channel make of `send_task`.
             message = _Template({
                 "body": m("body"), "content-encoding": "utf-8", "content-type": "application/json",
-                "headers": {"lang": "py", "task": task, "id": m("id"), "shadow": None, "eta": None,
-                            "expires": None, "group": None, "group_index": None, "retries": 0,
-                            "timelimit": [None, None], "root_id": m("id"), "parent_id": None,
-                            "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr"), "origin": hostname,
-                            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
-                            "stamps": {}},
-                "properties": {"correlation_id": m("id"), "reply_to": self.thread_oid, "delivery_mode": 2,
+                "headers": {"task": task, "id": m("id"), "root_id": m("id"),
+                            "argsrepr": m("argsrepr"), "kwargsrepr": m("kwargsrepr")},
+                "properties": {"correlation_id": m("id"), "delivery_mode": 2,
                                "delivery_info": {"exchange": "", "routing_key": m("queue")}, "priority": 0,
-                               "body_encoding": "base64", "delivery_tag": m("tag")},
+                               "body_encoding": self.body_encoding, "delivery_tag": m("tag")},
             })
             event_body = _Template({
                 "hostname": hostname, "utcoffset": m("utcoffset"), "pid": m("pid"), "clock": m("clock"),
@@ -358,18 +404,24 @@ class _MessageBuilder:
         kwargsrepr = self._kwargs_repr(path, duration, spec.batch)
         body = _BODY.fill({"job_key": _json_str(job_key), "options": options_json, "path": _json_str(path),
                            "duration": json.dumps(duration), "batch": _json_str(spec.batch)})
-        values = {"body": '"' + base64.b64encode(body.encode()).decode() + '"', "id": _json_str(task_id),
+        values = {"body": self._body(body), "id": _json_str(task_id),
                   "argsrepr": _json_str(argsrepr), "kwargsrepr": _json_str(kwargsrepr),
-                  "queue": _json_str(spec.queue), "tag": f'"{uuid.uuid4()}"'}
+                  "queue": _json_str(spec.queue), "tag": f'"{os.urandom(8).hex()}"'}
         message_template, event_body = self._for(spec.task)
         message = message_template.fill(values)
         if not self.events:
             return message, ""
         values.update(utcoffset=json.dumps(utcoffset()), pid=str(self.pid), clock=str(self.clock.forward()),
                       timestamp=json.dumps(time.time()))
-        values["body"] = '"' + base64.b64encode(event_body.fill(values).encode()).decode() + '"'
-        values["tag"] = f'"{uuid.uuid4()}"'
+        values["body"] = self._body(event_body.fill(values))
+        values["tag"] = f'"{os.urandom(8).hex()}"'
         return message, self.event.fill(values)
+
+    def _body(self, text: str) -> str:
+        """A body as kombu's channel puts it into the envelope (a JSON string)."""
+        if self.body_encoding == "base64":
+            return '"' + base64.b64encode(text.encode()).decode() + '"'
+        return _json_str(text)
 
     def _options(self, options: dict[str, Any]) -> tuple[str, str | None]:
         """JSON of the options and the end of the args repr, once per options dict in a publish call."""

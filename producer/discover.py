@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import posixpath
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,9 @@ from batchscribe.common.media import is_media
 
 if TYPE_CHECKING:
     from batchscribe.common.blob import StoredObject
+
+
+KEEP_SKIPPED = 1000  # files that are not media named in a Discovery (all are counted)
 
 
 @dataclass
@@ -54,53 +57,99 @@ class Discovered:
             self.skipped.append(path)
 
 
+Found = tuple[str, str, "StoredObject | None"]  # (absolute path or location, relative path, its listing)
+
+
+class Discovery:
+    """The media under some roots, found as they are walked or listed: iterate it once for (path,
+    rel, listing) of each file in walk order, in memory flat whatever their number. `skipped` (the
+    first KEEP_SKIPPED of `skipped_count`) and `links` are complete once it has been iterated."""
+
+    def __init__(self, inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> None:
+        given = [str(p) if is_blob(str(p)) else Path(p).expanduser() for p in inputs]
+        missing = [str(r) for r in given if isinstance(r, Path) and not r.exists()]
+        if missing:
+            raise InputError(f"input path not found: {', '.join(missing)}")
+        self.excluded = {os.path.realpath(e) for e in exclude if not is_blob(str(e))}
+        self.blob_out = [parse_blob(str(e)) for e in exclude if is_blob(str(e))]
+        self.roots: list[Path | BlobLocation] = list(dict.fromkeys(
+            parse_blob(r) if isinstance(r, str) else r.resolve() for r in given))
+        self.labels = root_labels(self.roots) if len(self.roots) > 1 else [""]
+        self.skipped: list[str] = []
+        self.skipped_count = 0
+        self.links: list[str] = []
+        spelled = [r.canonical if isinstance(r, BlobLocation) else str(r) for r in self.roots]
+        # a file is found twice only under roots inside one another: only then are paths remembered
+        self._seen: set[str] | None = set() if any(
+            a != b and (b + "/").startswith(a.rstrip("/") + "/") for a in spelled for b in spelled) else None
+
+    @property
+    def base(self) -> str:
+        """A prefix of every path found: the folder of the roots (records store paths below it)."""
+        spelled = [(r.canonical if isinstance(r, BlobLocation) else str(r)) for r in self.roots]
+        folders = [s.rstrip("/") + "/" if isinstance(r, BlobLocation) or r.is_dir() else s[:s.rfind("/") + 1]
+                   for r, s in zip(self.roots, spelled)]
+        base = os.path.commonprefix(folders) if folders else ""
+        return base[:base.rfind("/") + 1]
+
+    def __iter__(self) -> Iterator[Found]:
+        for root, label in zip(self.roots, self.labels):
+            if isinstance(root, BlobLocation):
+                found = self._list_blobs(root, label)
+            elif root.is_file():
+                found = iter([(str(root), label or root.name, None)])
+            else:
+                found = self._walk(root, label)
+            for path, rel, item in found:
+                if self._seen is not None:
+                    if path in self._seen:
+                        continue
+                    self._seen.add(path)
+                if is_media(path):
+                    yield path, rel, item
+                else:
+                    self.skipped_count += 1
+                    if len(self.skipped) < KEEP_SKIPPED:
+                        self.skipped.append(path)
+
+    def _walk(self, root: Path, label: str) -> Iterator[Found]:
+        top = str(root)
+        cut = len(top) + 1 if top != "/" else 1  # os.walk's paths start with the root as given
+        for dirpath, dirnames, filenames in os.walk(top):
+            subdirs = [os.path.join(dirpath, d) for d in sorted(dirnames)]
+            self.links += [d for d in subdirs if os.path.islink(d)]
+            dirnames[:] = [os.path.basename(d) for d in subdirs
+                           if not os.path.islink(d) and os.path.realpath(d) not in self.excluded]
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                yield full, os.path.join(label, full[cut:]), None
+
+    def _list_blobs(self, root: BlobLocation, label: str) -> Iterator[Found]:
+        """Every blob under `root` (the output prefix left out when it lies inside it)."""
+        from batchscribe.common.storage import blob_store
+
+        skip = [e.name.rstrip("/") + "/" for e in self.blob_out if e.container_key == root.container_key]
+        try:
+            for item in blob_store().list(root):
+                name = parse_blob(item.location).name
+                if any(name.startswith(prefix) for prefix in skip if prefix != "/"):
+                    continue
+                yield item.location, posixpath.join(label, item.rel) if label else item.rel, item
+        except ProcessingError as exc:
+            raise InputError(f"cannot list {shown(root.canonical)}: {exc.reason}") from exc
+
+
 def discover(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> Discovered:
-    """Walk files, folders and blob prefixes; relative paths as the module docstring says."""
-    given = [str(p) if is_blob(str(p)) else Path(p).expanduser() for p in inputs]
-    missing = [str(r) for r in given if isinstance(r, Path) and not r.exists()]
-    if missing:
-        raise InputError(f"input path not found: {', '.join(missing)}")
-    excluded = {os.path.realpath(e) for e in exclude if not is_blob(str(e))}
-    blob_out = [parse_blob(str(e)) for e in exclude if is_blob(str(e))]
-    roots: list[Path | BlobLocation] = list(dict.fromkeys(
-        parse_blob(r) if isinstance(r, str) else r.resolve() for r in given))
-    labels = root_labels(roots) if len(roots) > 1 else [""]
+    """Walk files, folders and blob prefixes; relative paths as the module docstring says (every
+    file in memory: `Discovery` streams them)."""
+    walk = Discovery(inputs, exclude)
     found = Discovered()
-    for root, label in zip(roots, labels):
-        if isinstance(root, BlobLocation):
-            _list_blobs(found, root, label, blob_out)
-        elif root.is_file():
-            found.add(str(root), label or root.name)
-        else:
-            _walk(found, root, label, excluded)
+    for path, rel, item in walk:
+        found.files.append((path, rel))
+        if item is not None:
+            found.blobs[path] = item
+    found.skipped, found.links = walk.skipped, walk.links
     return found
-
-
-def _walk(found: Discovered, root: Path, label: str, excluded: set[str]) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        subdirs = [os.path.join(dirpath, d) for d in sorted(dirnames)]
-        found.links += [d for d in subdirs if os.path.islink(d)]
-        dirnames[:] = [os.path.basename(d) for d in subdirs
-                       if not os.path.islink(d) and os.path.realpath(d) not in excluded]
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            found.add(full, os.path.join(label, os.path.relpath(full, root)))
-
-
-def _list_blobs(found: Discovered, root: BlobLocation, label: str, excluded: Sequence[BlobLocation]) -> None:
-    """Every blob under `root` (the output prefix left out when it lies inside it)."""
-    from batchscribe.common.storage import blob_store
-
-    skip = [e.name.rstrip("/") + "/" for e in excluded if e.container_key == root.container_key]
-    try:
-        for item in blob_store().list(root):
-            name = parse_blob(item.location).name
-            if any(name.startswith(prefix) for prefix in skip if prefix != "/"):
-                continue
-            found.blobs[item.location] = item
-            found.add(item.location, posixpath.join(label, item.rel) if label else item.rel)
-    except ProcessingError as exc:
-        raise InputError(f"cannot list {shown(root.canonical)}: {exc.reason}") from exc
 
 
 def _parts(root: Path | BlobLocation) -> tuple[str, ...]:

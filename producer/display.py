@@ -14,8 +14,9 @@ escaped for the terminal first (`common.names.printable`). `NO_COLOR` is honoure
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, RenderableType
@@ -175,3 +176,29 @@ def texts(lines: list[str], style: str | None = None) -> list[Text]:
 def cells(*values: object) -> list[Text]:
     """Table cells as plain text (escaped for the terminal, never read as markup)."""
     return [Text(printable(str(v))) for v in values]
+
+
+class SubmitLines:
+    """A submit's progress while it discovers, fingerprints and queues (`producer.submit.SubmitProgress`):
+    one plain line on `stream` every `every` seconds, the first after `first` seconds — a small batch
+    prints nothing, a million files (minutes) show that they move."""
+
+    def __init__(self, stream: TextIO, every: float = 5.0, first: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console_for(stream)
+        self.every, self.first, self.clock = every, first, clock
+        self.started = clock()
+        self.last: float | None = None
+
+    def __call__(self, progress: Any) -> None:
+        now = self.clock()
+        if now - self.started < self.first or (self.last is not None and now - self.last < self.every):
+            return
+        self.last = now
+        rate = progress.hashed / max(now - self.started, 1e-9)
+        line = f"batch {progress.batch_id}: {progress.found:,} files found and fingerprinted"
+        if progress.phase == "queueing":
+            line += f", {progress.queued:,} of {progress.hashed:,} queued"
+        else:
+            line += f" ({rate:,.0f}/s) so far"
+        self.console.print(Text(printable(line)))

@@ -160,8 +160,8 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
         if st is None:
             out[i] = Fingerprint(error=err)
         elif hits.get(key):
-            sha, _, dur = hits[key].partition("|")  # type: ignore[union-attr]
-            out[i] = Fingerprint(sha256=sha, size=st.size, duration=float(dur))
+            sha, dur = hits[key]  # type: ignore[misc]
+            out[i] = Fingerprint(sha256=sha, size=st.size, duration=dur)
         else:
             todo.append(i)
 
@@ -178,6 +178,6 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
             for i, fp in zip(chunk, measured):
                 out[i] = fp
     if store:
-        store.fingerprint_store({keys[i]: f"{out[i].sha256}|{out[i].duration:.3f}"  # type: ignore[union-attr]
-                           for i in todo if not out[i].error})  # type: ignore[union-attr]
+        store.fingerprint_store({keys[i]: (out[i].sha256, out[i].duration)  # type: ignore[union-attr]
+                                 for i in todo if not out[i].error})  # type: ignore[union-attr]
     return [fp or Fingerprint(error="internal: not measured") for fp in out]

@@ -84,7 +84,7 @@ def _follow(store: StateStore, batch_id: str, display: Display, interval: float,
         now = time.monotonic()
         check = now - workers_checked >= WORKERS_EVERY
         try:
-            view = load_view(store, batch_id, check_workers=check)
+            view = load_view(store, batch_id, with_failures=False, check_workers=check)
             if now - last_flight >= IN_FLIGHT_EVERY:
                 in_flight, last_flight = in_flight_for(store, view.header), now
             if run_log is not None:
@@ -107,7 +107,7 @@ def _follow(store: StateStore, batch_id: str, display: Display, interval: float,
         if view.complete or (deadline is not None and now > deadline):
             if run_log is not None:
                 run_log.note(f"batch {batch_id}: {plain_line(progress)}")
-            return view
+            return load_view(store, batch_id) if view.counts.get("failed") else view  # + failed files
         settle_wait(store, batch_id, interval)
 
 

@@ -21,7 +21,7 @@ from batchscribe.common.models import FileRecord, FileState, JobOptions, options
 from batchscribe.common.names import printable
 from batchscribe.common.output import Outputs
 from batchscribe.common.queues import queue_for
-from batchscribe.common.state import FILE_PAGE, StateStore, file_pages, served_queues
+from batchscribe.common.state import FILE_PAGE, StateStore, failed_counts, file_pages, served_queues
 from batchscribe.producer.display import cells, fmt_duration, fmt_hours, table, texts
 
 SHOW_FAILURES = 20  # failed files kept (and shown) per error class; all are counted
@@ -96,20 +96,19 @@ class NoSuchBatch(InputError):
 
 def load_view(store: StateStore, batch_id: str, with_failures: bool = True,
               check_workers: bool = False) -> BatchView:
-    """The batch now; `check_workers`: also whether a live worker serves its queue (while unfinished)."""
+    """The batch now, from its header's counters (files by state, failed files by class) whatever
+    its size; `with_failures`: also the first SHOW_FAILURES failed files of each class (a few
+    records); `check_workers`: also whether a live worker serves its queue (while unfinished)."""
     header = store.batch(batch_id)
     if not header:
         raise NoSuchBatch(f"no batch {batch_id!r} in this Redis (see `batchscribe status` for recent ones)")
     counts = {k[2:]: int(v) for k, v in header.items() if k.startswith("n_")}
     view = BatchView(batch_id, header, counts, int(header.get("total", 0)),
                      float(header.get("audio_total") or 0), float(header.get("audio_done") or 0))
+    view.failed_by_class = failed_counts(header)
     if with_failures and counts.get("failed"):
-        for record in iter_records(store, batch_id, store.failed_indexes(batch_id)):
-            cls = record.error_class or "unknown"
-            view.failed_by_class[cls] = view.failed_by_class.get(cls, 0) + 1
-            samples = view.failures.setdefault(cls, [])
-            if len(samples) < SHOW_FAILURES:
-                samples.append(record)
+        for cls, indexes in store.failure_samples(batch_id, SHOW_FAILURES).items():
+            view.failures[cls] = store.files(batch_id, indexes)
     if check_workers and not view.complete:
         view.unserved = unserved(store, view.options)
     return view

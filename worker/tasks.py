@@ -42,7 +42,7 @@ from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown, w
 from batchscribe.common.config import Endpoint, converter_endpoint, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import options_from_dict
-from batchscribe.common.publish import TaskSpec
+from batchscribe.common.publish import TaskSpec, is_input_ref
 from batchscribe.common.queues import (
     CONVERT_QUEUE,
     CONVERT_TASK,
@@ -245,6 +245,13 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
         if runtime.stopping.is_set():  # received as the consumer stops: back to its queue untouched
             raise Reject("the consumer is stopping", requeue=True)
         try:
+            if is_input_ref(job_key):  # the message names the input that published it: find its job
+                resolved = runtime.runner().store.job_key_of(batch, int(job_key[1:]))
+                if not resolved:
+                    log.warning("task %s names input %s of batch %s, which has no job: dropped",
+                                task.request.id, job_key, batch)
+                    return "stale: its input is gone"
+                job_key = resolved
             outcome = runtime.run(delivery_of(task.request, job_key, options, path, duration, batch))
         except StateError as exc:
             log.error("Redis failed while running %s; handing the message back: %s", job_key, exc)

@@ -81,8 +81,8 @@ class BatchService:
         index to continue from (None: no more). A filtered page looks at SCAN_LIMIT records at
         most, so it may be short and still have a next page."""
         view = load_view(self.store, batch_id, with_failures=False)
-        if state is FileState.FAILED:  # kept as a set of indexes: no scan needed
-            indexes = [i for i in self.store.failed_indexes(batch_id) if i >= skip]
+        if state is FileState.FAILED:  # kept as sorted sets of indexes: no scan needed
+            indexes = self.store.failed_indexes(batch_id, start=skip, count=top + 1)
             chosen = self.store.files(batch_id, indexes[:top])
             return chosen, (indexes[top] if len(indexes) > top else None)
         if state is None:

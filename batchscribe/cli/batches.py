@@ -32,7 +32,7 @@ from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore
 from batchscribe.producer.cancel import cancel as cancel_batch
-from batchscribe.producer.display import console_for
+from batchscribe.producer.display import SubmitLines, console_for
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.results import FORMATS, iter_results, write_results
 from batchscribe.producer.runlog import RunLog, event_cursor
@@ -63,7 +63,8 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Jo
     store = StateStore.connect(settings)
     cursor = event_cursor(store) if wait and outputs.log_folder else "0-0"  # before its first attempt
     report = submitter_for(settings, store).submit(
-        inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "")
+        inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "",
+        progress=SubmitLines(sys.stderr))
     line = submit_line(report)
     click.echo(line, err=True)
     if check_workers and (report.published or report.attached):
@@ -100,7 +101,8 @@ def submit_line(report: SubmitReport) -> str:
     links = f", {links_note(report.links, len(report.links))}" if report.links else ""
     return (f"batch {report.batch_id}: {report.files} file(s) — {report.published} queued, "
             f"{report.duplicates} duplicate(s), {report.attached} already in progress elsewhere, "
-            f"{report.cached} from cache, {report.failed_now} unusable; {len(report.skipped)} skipped "
+            f"{report.cached} from cache, {report.failed_now} unusable; "
+            f"{report.skipped_count or len(report.skipped)} skipped "
             f"(not audio/video){links} [{report.seconds:.1f}s]")
 
 

@@ -25,6 +25,8 @@ from batchscribe.common.state.batches import (
     FILE_PAGE,
     CancelOutcome,
     SummaryClock,
+    common_base,
+    failed_counts,
     file_pages,
     split_target,
     target_id,
@@ -38,5 +40,6 @@ from batchscribe.common.state.store import StateStore
 
 __all__ = ["FILE_PAGE", "Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot",
            "DelayedCounts", "JobStart", "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore",
-           "SummaryClock", "VMBeat", "as_text", "describe", "file_pages", "pack_result", "served_queues",
-           "split_target", "target_id", "text_dict", "translate", "unpack_result"]
+           "SummaryClock", "VMBeat", "as_text", "common_base", "describe", "failed_counts", "file_pages",
+           "pack_result", "served_queues", "split_target", "target_id", "text_dict", "translate",
+           "unpack_result"]

@@ -135,6 +135,7 @@ class StoreBase:
         self.clock = clock
         self.url = url  # redacted: for messages
         self._scripts = {name: client.register_script(src) for name, src in SCRIPTS.items()}
+        self._contexts: dict[str, Any] = {}  # batch id -> records.BatchContext (never changes)
 
     @property
     def prefix(self) -> str:

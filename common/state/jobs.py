@@ -3,7 +3,10 @@ with those bytes. Claimed by a producer, started, requeued or finished by delive
 lease on it; a pointer to its stored result is kept for dedupe hits (`common.cache`).
 
 Life of a job: ``claimed`` (a producer will publish it; expires after claim_ttl) → ``queued`` →
-``running`` ⇄ ``retrying`` → ``done`` | ``failed``. A running job holds a **lease** (`delivery`,
+``running`` ⇄ ``retrying`` → ``done`` | ``failed``. Until its first start a job is one field of a
+shared hash (`Keys.waiting_jobs`: a few dozen bytes instead of a hash and a list of its own); from
+then on a hash and its targets list, dropped again once its last input has its outcome: a done job
+is then just its cached result (`job` still says ``done``). A running job holds a **lease** (`delivery`,
 `lease_until` in its hash) that its consumer's lease keeper extends; a delivery that finds a live
 lease is deferred, one that finds an expired lease counts a crash and takes over
 (docs/design.md §Deliveries, leases and retries).
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from batchscribe.common.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
+from batchscribe.common.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, job_field
 from batchscribe.common.state.client import StoreBase, as_text, boundary, stamp, text_dict
 
 
@@ -65,6 +68,26 @@ def unpack_result(blob: bytes) -> dict[str, Any]:
     return cast("dict[str, Any]", json.loads(zlib.decompress(blob)))
 
 
+_WAITING_STATES = {"c": "claimed", "q": "queued", "x": "cancelled", "d": "done"}
+
+
+def waiting_fields(entry: str) -> dict[str, str]:
+    """A waiting or retired entry ("KIND|A|B|rest", `common.lua` ``_WAITING``) as the job hash
+    would say it ("target": its first input, for a job that waits)."""
+    kind, a, b, target = entry.split("|", 3)
+    state = _WAITING_STATES.get(kind, kind)
+    if kind == "c":
+        return {"state": state, "owner": a, "claim_deadline": b, "target": target}
+    if kind == "q":
+        return {"state": state, "queued_at": a, "target": target}
+    if kind == "d":
+        endpoint, _, rest = target.partition("|")
+        handbacks, _, reroutes = rest.partition("|")
+        return {"state": state, "attempts": a, "crashes": b, "endpoint": endpoint, "handbacks": handbacks,
+                "reroutes": reroutes}
+    return {"state": state, "finished_at": a}
+
+
 @boundary
 class Jobs(StoreBase):
     def _job_keys(self, job_key: str) -> list[str]:
@@ -89,14 +112,45 @@ class Jobs(StoreBase):
             self._run("published", (), [owner, stamp(self.clock()), *job_keys[start:start + chunk]])
 
     def job(self, job_key: str) -> dict[str, str]:
-        return text_dict(self.redis.hgetall(self.keys.job(job_key)))
+        """The job's fields: its hash, or what its waiting entry says (state, owner, claim_deadline,
+        queued_at), or ``{"state": "done"}`` when only its cached result is left; {} if unknown."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(job_key))
+        pipe.hget(self.keys.waiting_jobs(job_key), job_field(job_key))
+        pipe.exists(self.keys.result(job_key))
+        own, waiting, cached = pipe.execute()
+        if own:
+            return text_dict(own)
+        if waiting is not None:
+            found = waiting_fields(as_text(waiting))
+            return found if found["state"] != "done" or cached else {}  # done, result gone: forgotten
+        return {"state": "done"} if cached else {}
 
     def job_states(self, job_keys: Sequence[str]) -> list[tuple[str, float]]:
-        """(state, claim deadline) per job, pipelined."""
+        """(state, claim deadline) per job, pipelined ("" for a job that is neither waiting nor
+        under way)."""
         pipe = self.redis.pipeline(transaction=False)
         for jk in job_keys:
             pipe.hmget(self.keys.job(jk), "state", "claim_deadline")
-        return [(as_text(s), float(d or 0)) for s, d in pipe.execute()]
+            pipe.hget(self.keys.waiting_jobs(jk), job_field(jk))
+        replies = pipe.execute()
+        out: list[tuple[str, float]] = []
+        for (state, deadline), waiting in zip(replies[0::2], replies[1::2]):
+            if state is None and waiting is not None:
+                w = waiting_fields(as_text(waiting))
+                out.append((w["state"], float(w.get("claim_deadline") or 0)))
+            else:
+                out.append((as_text(state), float(deadline or 0)))
+        return out
+
+    def targets_of(self, job_key: str) -> list[str]:
+        """Every input that wants the job's result ("batch_id:index"), first come first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.waiting_jobs(job_key), job_field(job_key))
+        pipe.lrange(self.keys.targets(job_key), 0, -1)
+        waiting, listed = pipe.execute()
+        first = waiting_fields(as_text(waiting)).get("target") if waiting is not None else None
+        return ([first] if first else []) + [as_text(t) for t in listed]
 
     def start_job(self, job_key: str, endpoint: str, delivery: str, lease_ttl: float = 30,
                   defer_spec: str = "", max_bounces: int = 0, bounce_delay: float = 0.3) -> JobStart:

@@ -6,11 +6,9 @@ Every method is a read in one or two pipelined round trips; nothing here writes.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from batchscribe.common.keys import KOMBU_UNACKED, kombu_queue_lists
 from batchscribe.common.state.client import StoreBase, as_text, boundary
@@ -41,16 +39,18 @@ class SeenVM:
 
 
 def job_key_of(message: bytes | str) -> str | None:
-    """The job key of a transcribe task message as kombu's Redis transport stores it (the JSON
-    envelope, base64 body, Celery protocol 2: [[job_key, options], kwargs, embed]); None if it is
-    not one."""
+    """The job of a transcribe or convert task message as kombu's Redis transport stores it (the
+    JSON envelope, a base64 or plain body, Celery protocol 2: [[job_key, options], kwargs, embed]):
+    its key, or ``@INDEX@BATCH`` when the message names the input that published it
+    (`common.publish.input_ref`); None if it is not one."""
+    from batchscribe.common.publish import message_task  # publish imports the state package
+
     try:
-        envelope = json.loads(message)
-        body: Any = envelope["body"]
-        if envelope.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        key = json.loads(body)[0][0]
-    except (ValueError, TypeError, KeyError, IndexError):
+        args, kwargs = message_task(message)
+        key = args[0]
+        if isinstance(key, str) and key.startswith("@"):
+            key = f"{key}@{kwargs.get('batch', '')}"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         return None
     return key if isinstance(key, str) else None
 
@@ -77,16 +77,19 @@ class Monitoring(StoreBase):
                 key = job_key_of(tail) if tail else None
                 if key is not None:
                     oldest.setdefault(queue, []).append(key)
-        pipe = self.redis.pipeline(transaction=False)
-        for keys in oldest.values():
-            for key in keys:
-                pipe.hget(self.keys.job(key), "queued_at")
-        stamps = iter(pipe.execute())
+        stamps = iter([self._queued_at(key) for keys in oldest.values() for key in keys])
         depths = {}
         for queue in queues:
             seen = [float(s) for s in (next(stamps) for _ in oldest.get(queue, ())) if s]
             depths[queue] = QueueDepth(counts[queue], min(seen) if seen else None)
         return depths
+
+    def _queued_at(self, key: str) -> str:
+        if key.startswith("@"):  # "@INDEX@BATCH": the input's record says which job it is
+            index, _, batch = key[1:].partition("@")
+            records = self.files(batch, [int(index)]) if index.isdigit() else []  # type: ignore[attr-defined]
+            key = records[0].job if records else ""
+        return self.job(key).get("queued_at", "") if key else ""  # type: ignore[attr-defined]
 
     def delayed_counts(self) -> DelayedCounts:
         pipe = self.redis.pipeline(transaction=False)

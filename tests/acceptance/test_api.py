@@ -297,7 +297,7 @@ def test_cancel_leaves_nothing_queued_or_running(tmp_path: Path, root: Path, red
     assert jobs == {str(root / "in" / "x0.wav"): "done", str(root / "in" / "x1.wav"): "cancelled",
                     str(root / "in" / "x2.wav"): "cancelled", str(root / "in" / "x3.wav"): "done"}
     assert [r.state.value for r in store.files(a, range(4))] == ["cancelled"] * 4
-    assert store.redis.keys("bs:job:*:targets") == [] and not store.redis.exists(store.keys.output_reservations())
+    assert store.redis.keys("bs:job:*:targets") == [] and not store.redis.keys("bs:outputs:*")
     assert not list((root / "out_a").glob("*_wav.json"))  # x3 finished for nobody: no output for batch a
     summary = json.loads((root / "out_a" / "run_summary.json").read_text())["overall_summary"]
     assert (summary["cancelled"], summary["succeeded"]) == (4, 0)

@@ -5,7 +5,6 @@ processes with the Speech SDK against the emulator (duration transcripts), the `
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import wave
 from pathlib import Path
 
 from batchscribe.common.models import FileState
+from batchscribe.common.publish import message_task
 from batchscribe.common.queues import pool_queue
 from batchscribe.common.state import StateStore
 from batchscribe.emulator import Emulator
@@ -220,10 +220,11 @@ def test_stopping_watch_leaves_its_submitted_work_queued_for_the_workers(tmp_pat
     assert sorted(Path(r.path).name for r in records) == ["a.wav", "b.wav"]
     assert [r.state for r in records] == [FileState.QUEUED] * 2
     assert [store.job(r.job)["state"] for r in records] == ["queued"] * 2
-    messages = [json.loads(m) for m in store.redis.lrange(pool_queue("en-US"), 0, -1)]
-    tasks = [json.loads(base64.b64decode(m["body"])) for m in messages]
-    assert sorted((args[0], kwargs["path"], kwargs["batch"]) for args, kwargs, _ in tasks) == \
-        sorted((r.job, r.path, batch) for r in records)  # one task per file, nothing consumed
+    tasks = [message_task(m) for m in store.redis.lrange(pool_queue("en-US"), 0, -1)]
+    # each message names the input that published it (its index, its relative path) for the job
+    assert sorted((store.job_key_of(kwargs["batch"], int(args[0][1:])), kwargs["path"], kwargs["batch"])
+                  for args, kwargs in tasks) == \
+        sorted((r.job, r.rel, batch) for r in records)  # one task per file, nothing consumed
 
     with running_emulator(ports=1, transcribe="duration") as emu:
         worker = start_worker(write_endpoints(tmp_path / "eps.yaml", [EndpointSpec("emu", emu.ports[0])]))

@@ -5,8 +5,6 @@ The job runner runs with a scripted engine (the wire level is covered by the acc
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +17,7 @@ from batchscribe.common.config import Endpoint
 from batchscribe.common.errors import EndpointError, ProcessingError
 from batchscribe.common.keys import KOMBU_UNACKED_INDEX
 from batchscribe.common.models import FileState
-from batchscribe.common.publish import Publisher, TaskSpec
+from batchscribe.common.publish import Publisher, TaskSpec, message_task
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import LeaseItem, StateStore
 from batchscribe.worker.engines.base import PreparedAudio, Recognition
@@ -229,8 +227,7 @@ def queued_jobs(store: StateStore, queue: str = QUEUE) -> list[str]:
     """Job keys of the task messages waiting on a kombu queue."""
     out = []
     for raw in store.redis.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        args, _kwargs = message_task(raw)
         out.append(args[0])
     return out
 

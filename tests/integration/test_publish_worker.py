@@ -145,7 +145,10 @@ def send_task_like_before(app: Any, s: TaskSpec, task_id: str) -> None:
 
 def decoded(raw: bytes) -> dict[str, Any]:
     message = json.loads(raw)
-    message["body"] = json.loads(base64.b64decode(message["body"]))
+    body = message["body"]  # JSON text, or base64 of it: as the envelope says (the app's setting)
+    if message["properties"]["body_encoding"] == "base64":
+        body = base64.b64decode(body)
+    message["body"] = json.loads(body)
     return message
 
 

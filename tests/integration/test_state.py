@@ -16,7 +16,7 @@ from batchscribe.common.errors import (
     RedisReadOnlyError,
     RedisUnavailableError,
 )
-from batchscribe.common.keys import Keys
+from batchscribe.common.keys import Keys, job_field
 from batchscribe.common.lua import KEYSPACE
 from batchscribe.common.models import FileRecord, FileState
 from batchscribe.common.settings import Settings
@@ -34,11 +34,16 @@ def make_batch(store: StateStore, batch_id: str, n: int, jobs: list[str]) -> lis
     return records
 
 
+def reservations(store: StateStore) -> int:
+    """Output reservations held (every hash they are spread over)."""
+    return sum(int(store.redis.hlen(k)) for k in store.redis.scan_iter(f"{store.prefix}:outputs:*"))
+
+
 def test_claim_attach_and_cached_verdicts(store: StateStore) -> None:
     make_batch(store, "b1", 3, ["j1", "j1", "j2"])
     verdicts = store.claim([("j1", "b1:0", 1.5), ("j1", "b1:1", 1.5), ("j2", "b1:2", 1.5)], "p1", ttl=30)
     assert verdicts == ["claimed", "attached", "claimed"]
-    assert store.redis.lrange(store.keys.targets("j1"), 0, -1) == [b"b1:0", b"b1:1"]
+    assert store.targets_of("j1") == ["b1:0", "b1:1"]
     store.finish_job("j2", {"phrases": []}, ttl=60)
     make_batch(store, "b2", 1, ["j2"])
     assert store.claim([("j2", "b2:0", 1.5)], "p2", ttl=30) == ["done"]
@@ -57,7 +62,7 @@ def test_two_producers_racing_claim_each_job_exactly_once(store: StateStore) -> 
     run_concurrently(producer, [("a",), ("b",)])
     for i in range(400):
         assert sorted([results["a"][i], results["b"][i]]) == ["attached", "claimed"]
-        assert store.redis.llen(store.keys.targets(jobs[i])) == 2
+        assert len(store.targets_of(jobs[i])) == 2
 
 
 def test_expired_claim_is_taken_over_and_keeps_its_targets(settings: Settings) -> None:
@@ -69,7 +74,7 @@ def test_expired_claim_is_taken_over_and_keeps_its_targets(settings: Settings) -
     assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=1) == ["attached"]
     clock.advance(1.1)
     assert store.claim([("j", "b2:0", 1.0)], "p2", ttl=30) == ["claimed"]
-    assert store.redis.lrange(store.keys.targets("j"), 0, -1) == [b"b1:0", b"b2:0"]
+    assert store.targets_of("j") == ["b1:0", "b2:0"]
 
 
 def test_file_counters_follow_job_transitions_and_completion_fires_once(store: StateStore) -> None:
@@ -89,7 +94,7 @@ def test_file_counters_follow_job_transitions_and_completion_fires_once(store: S
     assert (head["n_done"], head["n_failed"], head["n_queued"], head["n_running"]) == ("1", "1", "0", "0")
     assert float(head["audio_done"]) == 1.5
     assert store.failed_indexes("b") == [1]
-    assert store.redis.llen(store.keys.targets("j")) == 0
+    assert store.targets_of("j") == []
 
 
 def test_endpoint_errors_do_not_spend_attempts(store: StateStore) -> None:
@@ -131,7 +136,7 @@ def test_a_clash_in_a_later_chunk_releases_the_earlier_chunks(store: StateStore)
     store.reserve_outputs("a", [("/out/9_wav.json", "/a/9.wav")])
     outputs = [(f"/out/{i}_wav.json", f"/b/{i}.wav") for i in range(10)]
     assert store.reserve_outputs("b", outputs, chunk=3) == [("/out/9_wav.json", "a")]
-    assert store.redis.hlen(store.keys.output_reservations()) == 1
+    assert reservations(store) == 1
 
 
 def test_names_that_are_not_utf8_survive_redis(store: StateStore) -> None:
@@ -139,7 +144,7 @@ def test_names_that_are_not_utf8_survive_redis(store: StateStore) -> None:
     store.create_batch("b", {"out": "/out"}, [FileRecord(batch_id="b", index=0, path=name, rel=name[4:],
                                                          output="/out/x.json")])
     assert store.files("b", [0])[0].path == name
-    assert store.redis.hget(store.keys.file("b", 0), "path") == b"/in/caf\xe9.wav"  # the bytes themselves
+    assert b"caf\xe9.wav" in store.redis.hget(store.keys.file("b", 0), "0")  # the bytes themselves
 
 # ---- the clock, the scripts' key names ------------------------------------------------------------
 
@@ -157,12 +162,19 @@ def test_every_time_written_comes_from_the_store_s_clock(settings: Settings) -> 
 
 def test_the_scripts_spell_key_names_as_the_keys_module_does(store: StateStore) -> None:
     keys = Keys("t1")
+    jk = "ab" * 32 + ".0123456789abcdef"
+    digest = bytes(range(200, 216))
     spelled = store.redis.eval(KEYSPACE + """
-return {K.batch(ARGV[1]), K.failed(ARGV[1]), K.file(ARGV[2]), K.job(ARGV[3]), K.targets(ARGV[3]),
-        K.result(ARGV[3]), K.inflight(ARGV[4]), K.endpoint_stats(ARGV[4])}""", 1, "t1", "b:x", "b:x:7", "jk", "ep")
-    assert [k.decode() for k in spelled] == [
-        keys.batch("b:x"), keys.failed("b:x"), keys.file("b:x", 7), keys.job("jk"), keys.targets("jk"),
-        keys.result("jk"), keys.inflight("ep"), keys.endpoint_stats("ep")]
+local f = {K.file(ARGV[2])}
+local w = {K.waiting(ARGV[3])}
+local o = {K.waiting(ARGV[5])}
+return {K.batch(ARGV[1]), K.failed(ARGV[1], "crash"), f[1], f[2], K.job(ARGV[3]), K.targets(ARGV[3]),
+        K.result(ARGV[3]), K.inflight(ARGV[4]), K.endpoint_stats(ARGV[4]), w[1], w[2], o[1], o[2],
+        K.outputs(ARGV[6])}""", 1, "t1", "b:x", "b:x:70", jk, "ep", "jk", digest)
+    assert spelled == [k.encode() for k in (
+        keys.batch("b:x"), keys.failed("b:x", "crash"), keys.file("b:x", 70), "6", keys.job(jk), keys.targets(jk),
+        keys.result(jk), keys.inflight("ep"), keys.endpoint_stats("ep"), keys.waiting_jobs(jk))] + [
+        job_field(jk), keys.waiting_jobs("jk").encode(), job_field("jk"), keys.output_reservations(digest).encode()]
 
 
 # ---- in flight: what runs on an endpoint now -------------------------------------------------------

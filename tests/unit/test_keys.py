@@ -13,8 +13,9 @@ def test_every_key_name_falls_in_its_own_family() -> None:
     patterns = keys.patterns(result_ttl=3600, owner_ttl=15)
     spelled = {
         keys.batch("20240101-000000-abc"): "bs:batch:*", keys.batches(): "bs:batches",
-        keys.file("b", 3): "bs:file:*", keys.failed("b"): "bs:batch:*:failed", keys.job("h.o"): "bs:job:*",
-        keys.targets("h.o"): "bs:job:*:targets", keys.result("h.o"): "bs:cached:*", keys.fingerprints(): "bs:fingerprints",
+        keys.file("b", 3): "bs:files:*", keys.failed("b", "transient"): "bs:batch:*:failed:*", keys.job("h.o"): "bs:job:*",
+        keys.waiting_jobs("h.o"): "bs:jobs:*", keys.output_reservations(b"\x01" * 16): "bs:outputs:*",
+        keys.targets("h.o"): "bs:job:*:targets", keys.result("h.o"): "bs:cached:*", keys.fingerprints(b"\x00" * 16): "bs:fp:*",
         keys.events(): "bs:events", keys.inflight("a"): "bs:inflight:*", keys.endpoint_stats("a"): "bs:epstats:*",
         keys.endpoint_set(): "bs:endpoints", keys.owner("a"): "bs:owner:*", keys.vms(): "bs:vms",
         keys.health("a"): "bs:health:*", keys.vm("vm1"): "bs:vm:*", keys.consumer("a@vm1"): "bs:consumer:*",
