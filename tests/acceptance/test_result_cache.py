@@ -151,7 +151,9 @@ def test_an_unwritable_store_still_delivers_every_output_and_says_so_once(
         assert sessions(emu) == 3
         texts = displays(tmp_path / "out", names)  # every output delivered all the same
         jobs = jobs_by_name(store, batch, 3)
-        assert {store.job(j)["state"] for j in jobs.values()} == {"done"}
+        # done without a cached entry: once its inputs are delivered the job is retired, and with no
+        # pointer to keep it is forgotten (the next submit claims it again)
+        assert {store.job(j).get("state", "forgotten") for j in jobs.values()} <= {"done", "forgotten"}
         assert store.results(list(jobs.values())) == {}, "no pointer to an entry that was never written"
         warnings = [line for line in vm.log().splitlines() if "cannot write the result cache" in line]
         assert len(warnings) == 1, warnings
