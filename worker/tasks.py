@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import uuid
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown, w
 from batchscribe.common.config import Endpoint, converter_endpoint, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, StateError
 from batchscribe.common.models import options_from_dict
+from batchscribe.common.processes import exit_now
 from batchscribe.common.publish import TaskSpec, is_input_ref
 from batchscribe.common.queues import (
     CONVERT_QUEUE,
@@ -67,21 +67,6 @@ class FileFailed(Exception):
     """The file of this task ended failed (its state, output and summary are settled already): raised
     last so Flower shows a FAILURE with "CLASS: reason". One of the task's expected errors, so Celery
     logs it in one line, without a traceback. One argument, so it pickles (Celery checks)."""
-
-
-def exit_now(code: int) -> None:
-    """End the consumer process once Celery's warm shutdown is over (the last thing it does is send
-    `worker_shutdown`): its files are handed back or finished, its messages acked, its heartbeat
-    withdrawn. What Python's own exit would still do is tear down the interpreter — freeing every
-    module of Celery, kombu and the Speech SDK — which took 0.4–0.9 s per consumer on 2 loaded cores
-    (bench/bench_schedule.py), while the supervisor, and `run` behind it, wait for the exit."""
-    logging.shutdown()  # flush and close every handler (the worker log)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 class SignalWakeup(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery ships no types

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -49,6 +47,7 @@ from batchscribe.common.config import EndpointSet, default_local_endpoints, load
 from batchscribe.common.errors import ConfigError, InputError, StateError
 from batchscribe.common.locations import is_blob
 from batchscribe.common.models import TranscriptionOptions
+from batchscribe.common.processes import exit_now
 from batchscribe.common.queues import serves
 from batchscribe.common.settings import Settings
 from batchscribe.private_redis import SOCKET_NAME, SOCKET_PATH_MAX
@@ -120,19 +119,6 @@ def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str
             if kept is None:
                 _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
     exit_now(code)
-
-
-def exit_now(code: int) -> NoReturn:
-    """Exit once everything this command started is stopped and its output flushed, without tearing
-    down the interpreter first: freeing Celery, kombu, rich and the rest took 0.1–0.3 s at the end
-    of every `run` on 2 loaded cores (bench/bench_schedule.py), with nothing left to do."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
 
 
 @contextmanager
