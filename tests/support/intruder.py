@@ -9,14 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.poll import wait_for
+
 NOBODY = 65534
 
 
-def redis_address(pid: int) -> str:
+def redis_address(pid: int, timeout: float = 15.0) -> str:
     """Where a running redis-server listens, from the title it gives itself (`/proc/PID/cmdline`):
-    `unixsocket:/path/redis.sock` or `127.0.0.1:6379`."""
-    title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").strip()
-    return title.split()[-1]
+    `unixsocket:/path/redis.sock` or `127.0.0.1:6379`. Until it has started it still shows the
+    arguments it was given (`run` goes on meanwhile): wait for the title."""
+    def title() -> str:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").strip()
+
+    wait_for(lambda: " --" not in title(), timeout, "redis-server to set its title")
+    return title().split()[-1]
 
 
 def can_act_as_another_user() -> bool:
