@@ -7,7 +7,8 @@ kept in line with the cluster's endpoint set. This module is the loop; each deci
 * `health.EndpointHealth` — which of them are usable: probes (on their own thread) and one circuit
   breaker per endpoint, published with a TTL for the consumers;
 * `pool.Pool` — a consumer process for exactly the wanted endpoints:
-  `celery -A batchscribe.worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`.
+  `celery -A batchscribe.worker.app worker -Q ep.NAME,pool.LANG… -c CONCURRENCY -P threads`,
+  forked by this VM's zygote (`launch.Launcher`, `zygote`: imported once, not per consumer);
 
 Every `poll_interval` a tick runs them in that order, prunes stale in-flight entries and renews
 this VM's heartbeat (`batchscribe health`); every 0.25 s the pool reaps and restarts. The prober,
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -35,16 +35,16 @@ from typing import IO
 
 from batchscribe.common.config import Endpoint, EndpointSet
 from batchscribe.common.errors import StateError
-from batchscribe.common.processes import die_with_parent
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import consumer_queues
 from batchscribe.common.settings import Settings
 from batchscribe.common.state import StateStore, VMBeat
 from batchscribe.worker.endpoint_source import EndpointSource
 from batchscribe.worker.health import EndpointHealth
+from batchscribe.worker.launch import Launcher
 from batchscribe.worker.outage import RedisTrouble
 from batchscribe.worker.ownership import Ownership, Rebalancer
-from batchscribe.worker.pool import KILL_RETRY, Pool, PopenConsumer, Spawn
+from batchscribe.worker.pool import KILL_RETRY, ConsumerProcess, Pool, Spawn
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class Supervisor:
         self.ownership = Ownership(self.store, self.hostname, owner_ttl, clock)
         self.rebalancer = Rebalancer(self.ownership)
         self.health = EndpointHealth(self.store, self.hostname, owner_ttl)
+        # Real consumers are forked by a zygote that starts importing now (worker.zygote).
+        self.launcher = Launcher(self._consumer_env(), log_file) if spawn is None else None
         self.pool = Pool(spawn or self._spawn, clock, grace, on_killed=self._hand_back)
         self._stop = threading.Event()
         self._summary_thread: threading.Thread | None = None
@@ -141,15 +143,14 @@ class Supervisor:
 
     # ---- processes -----------------------------------------------------------------------
 
-    def _spawn(self, endpoint: Endpoint) -> PopenConsumer:
-        env = dict(os.environ)
-        env.update(self.settings.to_env())
-        env["BATCHSCRIBE_ENDPOINT_JSON"] = json.dumps(endpoint.to_dict())
-        env["PYTHONUNBUFFERED"] = "1"
-        out = self.log_file
-        return PopenConsumer(subprocess.Popen(
-            consumer_command(endpoint, self.hostname), env=env, stdout=out,
-            stderr=subprocess.STDOUT if out else None, start_new_session=True, preexec_fn=die_with_parent))
+    def _consumer_env(self) -> dict[str, str]:
+        """What every consumer's environment holds: ours and the settings; `_spawn` adds its endpoint."""
+        return {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+
+    def _spawn(self, endpoint: Endpoint) -> ConsumerProcess:
+        assert self.launcher is not None  # (a Supervisor given its own `spawn` never comes here)
+        env = {**self._consumer_env(), "BATCHSCRIBE_ENDPOINT_JSON": json.dumps(endpoint.to_dict())}
+        return self.launcher.start(consumer_command(endpoint, self.hostname), env)
 
     def _hand_back(self, endpoint: Endpoint) -> None:
         """A consumer was killed at the end of a planned stop: hand back the deliveries its last
@@ -253,6 +254,8 @@ class Supervisor:
             self.pool.check()
             time.sleep(STOP_POLL)
         self.health.close()
+        if self.launcher is not None:
+            self.launcher.close()
         if self._summary_thread is not None:  # a rewrite under way finishes (or removes its temp file)
             self._summary_thread.join(timeout=SUMMARY_JOIN)
         try:

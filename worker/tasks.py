@@ -203,6 +203,8 @@ class ConsumerRuntime:
                     log.warning("could not withdraw this consumer's heartbeat: %s", exc)
 
     def warm_up(self) -> None:
+        if self.runner().endpoint.engine == "ffmpeg":  # a converter: ffmpeg runs per file, nothing to load
+            return
         engine = self.runner().engine
         load = getattr(engine, "load", None)
         if callable(load):

@@ -7,8 +7,14 @@ its `local` transcriber can come from the worker's engine without the emulator i
 from __future__ import annotations
 
 import logging
+import sys
 
-import click
+if sys.argv[1:2] in (["run"], ["watch"]):  # they start local consumers: have their zygote import now
+    from batchscribe.worker.launch import start_early
+
+    start_early()
+
+import click  # noqa: E402 - after the zygote's start, on purpose
 
 from batchscribe.cli.batches import cancel, log_cmd, results, retry_failed, status, submit
 from batchscribe.cli.convert import convert

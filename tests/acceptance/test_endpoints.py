@@ -11,6 +11,7 @@ from pathlib import Path
 
 from batchscribe.common.state import StateStore
 from tests.support.cli import run_cli
+from tests.support.cluster import consumer_node, proc_args
 from tests.support.emulator import running_emulator, tone_wav
 from tests.support.poll import wait_for
 from tests.support.threads import Repeater
@@ -21,14 +22,15 @@ def consumers(broker: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            if "batchscribe.worker.app" not in args or "-n" not in args:
+            args = proc_args(int(pid))
+            node = consumer_node(args)
+            if node is None:
                 continue
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         if f"BATCHSCRIBE_REDIS_URL={broker}".encode() in env:
-            found[args[args.index("-n") + 1]] = args
+            found[node] = args
     return found
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from batchscribe.common.state import StateStore
 from tests.support.cli import run_cli
+from tests.support.cluster import consumer_node, descendants, proc_args
 from tests.support.emulator import running_emulator, tone_wav
 from tests.support.poll import wait_for
 
@@ -25,18 +26,14 @@ def endpoint_yaml(path: Path, port: int, concurrency: int = 2) -> Path:
 
 
 def consumer_pids(worker_pid: int) -> list[int]:
-    """The `celery -A batchscribe.worker.app worker` children of one `batchscribe worker` (Linux /proc)."""
+    """The `celery -A batchscribe.worker.app worker` consumers of one `batchscribe worker` (Linux /proc)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in descendants(worker_pid):
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except (OSError, IndexError, ValueError):
+            if consumer_node(proc_args(pid)) is not None:
+                found.append(pid)
+        except OSError:
             continue
-        if ppid == worker_pid and b"celery -A batchscribe.worker.app worker" in cmdline:
-            found.append(int(entry.name))
     return found
 
 

@@ -135,8 +135,15 @@ def _proc_ppid(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _proc_cmdline(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+def proc_args(pid: int) -> list[str]:
+    """A process's command line as words: its arguments, or the title a consumer forked by the
+    zygote (and Celery, with setproctitle) gives itself, which /proc shows as one string."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split()
+
+
+def consumer_node(args: list[str]) -> str | None:
+    """The Celery node name (ENDPOINT@HOST) of a consumer's command line or title; None for others."""
+    return args[args.index("-n") + 1] if "batchscribe.worker.app" in args and "-n" in args else None
 
 
 def _pids() -> list[int]:
@@ -151,6 +158,15 @@ def children(pid: int) -> list[int]:
                 found.append(candidate)
         except (OSError, ValueError, IndexError):
             continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, their children and so on (a VM's consumers are its zygote's children)."""
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children(parent)]
+        found.extend(frontier)
     return found
 
 
@@ -203,15 +219,15 @@ class VM:
         return self.process.proc.pid
 
     def consumers(self) -> dict[str, int]:
-        """Endpoint name -> pid of its live `celery … batchscribe.worker.app worker` child."""
+        """Endpoint name -> pid of its live `celery … batchscribe.worker.app worker` process."""
         found: dict[str, int] = {}
-        for pid in children(self.pid):
+        for pid in descendants(self.pid):
             try:
-                args = _proc_cmdline(pid)
+                node = consumer_node(proc_args(pid))
             except OSError:
                 continue
-            if "batchscribe.worker.app" in args and "-n" in args:
-                found[args[args.index("-n") + 1].split("@", 1)[0]] = pid
+            if node is not None:
+                found[node.split("@", 1)[0]] = pid
         return found
 
     def kill(self) -> list[int]:
