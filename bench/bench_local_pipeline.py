@@ -12,8 +12,9 @@ Each round runs every system once on the same files, in an order rotated from ro
               once (int8, num_workers=S, cpu_threads=T), S threads calling transcribe(path,
               beam_size=5, vad_filter=True) on the files, longest first. S×T = cores×1 and
               cores/2×2 (the pipeline's default before 2026-12-07).
-  engine S×T  the consumer's per-file path without Celery and Redis: `prepare()` (ffmpeg to a 16 kHz
-              WAV) then `LocalEngine.transcribe`, S threads, one fresh process (diagnostic).
+  engine S×T  the consumer's per-file path without Celery and Redis: `prepare()` (PyAV in process
+              for the local engine since 2026-12-07; ffmpeg to a 16 kHz WAV before) then
+              `LocalEngine.transcribe`, S threads, one fresh process (diagnostic).
   run         `batchscribe run CORPUS --out OUT --txt` as shipped (its built-in local endpoint
               unless --run-config), the whole command.
 
@@ -157,7 +158,7 @@ def child_engine(corpus: Path, slots: int, threads: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
 
     def one(path: Path) -> tuple[str, str]:
-        audio = prepare(path, work / path.name)
+        audio = prepare(path, work / path.name, in_memory=engine.takes_samples)  # as JobRunner does
         result = engine.transcribe(audio, options)
         return path.name, " ".join(p["DisplayText"] for p in result.phrases)
 

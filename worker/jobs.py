@@ -295,12 +295,13 @@ class JobRunner:
 
     def _transcribe(self, records: list[FileRecord], opts: TranscriptionOptions, source: Path,
                     worker: str, workdir: Path) -> Work:
-        from batchscribe.worker.audio import prepare  # ffmpeg side; imported lazily like the engines
+        from batchscribe.worker.audio import prepare  # ffmpeg/PyAV side; imported lazily like the engines
 
-        audio = prepare(source, workdir)
+        engine = self.engine
+        audio = prepare(source, workdir, in_memory=engine.takes_samples, stop=self.stop)
         self._check_stop()
-        recognition = self.engine.transcribe(audio, opts, stop=self.stop,
-                                             log_file=self._engine_log(records, worker))
+        recognition = engine.transcribe(audio, opts, stop=self.stop,
+                                        log_file=self._engine_log(records, worker))
         return Work({"phrases": recognition.phrases, "duration": recognition.duration,
                      "language": recognition.language, "engine": recognition.engine or self.endpoint.engine,
                      "endpoint": self.endpoint.name, "options": opts.to_dict()})

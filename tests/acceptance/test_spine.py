@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -17,7 +18,8 @@ import pytest
 
 from batchscribe.common.state import StateStore
 from tests.support.cli import BIN, ROOT, cli_env, run_cli
-from tests.support.speech import synthesize
+from tests.support.media import FfmpegRuns
+from tests.support.speech import CODECS, synthesize, video_with_speech
 from tests.support.wer import wer
 
 SENTENCES = {
@@ -77,6 +79,34 @@ def test_run_transcribes_a_tree_of_formats_on_one_machine(tmp_path: Path) -> Non
     assert not (out / ".batchscribe").exists(), "run's result cache went with its private Redis"
     summary = json.loads((out / "run_summary.json").read_text())["overall_summary"]
     assert summary["succeeded"] == 4 and summary["failed"] == 0 and summary["skipped_not_media"] == 1
+
+
+def test_run_decodes_in_the_consumer_for_the_local_engine(tmp_path: Path) -> None:
+    """The local engine takes samples: PyAV decodes every input inside the consumer (no ffmpeg runs
+    at all), video keeps its speech, and a file without audio, a corrupt one and a truncated one
+    fail alone with their reasons."""
+    talk = "Good morning everyone, thank you for joining the weekly project review."
+    expected = speech_tree(tmp_path / "in", {**SENTENCES, "notes/review.ogg": (talk, 24000, 1),
+                                             "notes/review.flac": (talk, 16000, 1)})
+    expected["talk.mp4"] = "Please save your work."  # the video lasts 3 s
+    video_with_speech(expected["talk.mp4"], tmp_path / "in" / "talk.mp4")
+    video_with_speech(talk, tmp_path / "in" / "silent.mp4", audio=False)
+    (tmp_path / "in" / "noise.mp3").write_bytes(bytes(range(256)) * 8)
+    whole = synthesize(SENTENCES["notes/order.mp3"][0], tmp_path / "whole.mp3", codec=CODECS["mp3"])
+    (tmp_path / "in" / "cut.mp3").write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
+    runs = FfmpegRuns(tmp_path / "ffmpeg")
+    out = tmp_path / "out"
+    result = run_cli("run", str(tmp_path / "in"), "--out", str(out), **runs.env())
+    assert result.returncode == 1, result.stderr
+    assert_transcribed(out, expected)
+    reasons = {"silent.mp4": "^no audio stream$", "noise.mp3": "^cannot decode: ",
+               "cut.mp3": r"^truncated MP3: header says [\d.]+ s, file holds [\d.]+ s"}
+    for rel, reason in reasons.items():
+        failed = output_of(out, rel)
+        assert failed["TranscriptionStatus"] == "Failed" and failed["ErrorClass"] == "permanent", failed
+        assert re.match(reason, failed["FailureReason"]), failed["FailureReason"]
+    assert runs.count() == 0, "the local engine's inputs are decoded in process, not by ffmpeg"
+    assert "Traceback" not in result.stderr
 
 
 def test_worker_and_submit_with_concurrency_two(tmp_path: Path, redis_server, store: StateStore,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ FORMATS = [  # name, rate, channels
     ("a.flac", 16000, 1),
 ]
 ROOT = Path(__file__).resolve().parents[2]
+# Both decode paths: ffmpeg writing a WAV, PyAV in process (the local engine's, `Engine.takes_samples`).
+PATHS = pytest.mark.parametrize("in_memory", [
+    False, pytest.param(True, marks=pytest.mark.skipif(find_spec("av") is None, reason="needs PyAV"))],
+    ids=["ffmpeg", "pyav"])
 
 
 def assert_canonical(path: Path, duration: float) -> None:
@@ -56,10 +61,11 @@ def test_video_keeps_only_its_audio(tmp_path: Path) -> None:
     assert prepared.duration > 1.0
 
 
-def test_video_without_audio_stream(tmp_path: Path) -> None:
+@PATHS
+def test_video_without_audio_stream(tmp_path: Path, in_memory: bool) -> None:
     video = video_with_speech(TEXT, tmp_path / "silent.mp4", audio=False)
     with pytest.raises(AudioError, match="^no audio stream$"):
-        prepare(video, tmp_path / "work")
+        prepare(video, tmp_path / "work", in_memory)
 
 
 def test_canonical_wav_is_linked_not_decoded(tmp_path: Path) -> None:
@@ -92,13 +98,15 @@ def test_truncated_wav_is_refused_like_any_file_cut_short(tmp_path: Path) -> Non
     ("cut.m4a", (*CODECS["m4a"], "-movflags", "+faststart"), "M4A"),  # moov (durations) up front
     ("cut.flac", CODECS["flac"], "FLAC"),  # STREAMINFO states the total samples
 ])
-def test_truncated_mp3_and_m4a_are_refused(tmp_path: Path, name: str, codec: tuple[str, ...], kind: str) -> None:
+@PATHS
+def test_truncated_mp3_and_m4a_are_refused(tmp_path: Path, name: str, codec: tuple[str, ...], kind: str,
+                                           in_memory: bool) -> None:
     whole = synthesize(LONG_TEXT, tmp_path / f"whole-{name}", codec=codec)
-    prepare(whole, tmp_path / "work")  # whole: fine (encoder padding is not a shortfall)
+    prepare(whole, tmp_path / "work", in_memory)  # whole: fine (encoder padding is not a shortfall)
     cut = tmp_path / name
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 3])
-    with pytest.raises(AudioError, match=rf"^truncated {kind}: header says 5\.\d s, file holds 1\.\d s"):
-        prepare(cut, tmp_path / "work")
+    with pytest.raises(AudioError, match=rf"^truncated {kind}: header says 5\.\d s, file holds 1\.\d s \(still"):
+        prepare(cut, tmp_path / "work", in_memory)
 
 
 def test_an_estimated_duration_is_no_reason_to_refuse(tmp_path: Path) -> None:
@@ -123,11 +131,12 @@ def test_header_only_wav_has_no_audio(tmp_path: Path) -> None:
     ("noise.mp3", bytes(range(256)) * 8, "^cannot decode: "),
     ("cut.flac", b"fLaC\x00\x00\x00\x22" + b"\x00" * 30, "^cannot decode: "),
 ])
+@PATHS
 def test_bad_inputs_are_audio_errors_with_a_reason(tmp_path: Path, name: str, data: bytes,
-                                                   reason: str) -> None:
+                                                   reason: str, in_memory: bool) -> None:
     (tmp_path / name).write_bytes(data)
     with pytest.raises(AudioError, match=reason) as err:
-        prepare(tmp_path / name, tmp_path / "work")
+        prepare(tmp_path / name, tmp_path / "work", in_memory)
     assert str(tmp_path) not in str(err.value)  # reasons never carry this host's paths
 
 

@@ -29,6 +29,8 @@ PHRASE = {"RecognitionStatus": "Success", "DisplayText": "stored words", "Offset
 
 
 class CountingEngine:
+    takes_samples = False
+
     def __init__(self) -> None:
         self.calls = 0
 

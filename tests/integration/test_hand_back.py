@@ -32,6 +32,8 @@ ENGLISH = TranscriptionOptions(language="en-US")
 class BlockingEngine:
     """Runs until told to stop, as a long file would."""
 
+    takes_samples = False
+
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.started = threading.Event()

@@ -44,6 +44,8 @@ def spec(job: str = "j") -> str:
 class ScriptedEngine:
     """Raises the scripted errors in turn, then recognises; counts its calls."""
 
+    takes_samples = False
+
     def __init__(self, endpoint: Endpoint, errors: list[ProcessingError] | None = None) -> None:
         self.endpoint = endpoint
         self.errors = list(errors or [])

@@ -55,6 +55,20 @@ def test_shipped_samples_are_transcribed(engine: LocalEngine, tmp_path: Path, na
     assert wer(TRANSCRIPTS[name], text_of(result)) <= 0.25, text_of(result)
 
 
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_in_process_decode_gives_the_words_of_the_ffmpeg_path(engine: LocalEngine, tmp_path: Path,
+                                                              name: str) -> None:
+    """What the pipeline runs (`takes_samples`: PyAV in the consumer) against ffmpeg's WAV: the same
+    words and timings (confidences may differ in the last digits: the two resamplers' last bit)."""
+    assert engine.takes_samples
+    decoded = engine.transcribe(prepare(ROOT / "samples" / name, tmp_path / "mem", in_memory=True), ENGLISH)
+    ffmpeg = engine.transcribe(prepare(ROOT / "samples" / name, tmp_path / "ffmpeg"), ENGLISH)
+    assert text_of(decoded) == text_of(ffmpeg)
+    assert [(p["Offset"], p["Duration"]) for p in decoded.phrases] == [
+        (p["Offset"], p["Duration"]) for p in ffmpeg.phrases]
+    assert decoded.duration == ffmpeg.duration
+
+
 @pytest.mark.parametrize(("ext", "rate", "channels"),
                          [("wav", 16000, 1), ("m4a", 44100, 2), ("ogg", 48000, 1)])
 def test_generated_speech_in_other_formats(engine: LocalEngine, tmp_path: Path, ext: str, rate: int,

@@ -263,6 +263,8 @@ class _Reaper:
 class AzureEngine:
     """Transcribes one file per call with the real Speech SDK; safe to call from many threads."""
 
+    takes_samples = False  # the SDK reads a WAV (file input, or pushed from the file)
+
     def __init__(self, endpoint: Endpoint, *, stall_floor: float = 30.0, stall_margin: float = 3.0,
                  input_mode: str = "push", stop_timeout: int = 0) -> None:
         if input_mode not in INPUT_MODES:

@@ -1,4 +1,4 @@
-"""The engine port: every engine turns one prepared WAV into phrases in the Speech service's shape.
+"""The engine port: every engine turns one prepared file into phrases in the Speech service's shape.
 
 Phrases use the Speech service's *detailed* JSON (what the SDK hands to `recognized` callbacks), so
 the azure engine passes them through untouched and the local engine produces the same shape:
@@ -18,10 +18,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchscribe.common.config import Endpoint
 from batchscribe.common.models import TranscriptionOptions
+
+if TYPE_CHECKING:  # numpy comes with the local engine only
+    import numpy as np
+    from numpy.typing import NDArray
 
 # Called with the number of seconds of audio the engine has finished so far (for watchdogs, progress).
 ProgressCallback = Callable[[float], None]
@@ -29,11 +33,17 @@ ProgressCallback = Callable[[float], None]
 
 @dataclass(frozen=True)
 class PreparedAudio:
-    """A file normalised for engines: 16 kHz, mono, 16-bit PCM WAV."""
+    """A file normalised for engines: a 16 kHz mono 16-bit PCM WAV at `path`, or, for an engine that
+    takes samples (`Engine.takes_samples`), the samples themselves, decoded in the worker's process.
+
+    With `samples` set, `path` is the input they were decoded from (not a WAV): engines read
+    `samples`. `duration` is always what was decoded, never the input header's word.
+    """
 
     path: Path
     duration: float
     sample_rate: int = 16000
+    samples: NDArray[np.float32] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -61,9 +71,13 @@ class Engine(Protocol):
     second) by raising `EngineStopped`, so the file can be handed back instead of killed mid-way.
     `log_file`: where the engine may append a trace of its own of this call for support (the azure
     engine: the Speech SDK's log, `--log-folder`); engines without one ignore it.
+    `takes_samples`: the engine reads `PreparedAudio.samples` (16 kHz mono float32 in memory), so
+    the worker decodes non-WAV inputs in its own process instead of running ffmpeg to write a WAV
+    (`worker.audio.prepare`); False: it is handed a WAV file.
     """
 
     endpoint: Endpoint
+    takes_samples: bool
 
     def transcribe(self, audio: PreparedAudio, options: TranscriptionOptions,
                    progress: ProgressCallback | None = None,

@@ -27,6 +27,7 @@ from batchscribe.common.errors import AudioError, ConfigError, PermanentError, P
 from batchscribe.common.media import read_wav_header
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.phrases import lexical, ticks
+from batchscribe.worker.audio import pcm16_to_float
 from batchscribe.worker.engines.base import EngineStopped, PreparedAudio, ProgressCallback, Recognition
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ def _load(spec: ModelSpec, num_workers: int, cpu_threads: int) -> WhisperModel:
 class LocalEngine:
     """Engine protocol implementation over faster-whisper; built once per consumer process."""
 
+    takes_samples = True  # faster-whisper takes a float32 array: no WAV needs writing
+
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.spec = resolve_model(endpoint.model)
@@ -158,23 +161,24 @@ class LocalEngine:
 
 
 def read_samples(audio: PreparedAudio) -> Any:
-    """The prepared WAV as faster-whisper's input: float32 samples in [-1, 1), 16 kHz mono.
+    """The prepared audio as faster-whisper's input: float32 samples in [-1, 1), 16 kHz mono.
 
-    `prepare()` wrote (or linked) 16-bit PCM mono at 16 kHz, so this is its data chunk divided by
-    32768 — the very array faster-whisper's own `decode_audio(path)` returns, without running
-    PyAV's decoder and resampler over it and then a full `gc.collect()` (faster-whisper #390):
-    ~20 ms per file in a consumer's heap, holding the GIL that the other slots' decodes need.
-    A WAV of another shape (not from `prepare`) goes to faster-whisper as a path, as before.
+    Samples `prepare()` decoded in this process are that already. A canonical WAV it linked is its
+    data chunk divided by 32768 — the very array faster-whisper's own `decode_audio(path)` returns,
+    without running PyAV's decoder and resampler over it and then a full `gc.collect()`
+    (faster-whisper #390): ~20 ms per file in a consumer's heap, holding the GIL that the other
+    slots' decodes need. A WAV of another shape (not from `prepare`) goes to faster-whisper as a
+    path, as before.
     """
-    import numpy as np
-
+    if audio.samples is not None:
+        return audio.samples
     info = read_wav_header(audio.path)
     if (info.format_tag, info.channels, info.bits, info.sample_rate) != (1, 1, 16, audio.sample_rate):
         return str(audio.path)
     with audio.path.open("rb") as fh:
         fh.seek(info.data_offset)
         data = fh.read(info.data_size - info.data_size % 2)
-    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return pcm16_to_float(data)
 
 
 def to_phrase(segment: Segment, with_words: bool) -> dict[str, Any] | None:
