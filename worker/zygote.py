@@ -40,8 +40,8 @@ from typing import Any, NoReturn
 
 from batchscribe.common.processes import die_with_parent, exit_now
 
-PRELOAD = ("celery.bin.celery", "celery.apps.worker", "celery.worker.consumer", "celery.concurrency.thread",
-           "kombu.transport.redis", "redis", "azure.cognitiveservices.speech",
+PRELOAD = ("celery.bin.worker", "celery.app.utils", "celery.apps.worker", "celery.worker.consumer",
+           "celery.concurrency.thread", "kombu.transport.redis", "redis", "azure.cognitiveservices.speech",
            "batchscribe.worker.tasks", "batchscribe.worker.engines.azure", "batchscribe.worker.audio")
 MESSAGE_MAX = 1 << 20  # bytes: a request carries a consumer's whole environment
 IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -129,9 +129,7 @@ def become_consumer(argv: list[str], env: dict[str, str], log_fd: int | None) ->
         _retitle(sys.argv)
         os.environ.clear()
         os.environ.update(env)
-        from celery.bin.celery import main
-
-        code = main()
+        code = run_celery(argv)
     except SystemExit as exc:
         code = exc.code
     except BaseException:
@@ -141,6 +139,27 @@ def become_consumer(argv: list[str], env: dict[str, str], log_fd: int | None) ->
             sys.stdout.flush()
             sys.stderr.flush()
     os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
+def run_celery(argv: list[str]) -> Any:
+    """`celery <argv>`. A consumer's command line (`-A APP worker …`: all a supervisor starts) goes
+    straight to Celery's worker command with what the umbrella command gives it — the app loaded,
+    its CLIContext, the app's worker options — without importing the umbrella's other commands and
+    plugins (Flower's, the REPL's: ~0.2 CPU-s of the zygote's preload, on a cold `run`'s start-up
+    path). Anything else goes through the umbrella."""
+    if len(argv) >= 3 and argv[0] == "-A" and argv[2] == "worker":
+        from celery.app.utils import find_app
+        from celery.bin.base import CLIContext
+        from celery.bin.worker import worker
+
+        app = find_app(argv[1])
+        worker.params.extend(app.user_options.get("worker", []))
+        context = CLIContext(app=app, no_color=False, workdir=None, quiet=False)
+        return worker.main(args=argv[3:], prog_name="celery worker", obj=context,
+                           auto_envvar_prefix="CELERY_WORKER")
+    from celery.bin.celery import main
+
+    return main()
 
 
 def _redirect(log_fd: int | None) -> None:

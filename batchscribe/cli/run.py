@@ -42,7 +42,6 @@ from batchscribe.cli.base import (
     settings_for,
     transcription_options,
 )
-from batchscribe.cli.batches import submit_batch
 from batchscribe.common.config import EndpointSet, default_local_endpoints, load_endpoints
 from batchscribe.common.errors import ConfigError, InputError, StateError
 from batchscribe.common.locations import is_blob
@@ -84,8 +83,16 @@ def run(inputs: tuple[str, ...], out: str, config_path: str | None, broker: str 
     check_served(endpoints, opts)  # before anything starts: such a run would wait for ever
     keep_typed_sas([*inputs, out], cluster=False)
     on_this_machine(endpoints, config_path, broker, keep_log, flower_port,
-                    lambda settings: submit_batch(settings, inputs, out, opts, outputs, None, wait=True,
+                    lambda settings: _submit(settings, inputs, out, opts, outputs, None, wait=True,
                                                   check_workers=False))
+
+
+def _submit(*args: Any, **kwargs: Any) -> int:
+    """`submit_batch`, imported once the workers are starting: the submit side of the CLI is ~0.3 CPU-s
+    of imports that need not delay them."""
+    from batchscribe.cli.batches import submit_batch
+
+    return submit_batch(*args, **kwargs)
 
 
 def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str | None, keep_log: bool,

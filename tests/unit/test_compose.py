@@ -189,8 +189,8 @@ def _check_batchscribe_command(service: str, tokens: list[str]) -> click.Context
         args = args[1:]
     assert args, f"{service}: no subcommand in {tokens}"
     name, rest = args[0], args[1:]
-    assert name in root.commands, f"{service}: `batchscribe {name}` is not one of {sorted(root.commands)}"
-    command = root.commands[name]
+    command = root.get_command(click.Context(root), name)
+    assert command is not None, f"{service}: `batchscribe {name}` is not one of {root.list_commands(click.Context(root))}"
     try:  # parses and type-checks every option and value, runs nothing
         return command.make_context(f"batchscribe {name}", list(rest))
     except click.ClickException as exc:
@@ -295,18 +295,23 @@ class _Recording(dict):  # type: ignore[type-arg]
         return super().__contains__(key)
 
 
+def all_commands() -> list[click.Command]:
+    """Every `batchscribe` command (the group loads each on first use)."""
+    ctx = click.Context(root)
+    return [command for name in root.list_commands(ctx) if (command := root.get_command(ctx, name))]
+
+
 def settings_env_vars() -> set[str]:
     """What Settings.from_env reads, the API tokens `serve` reads (api.config.load_tokens), the
     variables of the commands' options (click `envvar`) and a worker's scratch folder."""
     from batchscribe.api.config import load_tokens
-    from batchscribe.cli import root
     from batchscribe.worker.scratch import SCRATCH_ENV
 
     env = _Recording()
     Settings.from_env(env)
     load_tokens(env, None)
     assert {"BATCHSCRIBE_REDIS_URL", "BATCHSCRIBE_API_TOKENS"} <= env.seen
-    options = {param.envvar for command in root.commands.values() for param in command.params
+    options = {param.envvar for command in all_commands() for param in command.params
                if isinstance(getattr(param, "envvar", None), str)}
     return {k for k in env.seen | options | {SCRATCH_ENV} if k.startswith("BATCHSCRIBE_")}
 
