@@ -7,10 +7,10 @@ letter (`_SHORT`); a reason keeps its first EVENT_REASON_KEPT characters (the re
 Readers get the long names back, with ``ts`` (seconds) derived from the ID, and ``file``/``job``
 from the record. An entry without a record (no batch and index) names its file and job itself.
 
-The log is capped at EVENTS_KEPT entries (docs/benchmarks.md §11: ~65 bytes each, ~1.3 MB), enough
+The log is capped at EVENTS_KEPT entries (docs/benchmarks.md §11: ~80 bytes each, ~1.6 MB), enough
 for `log --last` and for live followers, which read EVENTS_PER_READ entries per command and catch up
 every half second; a follower that could not read for longer than the log lasts (EVENTS_KEPT
-attempts, minutes on a busy cluster) learns how many entries it missed (`EventPage.missed`).
+attempts: about a minute at 350 attempts/s) learns how many entries it missed (`EventPage.missed`).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from batchscribe.common.output import output_for
 
 STATE_FIELDS = ("state", "attempts", "endpoint", "started_at", "finished_at", "error_class", "cached",
                 "reason")
-REASON_KEPT = 800  # characters of a reason kept in the record (outputs and events keep all of it)
+REASON_KEPT = 800  # characters of a reason kept in the record (outputs keep all of it, the attempt log 300)
 
 
 def _text(value: bytes) -> str:
