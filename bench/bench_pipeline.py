@@ -59,7 +59,7 @@ from _common import ROOT, ServerStats, machine, print_table, private_redis
 
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.common.settings import Settings
-from batchscribe.common.state import StateStore
+from batchscribe.common.state import EVENTS_PER_READ, EventCursor, StateStore
 from batchscribe.private_redis import free_port
 from tests.support.cli import BIN, WorkerProcess, cli_env
 from tests.support.cluster import VM, EndpointSpec, children, duration_emulator, write_endpoints, write_tone
@@ -290,8 +290,7 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
                 raise RuntimeError(f"batch {batch}: {dict(states)} (see {process.log_path})")
             starts, ends = [r.started_at for r in records], [r.finished_at for r in records]
             loaded = [r.finished_at - r.started_at for r in records]
-            engine = [float(e["seconds"]) for _eid, e in _events(store) if e.get("batch") == batch
-                      and e.get("outcome") == "done"]
+            engine = [float(e["seconds"]) for _eid, e in _events(store, batch) if e.get("outcome") == "done"]
             idle_latency = _idle_latency(settings, store, idle, tmp / f"out-idle-{tag}")
             per_scrape = scrape_cost(url, vm.pid, server.proc.pid) if scrape_interval else None
         finally:
@@ -318,9 +317,15 @@ def run_batchscribe(concurrency: int, files: Path, idle: list[Path], emulator: E
             "_top": _top(stats, count)}
 
 
-def _events(store: StateStore) -> list[tuple[bytes, dict[str, str]]]:
-    raw = store.redis.xrange(store.keys.events())
-    return [(eid, {k.decode(): v.decode() for k, v in data.items()}) for eid, data in raw]
+def _events(store: StateStore, batch: str) -> list[tuple[str, dict[str, str]]]:
+    """Every attempt of `batch` still in the attempt log."""
+    found, cursor = [], EventCursor()
+    while True:
+        page = store.follow_events(cursor, batch)
+        found += page.events
+        cursor = page.cursor
+        if page.read < EVENTS_PER_READ:
+            return found
 
 
 def _idle_latency(settings: Settings, store: StateStore, paths: list[Path], out: Path) -> list[float]:

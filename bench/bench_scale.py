@@ -19,7 +19,8 @@ runs, for each size N, on a fresh private Redis (the settings `batchscribe run` 
 6. one more final `run_summary.json` write of the finished batch, timed;
 7. used_memory at rest (every file done): as it is; without the cached transcripts (their keys
    deleted: what wt-cas moves out of Redis); without the capped attempt log too (`events`, at most
-   ~200,000 entries whatever the batch size) — the per-file state.
+   ~20,000 entries whatever the batch size; its MEMORY USAGE per entry is printed) — the per-file
+   state.
 
 Then the table, with the slope from the second-largest to the largest size (bytes per extra file,
 µs per extra file). Files are removed at the end (also on Ctrl-C). Nothing asserts a timing.
@@ -88,6 +89,8 @@ class Row:
     rest_bytes: float = 0.0  # per file, every file done, without transcripts and the event log
     rest_with_events: float = 0.0
     rest_with_results: float = 0.0
+    event_entries: int = 0  # the attempt log's length at rest
+    event_entry_bytes: float = 0.0  # its MEMORY USAGE per entry
     status_cli: float = 0.0
     status_inproc: float = 0.0
     drain_seconds: float = 0.0
@@ -180,9 +183,8 @@ def drain(store: StateStore, queue: str, threads: int) -> int:
             duration = records[0].duration if records else 0.0
             result = {"phrases": [], "duration": duration, "language": "en-US", "engine": "local",
                       "endpoint": "bench", "options": options.to_dict()}
-            store.log_event(ts=f"{time.time():.3f}", batch=kwargs.get("batch", ""),
-                            file=records[0].path if records else "", job=job_key, endpoint="bench",
-                            outcome="done", attempt=start.attempts, seconds="0.001")
+            named = {"batch": records[0].batch_id, "index": records[0].index} if records else {"job": job_key}
+            store.log_event(**named, endpoint="bench", outcome="done", attempt=start.attempts, seconds=0.001)
             store.record_attempt("bench", audio_seconds=duration, busy_seconds=0.001)
             targets = store.finish_job(job_key, result, ttl)
             known = records if targets == start.targets else store.records(targets)
@@ -243,11 +245,14 @@ def measure(size: int, work: Path, threads: int, rest: bool) -> Row:
         # At rest with everything; then without the cached transcripts (their keys, values and
         # expiry entries: what wt-cas moves out of Redis), then without the capped attempt log too.
         row.rest_with_results = (used(client) - empty) / size
-        unlink(client, f"{store.prefix}:result:*")
+        unlink(client, store.keys.result("*"))
         row.rest_with_events = (used(client) - empty) / size
+        row.event_entries = int(client.xlen(store.keys.events()))
+        row.event_entry_bytes = row.rest_families.get(f"{store.prefix}:events", 0) / max(row.event_entries, 1)
         client.delete(store.keys.events())
         row.rest_bytes = (used(client) - empty) / size
-        print(f"  at rest: {row.rest_bytes:.0f} B/file, {row.rest_with_events:.0f} with the event log, "
+        print(f"  at rest: {row.rest_bytes:.0f} B/file, {row.rest_with_events:.0f} with the event log "
+              f"({row.event_entries:,} entries of {row.event_entry_bytes:.1f} B), "
               f"{row.rest_with_results:.0f} with the transcripts ({fmt_families(row.rest_families, size)})",
               flush=True)
         client.close()
@@ -322,6 +327,8 @@ def main() -> int:
         print(f"  {r.files:,} at rest by family (B/file): {fmt_families(r.rest_families, r.files)}")
         rate = r.files / max(r.drain_seconds, 1e-9)
         print(f"  {r.files:,} drain {r.drain_seconds:.0f} s ({rate:,.0f} files/s)")
+        print(f"  {r.files:,} attempt log at rest: {r.event_entries:,} entries, "
+              f"{r.event_entry_bytes:.1f} B each")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -66,14 +66,26 @@ end
 # SLOT) starts with "h" + the 32 bytes of the sha256 or "-", then NUL-separated text: duration,
 # where the relative path is, the path, an output and a job key when they are not the derived ones.
 # What became of the file (field SLOTs, absent while queued and untouched) is
-# "state|attempts|endpoint|started_at|finished_at|error_class|cached|reason".
+# "state|attempts|endpoint|started_at|finished_at|error_class|cached|reason", finished_at as
+# "+SECONDS" after started_at when it is not before it (8 bytes less per finished file).
 _RECORDS = r"""
 local FIELDS = {state = 1, attempts = 2, endpoint = 3, started_at = 4, finished_at = 5,
                 error_class = 6, cached = 7, reason = 8}
 local QUEUED = {"queued", "0", "", "", "", "", "", ""}
 local function file_fields(blob)
   if not blob then return {unpack(QUEUED)} end
-  return {string.match(blob, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")}
+  local f = {string.match(blob, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$")}
+  if string.sub(f[5], 1, 1) == "+" then
+    f[5] = string.format("%.3f", (tonumber(f[4]) or 0) + tonumber(string.sub(f[5], 2)))
+  end
+  return f
+end
+local function file_blob(f)
+  local started, finished, kept = tonumber(f[4]), tonumber(f[5]), {unpack(f)}
+  if started and finished and finished >= started then
+    kept[5] = "+" .. string.gsub(string.gsub(string.format("%.3f", finished - started), "0+$", ""), "%.$", "")
+  end
+  return table.concat(kept, "|")
 end
 local function info_text(info)
   return string.sub(info, string.sub(info, 1, 1) == "h" and 34 or 2)
@@ -114,7 +126,7 @@ local function file_move(target, new_state, fields, now)
   end
   local moves = old ~= new_state and not (old == "done" and new_state ~= "queued")
   if moves then f[1] = new_state end
-  redis.call("HSET", fkey, sfield, table.concat(f, "|"))
+  redis.call("HSET", fkey, sfield, file_blob(f))
   local cls = f[6] ~= "" and f[6] or "unknown"
   old_class = old_class ~= "" and old_class or "unknown"
   if old == "failed" and (f[1] ~= "failed" or cls ~= old_class) then
@@ -152,7 +164,8 @@ end
 # (claimed: A the owner, B the claim deadline), q (queued: A since when), x (cancelled: A when).
 # Further targets are in the job's targets list. Its first start makes it a job hash (`own_job`).
 # A done job whose inputs all have their outcome is one such field again, d: "d|attempts|crashes|
-# endpoint|handbacks|reroutes" (`retire_job`), beside its cached result.
+# endpoint|handbacks|reroutes", without "|0|0" when it was neither handed back nor rerouted
+# (`retire_job`), beside its cached result.
 _WAITING = r"""
 local WAITING_STATE = {c = "claimed", q = "queued", x = "cancelled", d = "done"}
 local function waiting_entry(jk)
@@ -174,9 +187,9 @@ local function own_job(jk, jkey, tkey)
   if not w or w.kind == "x" then return w end
   if w.kind == "d" then
     if redis.call("EXISTS", K.result(jk)) == 1 then return w end
-    local endpoint, handbacks, reroutes = string.match(w.target, "^([^|]*)|([^|]*)|(.*)$")
-    redis.call("HSET", jkey, "state", "done", "attempts", w.a, "crashes", w.b, "endpoint", endpoint or "",
-               "handbacks", handbacks or 0, "reroutes", reroutes or 0)
+    local endpoint, handbacks, reroutes = string.match(w.target .. "||", "^([^|]*)|([^|]*)|([^|]*)")
+    redis.call("HSET", jkey, "state", "done", "attempts", w.a, "crashes", w.b, "endpoint", endpoint,
+               "handbacks", handbacks ~= "" and handbacks or 0, "reroutes", reroutes ~= "" and reroutes or 0)
     redis.call("HDEL", w.key, w.field)
     return w
   end
@@ -195,8 +208,10 @@ local function retire_job(jk, jkey)
   local j = redis.call("HMGET", jkey, "state", "attempts", "crashes", "endpoint", "handbacks", "reroutes")
   if j[1] ~= "done" then return end
   local wkey, wfield = K.waiting(jk)
-  redis.call("HSET", wkey, wfield, "d|" .. (j[2] or "0") .. "|" .. (j[3] or "0") .. "|" .. (j[4] or "") .. "|"
-             .. (j[5] or "0") .. "|" .. (j[6] or "0"))
+  local handbacks, reroutes = j[5] or "0", j[6] or "0"
+  local tail = (handbacks == "0" and reroutes == "0") and "" or ("|" .. handbacks .. "|" .. reroutes)
+  redis.call("HSET", wkey, wfield,
+             "d|" .. (j[2] or "0") .. "|" .. (j[3] or "0") .. "|" .. (j[4] or "") .. tail)
   redis.call("DEL", jkey)
 end
 """

@@ -10,7 +10,9 @@ one file would lose lines. Without `--wait` nothing writes run.log (`batchscribe
 same lines); each file's Speech SDK log is written by the worker that ran it, wait or not.
 
 An attempt of a job that serves inputs of several batches (dedupe) is logged under the first of
-them only.
+them only. The attempt log keeps its last EVENTS_KEPT entries: a follower that could not read it for
+longer than that (Redis away, the command stopped) says in run.log how many attempts it missed;
+run_summary.json has every file's outcome all the same.
 """
 
 from __future__ import annotations
@@ -20,26 +22,18 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from batchscribe.common.names import printable
-from batchscribe.common.state import StateStore
+from batchscribe.common.state import EVENTS_KEPT, EVENTS_PER_READ, EventCursor, StateStore
 
 RUN_LOG = "run.log"
 MAX_BYTES = 50 * 1024 * 1024  # batch-kit's rotation
 BACKUPS = 20
 PROGRESS_EVERY = 30.0  # seconds between progress lines (batch-kit's summary period)
-EVENTS_PER_READ = 1000
 # batch-kit's line format (batchkit/logger.py)
 FORMAT = "%(asctime)s.%(msecs)03d:%(levelname)s:%(processName)s:%(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 _LEVELS = {"done": logging.INFO, "cached": logging.INFO, "error": logging.WARNING, "crash": logging.WARNING,
            "deferred": logging.INFO, "handback": logging.INFO, "yielded": logging.INFO,
            "failed": logging.ERROR}
-
-
-def event_cursor(store: StateStore) -> str:
-    """Where the attempt log ends now: follow a batch from here (taken before it is submitted, so
-    that its first attempts are not missed)."""
-    last = store.recent_events(1)
-    return last[-1][0] if last else "0-0"
 
 
 def attempt_line(event: dict[str, str]) -> str:
@@ -59,9 +53,9 @@ def attempt_line(event: dict[str, str]) -> str:
 class RunLog:
     """`DIR/run.log` for one batch being followed; `follow` copies its new attempts in."""
 
-    def __init__(self, folder: str | Path, batch_id: str, cursor: str = "0-0") -> None:
+    def __init__(self, folder: str | Path, batch_id: str, cursor: EventCursor | None = None) -> None:
         self.batch_id = batch_id
-        self.cursor = cursor
+        self.cursor = cursor or EventCursor()
         Path(folder).mkdir(parents=True, exist_ok=True)
         self._handler = RotatingFileHandler(Path(folder) / RUN_LOG, maxBytes=MAX_BYTES, backupCount=BACKUPS,
                                             encoding="utf-8", errors="backslashreplace")
@@ -87,16 +81,23 @@ class RunLog:
         """Copy the batch's attempts logged since the last call; returns how many."""
         copied = 0
         while True:
-            events = store.events(self.cursor, count=EVENTS_PER_READ)
-            for event_id, event in events:
-                self.cursor = event_id
-                if event.get("batch") == self.batch_id:
-                    level = _LEVELS.get(event.get("outcome", ""), logging.INFO)
-                    self.note(attempt_line(event), level, at=float(event.get("ts") or 0) or None,
-                              source=printable(event.get("endpoint", "")))
-                    copied += 1
-            if len(events) < EVENTS_PER_READ:
+            page = store.follow_events(self.cursor, self.batch_id)
+            self.cursor = page.cursor
+            if page.missed:
+                self.missed(page.missed)
+            for _event_id, event in page.events:
+                level = _LEVELS.get(event.get("outcome", ""), logging.INFO)
+                self.note(attempt_line(event), level, at=float(event["ts"]),
+                          source=printable(event.get("endpoint", "")))
+            copied += len(page.events)
+            if page.read < EVENTS_PER_READ:
                 return copied
+
+    def missed(self, count: int) -> None:
+        """Say that `count` attempts were trimmed from the attempt log before they were copied."""
+        self.note(f"{count} attempt(s) of the cluster's log (this batch's and others') were trimmed from "
+                  f"Redis before they could be copied here: the log keeps its last {EVENTS_KEPT:,}; "
+                  f"run_summary.json has every file's outcome", logging.WARNING)
 
     def close(self) -> None:
         self._handler.close()

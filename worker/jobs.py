@@ -427,10 +427,7 @@ class JobRunner:
 
     def _log(self, job_key: str, records: list[FileRecord], outcome: str, **fields: Any) -> None:
         path = records[0].path if records else ""
-        batch = records[0].batch_id if records else ""
-        entry = {"ts": f"{time.time():.3f}", "batch": batch, "file": path, "job": job_key,
-                 "endpoint": self.endpoint.name, "outcome": outcome}
-        entry.update({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in fields.items()})
-        self.store.log_event(**entry)
+        named = {"batch": records[0].batch_id, "index": records[0].index} if records else {"job": job_key}
+        self.store.log_event(outcome=outcome, endpoint=self.endpoint.name, **named, **fields)
         log.info("%s %s on %s: %s %s", outcome, printable(path), self.endpoint.name,
                  fields.get("error_class", ""), printable(str(fields.get("reason", ""))))

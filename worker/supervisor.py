@@ -38,7 +38,7 @@ from batchscribe.common.errors import StateError
 from batchscribe.common.publish import TaskSpec
 from batchscribe.common.queues import consumer_queues
 from batchscribe.common.settings import Settings
-from batchscribe.common.state import StateStore, VMBeat
+from batchscribe.common.state import LeaseItem, StateStore, VMBeat, split_target
 from batchscribe.worker.endpoint_source import EndpointSource
 from batchscribe.worker.health import EndpointHealth
 from batchscribe.worker.launch import Launcher
@@ -164,15 +164,22 @@ class Supervisor:
                 return
             for item in beat.deliveries:
                 if self.store.hand_back_job(item.job_key, item.delivery, item.spec, tag=item.tag):
-                    path = TaskSpec.from_json(item.spec).path
-                    self.store.log_event(ts=f"{time.time():.3f}", file=path, job=item.job_key,
-                                         endpoint=endpoint.name, outcome="handback",
+                    self.store.log_event(**self._logged_file(item), endpoint=endpoint.name,
+                                         outcome="handback",
                                          reason="its consumer was stopped (killed after the grace period)")
                     log.info("handed back %s of killed consumer %s", item.job_key, node)
             self.store.forget_consumer(node)
         except StateError as exc:
             log.warning("could not hand back the files of killed consumer %s (%s); they come back "
                         "through the crash path", node, exc)
+
+    def _logged_file(self, item: LeaseItem) -> dict[str, str | int]:
+        """How the attempt log names a handed-back job: its first input, as the consumer would have."""
+        targets = self.store.targets_of(item.job_key)
+        if targets:
+            batch, index = split_target(targets[0])
+            return {"batch": batch, "index": index}
+        return {"file": TaskSpec.from_json(item.spec).path, "job": item.job_key}
 
     # ---- the loop ------------------------------------------------------------------------
 

@@ -30,12 +30,12 @@ from batchscribe.common.names import printable
 from batchscribe.common.output import Outputs
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
-from batchscribe.common.state import StateStore
+from batchscribe.common.state import EventCursor, StateStore
 from batchscribe.producer.cancel import cancel as cancel_batch
 from batchscribe.producer.display import SubmitLines, console_for
 from batchscribe.producer.progress import wait_for_batch
 from batchscribe.producer.results import FORMATS, iter_results, write_results
-from batchscribe.producer.runlog import RunLog, event_cursor
+from batchscribe.producer.runlog import RunLog
 from batchscribe.producer.status import (
     BatchView,
     batch_document,
@@ -61,7 +61,7 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Jo
     `check_workers`: warn at once when no live worker serves the batch (`run` starts its own).
     """
     store = StateStore.connect(settings)
-    cursor = event_cursor(store) if wait and outputs.log_folder else "0-0"  # before its first attempt
+    cursor = store.event_cursor() if wait and outputs.log_folder else None  # before its first attempt
     report = submitter_for(settings, store).submit(
         inputs, out, opts, formats=outputs.formats, batch_id=batch_id, log_folder=outputs.log_folder or "",
         progress=SubmitLines(sys.stderr))
@@ -84,7 +84,7 @@ def submit_batch(settings: Settings, inputs: tuple[str, ...], out: str, opts: Jo
 
 
 @contextmanager
-def run_log_for(folder: str | None, batch_id: str, cursor: str) -> Iterator[RunLog | None]:
+def run_log_for(folder: str | None, batch_id: str, cursor: EventCursor | None) -> Iterator[RunLog | None]:
     """`folder/run.log` while the batch is followed (None without a log folder)."""
     if not folder:
         yield None
@@ -213,7 +213,7 @@ def retry_failed(batch_id: str, error_class: str | None, wait: bool, broker: str
     settings = settings_for(broker)
     store = StateStore.connect(settings)
     folder = store.batch(batch_id).get("log_folder") if wait else None  # run.log where the batch has it
-    cursor = event_cursor(store) if folder else "0-0"
+    cursor = store.event_cursor() if folder else None
     report = submitter_for(settings, store).retry_failed(batch_id, error_class)
     line = (f"batch {batch_id}: {report.files} failed file(s) queued again — {report.published} "
             f"for the workers, {report.cached} from cache, {report.failed_now} still unusable")

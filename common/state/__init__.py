@@ -33,13 +33,14 @@ from batchscribe.common.state.batches import (
 )
 from batchscribe.common.state.client import as_text, describe, text_dict, translate
 from batchscribe.common.state.endpoints import Breaker, CircuitOpened, PublishedSet
+from batchscribe.common.state.events import EVENTS_KEPT, EVENTS_PER_READ, EventCursor, EventPage
 from batchscribe.common.state.jobs import JobStart, LeaseItem, pack_result, unpack_result
 from batchscribe.common.state.liveness import ConsumerBeat, ConsumerSlot, VMBeat, served_queues
 from batchscribe.common.state.monitoring import DelayedCounts, QueueDepth, SeenVM
 from batchscribe.common.state.store import StateStore
 
-__all__ = ["FILE_PAGE", "Breaker", "CancelOutcome", "CircuitOpened", "ConsumerBeat", "ConsumerSlot",
-           "DelayedCounts", "JobStart", "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore",
-           "SummaryClock", "VMBeat", "as_text", "common_base", "describe", "failed_counts", "file_pages",
-           "pack_result", "served_queues", "split_target", "target_id", "text_dict", "translate",
-           "unpack_result"]
+__all__ = ["EVENTS_KEPT", "EVENTS_PER_READ", "FILE_PAGE", "Breaker", "CancelOutcome", "CircuitOpened",
+           "ConsumerBeat", "ConsumerSlot", "DelayedCounts", "EventCursor", "EventPage", "JobStart",
+           "LeaseItem", "PublishedSet", "QueueDepth", "SeenVM", "StateStore", "SummaryClock", "VMBeat",
+           "as_text", "common_base", "describe", "failed_counts", "file_pages", "pack_result",
+           "served_queues", "split_target", "target_id", "text_dict", "translate", "unpack_result"]

@@ -83,8 +83,8 @@ def waiting_fields(entry: str) -> dict[str, str]:
     if kind == "d":
         endpoint, _, rest = target.partition("|")
         handbacks, _, reroutes = rest.partition("|")
-        return {"state": state, "attempts": a, "crashes": b, "endpoint": endpoint, "handbacks": handbacks,
-                "reroutes": reroutes}
+        return {"state": state, "attempts": a, "crashes": b, "endpoint": endpoint,
+                "handbacks": handbacks or "0", "reroutes": reroutes or "0"}
     return {"state": state, "finished_at": a}
 
 

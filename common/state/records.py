@@ -10,7 +10,8 @@
   one derived from the batch (`output_for(out, rel, options)`, ``sha256.options_key``); trailing
   empty fields are left out.
 * ``SLOTs``: what became of it, written by the scripts (`common.lua` ``_RECORDS``):
-  ``state|attempts|endpoint|started_at|finished_at|error_class|cached|reason``; absent while the
+  ``state|attempts|endpoint|started_at|finished_at|error_class|cached|reason`` (finished_at as
+  ``+SECONDS`` after started_at when it is not before it); absent while the
   file is queued and untouched.
 
 The output path, the job key and the relative path are therefore not stored at all for the files
@@ -29,7 +30,7 @@ from batchscribe.common.output import output_for
 
 STATE_FIELDS = ("state", "attempts", "endpoint", "started_at", "finished_at", "error_class", "cached",
                 "reason")
-REASON_KEPT = 800  # characters of a reason kept in the record (outputs and events keep all of it)
+REASON_KEPT = 800  # characters of a reason kept in the record (outputs keep all of it, the attempt log 300)
 
 
 def _text(value: bytes) -> str:
@@ -113,7 +114,9 @@ def unpack(batch_id: str, index: int, info: bytes, state: bytes | None, ctx: Bat
         record.attempts = int(values[1] or 0)
         record.endpoint = values[2]
         record.started_at = float(values[3] or 0)
-        record.finished_at = float(values[4] or 0)
+        finished = values[4]
+        record.finished_at = (round(record.started_at + float(finished[1:]), 3) if finished[:1] == "+"
+                              else float(finished or 0))
         record.error_class = values[5]
         if values[6]:
             record.extra["cached"] = values[6]

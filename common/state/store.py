@@ -20,7 +20,7 @@ from batchscribe.common.state.monitoring import Monitoring
 from batchscribe.common.state.ownership import Ownership
 
 
-class StateStore(Batches, Jobs, Delays, Endpoints, Ownership, Events, Aliases, Liveness, Monitoring):
+class StateStore(Events, Batches, Jobs, Delays, Endpoints, Ownership, Aliases, Liveness, Monitoring):
     """The only code that talks to Redis (besides the task publisher, `common.publish`).
 
     One instance per process is enough. Every method raises `StateError` subclasses, never

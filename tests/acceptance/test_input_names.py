@@ -118,7 +118,7 @@ def test_symlinks_and_escape_sequences_in_submit_status_and_log(tmp_path: Path, 
     assert "1 symlinked folder(s) not followed" in status.stdout
     assert "gone.wav: broken symlink" in status.stdout
     assert "title\\x1b]0;pwned\\x07.wav: not a WAV file" in status.stdout
-    store.log_event(ts="0", batch=batch_id, file=str(inputs / "title\x1b]0;pwned\x07.wav"), outcome="error",
+    store.log_event(batch=batch_id, file=str(inputs / "title\x1b]0;pwned\x07.wav"), outcome="error",
                     endpoint="local", error_class="permanent", reason="bad \x1b[31m input")
     log = run_cli("log", broker=redis_server.url)
     assert "title\\x1b]0;pwned\\x07.wav [permanent] bad \\x1b[31m input" in log.stdout

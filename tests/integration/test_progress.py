@@ -10,7 +10,7 @@ from batchscribe.common.models import FileRecord, TranscriptionOptions
 from batchscribe.common.state import ConsumerBeat, StateStore, target_id
 from batchscribe.producer.display import plain_line
 from batchscribe.producer.progress import in_flight_for, progress_of
-from batchscribe.producer.runlog import RunLog, event_cursor
+from batchscribe.producer.runlog import RunLog
 from batchscribe.producer.status import load_view
 
 
@@ -36,14 +36,20 @@ def test_in_flight_counts_the_endpoints_that_serve_the_batch(store: StateStore) 
     assert "in flight: emu_a 1" in plain_line(progress_of(view, in_flight))
 
 
+def logged_at(event_id: str) -> str:
+    """run.log's time column for an attempt logged under `event_id` (its milliseconds)."""
+    ms = int(event_id.partition("-")[0])
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ms // 1000))}.{ms % 1000:03d}"
+
+
 def test_run_log_keeps_the_batch_s_attempts_at_their_time(tmp_path: Path, store: StateStore) -> None:
-    store.log_event(ts="1700000000.250", batch="other", file="/in/x.wav", endpoint="e", outcome="done")
-    cursor = event_cursor(store)  # taken before the batch: earlier attempts are not its own
-    store.log_event(ts="1700000001.500", batch="b", file="/in/a\x1b[2J.wav", endpoint="emu_a", outcome="error",
-                    attempt="1", seconds="0.400", error_class="transient", reason="HTTP 429")
-    store.log_event(ts="1700000002.000", batch="other", file="/in/y.wav", endpoint="e", outcome="done")
-    store.log_event(ts="1700000003.000", batch="b", file="/in/a\x1b[2J.wav", endpoint="emu_b", outcome="done",
-                    attempt="2", seconds="1.000")
+    store.log_event(batch="other", file="/in/x.wav", endpoint="e", outcome="done")
+    cursor = store.event_cursor()  # taken before the batch: earlier attempts are not its own
+    store.log_event(batch="b", file="/in/a\x1b[2J.wav", endpoint="emu_a", outcome="error",
+                    attempt=1, seconds=0.4, error_class="transient", reason="HTTP 429")
+    store.log_event(batch="other", file="/in/y.wav", endpoint="e", outcome="done")
+    store.log_event(batch="b", file="/in/a\x1b[2J.wav", endpoint="emu_b", outcome="done",
+                    attempt=2, seconds=1.0)
     run_log = RunLog(tmp_path, "b", cursor)
     try:
         assert run_log.follow(store) == 2
@@ -51,8 +57,7 @@ def test_run_log_keeps_the_batch_s_attempts_at_their_time(tmp_path: Path, store:
     finally:
         run_log.close()
     lines = (tmp_path / "run.log").read_text().splitlines()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1700000001))
-    assert lines == [f"{stamp}.500:WARNING:emu_a:error /in/a\\x1b[2J.wav on emu_a attempt 1 0.400 s "
+    error_at, done_at = (logged_at(eid) for eid, e in store.recent_events(4) if e["batch"] == "b")
+    assert lines == [f"{error_at}:WARNING:emu_a:error /in/a\\x1b[2J.wav on emu_a attempt 1 0.400 s "
                      "[transient] HTTP 429",
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(1700000003))}.000:INFO:emu_b:done "
-                     "/in/a\\x1b[2J.wav on emu_b attempt 2 1.000 s"]
+                     f"{done_at}:INFO:emu_b:done /in/a\\x1b[2J.wav on emu_b attempt 2 1.000 s"]

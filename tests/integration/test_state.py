@@ -160,6 +160,48 @@ def test_every_time_written_comes_from_the_store_s_clock(settings: Settings) -> 
     assert start.lease_until == 1_000_035.0 and float(store.job("j")["started_at"]) == 1_000_005.0
 
 
+def test_a_finished_record_keeps_its_end_as_seconds_after_its_start(settings: Settings) -> None:
+    clock = ManualClock(start=1_765_000_000.125)
+    store = StateStore.connect(settings, clock=clock)
+    make_batch(store, "b", 3, ["j", "k", "l"])
+    store.claim([("j", "b:0", 1.0), ("k", "b:1", 1.0)], "p", ttl=30)
+    store.start_job("j", "ep1", "d1")
+    clock.advance(2.5)
+    store.settle_file("b:0", FileState.DONE, "j")
+    store.start_job("k", "ep1", "d2")
+    clock.advance(-1)  # settled by a VM whose clock is behind: the end stays a time of its own
+    store.settle_file("b:1", FileState.DONE, "k")
+    store.settle_file("b:2", FileState.FAILED, "", error_class="permanent", reason="x")  # never started
+    raw = [store.redis.hget(store.keys.file("b", 0), f"{i}s").decode() for i in range(3)]
+    assert raw[0] == "done|1|ep1|1765000000.125|+2.5|||"
+    assert raw[1] == "done|1|ep1|1765000002.625|1765000001.625|||"
+    assert raw[2] == "failed|0|||1765000001.625|permanent||x"
+    done, behind, failed = store.files("b", range(3))
+    assert (done.started_at, done.finished_at) == (1_765_000_000.125, 1_765_000_002.625)
+    assert (behind.started_at, behind.finished_at) == (1_765_000_002.625, 1_765_000_001.625)
+    assert (failed.started_at, failed.finished_at) == (0.0, 1_765_000_001.625)
+
+
+def test_a_retired_job_leaves_out_handbacks_and_reroutes_it_never_had(store: StateStore) -> None:
+    make_batch(store, "b", 2, ["j", "k"])
+    store.claim([("j", "b:0", 1.0), ("k", "b:1", 1.0)], "p", ttl=30)
+    store.start_job("j", "ep1", "d1")
+    store.start_job("k", "ep1", "d2")
+    assert store.hand_back_job("k", "d2", "{}")
+    store.start_job("k", "ep2", "d3")
+    for job, target in (("j", "b:0"), ("k", "b:1")):
+        store.finish_job(job, {"phrases": []}, ttl=60)
+        store.settle_file(target, FileState.DONE, job)
+    assert store.redis.hget(store.keys.waiting_jobs("j"), job_field("j")) == b"d|1|0|ep1"
+    assert store.redis.hget(store.keys.waiting_jobs("k"), job_field("k")) == b"d|1|0|ep2|1|0"
+    assert store.job("j") == {"state": "done", "attempts": "1", "crashes": "0", "endpoint": "ep1",
+                              "handbacks": "0", "reroutes": "0"}
+    store.forget_result("j")  # its result is gone: a delivery makes it a job hash again, history kept
+    store.start_job("j", "ep3", "d9")
+    job = store.job("j")
+    assert (job["endpoint"], job["handbacks"], job["reroutes"]) == ("ep1", "0", "0")
+
+
 def test_the_scripts_spell_key_names_as_the_keys_module_does(store: StateStore) -> None:
     keys = Keys("t1")
     jk = "ab" * 32 + ".0123456789abcdef"
