@@ -87,6 +87,7 @@ def _answer(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
     log_fd = fds[0] if fds else None
     try:
         request = json.loads(data)
+        zygote = os.getpid()
         pid = os.fork()
     except (ValueError, OSError) as exc:
         send(sock, {"error": f"{type(exc).__name__}: {exc}"})
@@ -95,7 +96,7 @@ def _answer(sock: socket.socket, own_fds: tuple[int, int]) -> bool:
             sock.close()
             for fd in own_fds:
                 os.close(fd)
-            become_consumer(request["argv"], request["env"], log_fd)
+            become_consumer(request["argv"], request["env"], log_fd, zygote)
         send(sock, {"pid": pid})
     finally:
         if log_fd is not None:
@@ -114,13 +115,15 @@ def _reap(sock: socket.socket) -> None:
         send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
-def become_consumer(argv: list[str], env: dict[str, str], log_fd: int | None) -> NoReturn:
+def become_consumer(argv: list[str], env: dict[str, str], log_fd: int | None, zygote: int) -> NoReturn:
     """In the forked child: become `celery <argv>` as a freshly started process would be — its own
     session, default signals, stdin from /dev/null, output to the log — and never return."""
     code: Any = 1
     try:
         os.setsid()
         die_with_parent()
+        if os.getppid() != zygote:  # the zygote died before PDEATHSIG was armed: go with it
+            os._exit(1)
         signal.set_wakeup_fd(-1)
         for sig in (*IGNORED, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
