@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from batchscribe.common.state import StateStore
@@ -135,7 +137,8 @@ def test_two_vms_share_endpoints_and_take_over_when_one_dies(tmp_path: Path, red
         start_worker(config, hostname="vm2")
 
         def owners() -> dict[str, str]:
-            return {name: node.split("@")[1] for node in consumers(redis_server.url) for name in ("a", "b")
+            nodes = sampler.observe(consumers(redis_server.url))  # what this thread sees counts too
+            return {name: node.split("@")[1] for node in nodes for name in ("a", "b")
                     if node.startswith(name + "@")}
 
         wait_for(lambda: len(owners()) == 2 and len(consumers(redis_server.url)) == 2, 40, what="one consumer per endpoint")
@@ -158,15 +161,31 @@ class ConsumerSampler(Repeater):
         self.samples = 0
         self.changes = 0
         self._last: set[str] = set()
+        self._lock = threading.Lock()
         super().__init__(0.1, self._sample)
 
     def _sample(self, _tick: int) -> None:
         nodes = set(consumers(self.broker))
-        self.changes += nodes != self._last
-        self._last = nodes
-        for name, count in Counter(node.split("@", 1)[0] for node in nodes).items():
-            self.most[name] = max(self.most.get(name, 0), count)
-        self.samples += 1
+        with self._lock:
+            self.changes += nodes != self._last
+            self._last = nodes
+        self.observe(nodes)
+
+    @property
+    def last(self) -> set[str]:
+        """The consumers of the sampler's latest sample."""
+        with self._lock:
+            return set(self._last)
+
+    def observe(self, nodes: Iterable[str]) -> set[str]:
+        """Count one sight of the running consumers (the sampler's own, or a test thread's: on a
+        loaded machine the sampler thread may get few turns)."""
+        seen = set(nodes)
+        with self._lock:
+            for name, count in Counter(node.split("@", 1)[0] for node in seen).items():
+                self.most[name] = max(self.most.get(name, 0), count)
+            self.samples += 1
+        return seen
 
 
 def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server, store: StateStore,
@@ -182,6 +201,8 @@ def test_a_vm_that_joins_later_gets_its_fair_share(tmp_path: Path, redis_server,
             return sorted(node.split("@")[1] for node in consumers(redis_server.url))
 
         wait_for(lambda: hosts() == ["vm1", "vm2"], 40, interval=0.5, what="one endpoint to move to vm2")
+        wait_for(lambda: sorted(node.split("@")[1] for node in sampler.last) == ["vm1", "vm2"], 10,
+                 what="the sampler to see the move too")  # else its late sight would count as a move
         moves = sampler.changes
         time.sleep(3)
         assert hosts() == ["vm1", "vm2"] and sampler.changes == moves  # stable: no ping-pong
