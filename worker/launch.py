@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ class Zygote:
         self.sock = ours
         self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
         self._exits: dict[int, int] = {}
+        self.exited = threading.Event()  # set whenever one of its consumers has exited (or it has)
         self._lock = threading.Lock()
         self.alive = True
         threading.Thread(target=self._listen, name="zygote", daemon=True).start()
@@ -99,12 +101,14 @@ class Zygote:
                 message = json.loads(data)
                 if "exited" in message:
                     self._exits[int(message["exited"])] = int(message["code"])
+                    self.exited.set()
                 elif "ready" not in message:
                     self._answers.put(message)
         except (OSError, ValueError) as exc:
             log.debug("zygote channel closed: %s", exc)
         finally:
             self.alive = False
+            self.exited.set()
             self._answers.put({"error": "the zygote has exited"})
             with contextlib.suppress(OSError):
                 self.process.wait(timeout=5)
@@ -184,6 +188,15 @@ class Launcher:
         return PopenConsumer(subprocess.Popen(
             list(command), env=dict(env), stdout=out, stderr=subprocess.STDOUT if out else None,
             start_new_session=True, preexec_fn=die_with_parent))
+
+    def wait_exit(self, timeout: float) -> None:
+        """Sleep up to `timeout`, less if a consumer exits meanwhile (only the zygote's say so)."""
+        zygote = self._zygote
+        if zygote is None:
+            time.sleep(timeout)
+            return
+        zygote.exited.wait(timeout)
+        zygote.exited.clear()
 
     def close(self) -> None:
         if self._zygote is not None:

@@ -96,6 +96,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._summary_thread: threading.Thread | None = None
         self._failed = False
+        self._alone = False  # on a Redis this VM alone uses (`run_prestarted`)
         self._redis_trouble = RedisTrouble(log, "supervisor")
 
     # ---- one tick ------------------------------------------------------------------------
@@ -122,14 +123,21 @@ class Supervisor:
         self.store.beat_vm(VMBeat(self.hostname, os.getpid(), round(self.store.clock(), 3), self.pool.slots(),
                                   dict(self.pool.restarts)), self.owner_ttl)
 
-    def prestart(self) -> None:
-        """Start a consumer for every endpoint of the set now, before Redis answers: for a VM that
-        alone uses its Redis (`run`, `watch`, `serve --local` on their private one, where this VM
-        owns every endpoint). A consumer spends ~0.5 s importing before it connects, while the Redis
-        it will use starts in ~50 ms; the first tick then finds them running and keeps what it
-        wants (an endpoint it would not run — down, or not owned after all — gets its planned stop,
-        as in any tick)."""
+    def run_prestarted(self, redis_up: threading.Event) -> None:
+        """`run` for a VM that alone uses its Redis (`run`, `watch`, `serve --local` on their private
+        one, where this VM owns every endpoint): a consumer for every endpoint of the set is started
+        at once, before Redis answers, and the loop starts once `redis_up` is set. The first tick then
+        finds them running and keeps what it wants (an endpoint it would not run — down, or not owned
+        after all — gets its planned stop, as in any tick). Run on the supervisor's thread, so that
+        the caller goes on meanwhile (`run` submits its batch while the forks wait for the zygote's
+        imports, ~0.3 s of a cold start). A stop requested before Redis answered stops them."""
+        self._alone = True
         self.pool.reconcile({e.name: e for e in self.desired()})
+        while not redis_up.wait(LOOP):
+            if self._stop.is_set():
+                self._shutdown()
+                return
+        self.run()
 
     def _tick_safely(self) -> None:
         try:
@@ -241,6 +249,13 @@ class Supervisor:
         finally:
             self._shutdown()
 
+    def _unblock_pops(self) -> None:
+        """Stopping consumers wait for their BRPOP to time out before they close (`unblock_pops`)."""
+        try:
+            self.store.unblock_pops()
+        except StateError as exc:  # Redis gone: nothing is waiting on it either
+            log.debug("could not unblock the consumers' pops: %s", exc)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -248,18 +263,20 @@ class Supervisor:
     def stopped_by_failure(self) -> bool:
         return self._failed
 
-    def shutdown(self) -> None:
-        """The end of `run` without `run` having started (Redis never answered): stop what
-        `prestart` started."""
-        self._shutdown()
-
     def _shutdown(self) -> None:
         """Planned stop of every consumer, kill after the grace period, give endpoints back."""
         self.pool.stop_all()
         deadline = self.clock() + self.grace + 2 * KILL_RETRY
-        while self.pool.consumers and self.clock() < deadline:
+        while True:
+            if self._alone:
+                self._unblock_pops()
             self.pool.check()
-            time.sleep(STOP_POLL)
+            if not self.pool.consumers or self.clock() >= deadline:
+                break
+            if self.launcher is not None:
+                self.launcher.wait_exit(STOP_POLL)
+            else:
+                time.sleep(STOP_POLL)
         self.health.close()
         if self.launcher is not None:
             self.launcher.close()

@@ -30,7 +30,7 @@ from batchscribe.common.names import printable
 from batchscribe.common.output import Outputs
 from batchscribe.common.publish import Publisher
 from batchscribe.common.settings import Settings
-from batchscribe.common.state import EventCursor, StateStore
+from batchscribe.common.state import EVENTS_KEPT, EVENTS_PER_READ, EventCursor, StateStore
 from batchscribe.producer.cancel import cancel as cancel_batch
 from batchscribe.producer.display import SubmitLines, console_for
 from batchscribe.producer.progress import wait_for_batch
@@ -48,6 +48,9 @@ from batchscribe.producer.status import (
     unserved,
 )
 from batchscribe.producer.submit import SubmitReport, Submitter
+
+
+FOLLOW_WAIT_MS = 2000  # `log -f`: an idle follower's wait for the next attempt (it returns as one is logged)
 
 
 def submitter_for(settings: Settings, store: StateStore) -> Submitter:
@@ -184,14 +187,20 @@ def status(batch_id: str | None, as_json: bool, last: int, broker: str | None) -
 def log_cmd(follow_log: bool, last: int, broker: str | None) -> None:
     """The real-time log of every attempt: time, file, endpoint, outcome, error class, reason."""
     store = StateStore.connect(settings_for(broker))
-    last_id = "0-0"
-    for eid, entry in store.recent_events(last):
+    cursor = store.event_cursor()  # taken first: what is logged after it is followed, not shown twice
+    for _eid, entry in store.recent_events(last, newest=cursor.last_id):
         _print_event(entry)
-        last_id = eid
     while follow_log:
-        for eid, entry in store.events(last_id, block_ms=2000):
+        page = store.follow_events(cursor)
+        cursor = page.cursor
+        if page.missed:
+            click.echo(f"... {page.missed} attempt(s) were trimmed from the log before they could be shown "
+                       f"(Redis keeps the last {EVENTS_KEPT:,}); `batchscribe status BATCH` and "
+                       "run_summary.json have every file's outcome", err=True)
+        for _eid, entry in page.events:
             _print_event(entry)
-            last_id = eid
+        if page.read < EVENTS_PER_READ:
+            store.wait_for_events(cursor, FOLLOW_WAIT_MS)
 
 
 def _print_event(e: dict[str, str]) -> None:

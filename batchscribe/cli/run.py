@@ -109,12 +109,15 @@ def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str
         check_free(flower_port)  # likewise: a taken port is said before anything starts
     folder = kept or Path(tempfile.mkdtemp(prefix="batchscribe-run-"))
     code = EXIT_USAGE  # until the work returns: a usage, config or input error (guarded prints it)
+    sweep: threading.Thread | None = None
     with StopSignals() as stop:
         try:
             with local_workers(folder, stop, endpoints, config_path, broker, append_log=kept is not None,
                                broker_poll=ONE_SHOT_BROKER_POLL) as settings, \
                     run_flower(folder, settings, flower_port):
                 code = work(settings)
+                if kept is None:
+                    sweep = _sweep_results(folder)
         except Interrupted as exc:
             code = 128 + exc.signum
             click.echo(f"\ninterrupted by {signal.Signals(exc.signum).name}: workers stopped"
@@ -123,6 +126,8 @@ def on_this_machine(endpoints: EndpointSet, config_path: str | None, broker: str
             code = EXIT_REDIS
             raise
         finally:  # the log may explain failed files, an interruption or a Redis failure
+            if sweep is not None:
+                sweep.join()
             if kept is None:
                 _clean(folder, keep_log=keep_log or code not in (EXIT_OK, EXIT_USAGE))
     exit_now(code)
@@ -160,7 +165,7 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
     Workers of a private Redis keep their result cache in `folder/results` (its pointers are in that
     Redis alone); with a `broker`, where the cluster's do (BATCHSCRIBE_RESULT_STORE).
 
-    With its own Redis the consumers are started at once, while Redis starts (`Supervisor.prestart`),
+    With its own Redis the consumers are started at once, while Redis starts (`Supervisor.run_prestarted`),
     and the batch is published while they boot. Each part registers its stop before it starts, so
     whatever happens next unwinds it. `append_log`: `watch` keeps one log across restarts in its own
     0700 folder. `broker_poll`: the consumers' BRPOP timeout unless BATCHSCRIBE_BROKER_POLL says
@@ -188,12 +193,14 @@ def local_workers(folder: Path, stop: StopSignals, endpoints: EndpointSet, confi
             supervisor = Supervisor(settings, endpoints, config_path=config_path, log_file=log_file,
                                     grace=10, follow_registry=False,
                                     store=StateStore.connect(settings, check=False))
-            thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
+            redis_up = threading.Event()  # one VM on its own Redis owns every endpoint: consumers start now
+            thread = threading.Thread(target=supervisor.run_prestarted if private else supervisor.run,
+                                      args=(redis_up,) if private else (), name="supervisor", daemon=True)
             stack.callback(_stop_supervisor, supervisor, thread)
-            if private is not None:
-                supervisor.prestart()  # one VM on its own Redis: it owns every endpoint
-                private.wait_ready()
             thread.start()
+            if private is not None:
+                private.wait_ready()
+                redis_up.set()
             click.echo(f"{len(endpoints)} endpoint(s): "
                        f"{', '.join(f'{e.name} ({e.engine}, {e.concurrency} at once)' for e in endpoints)}; "
                        f"worker log: {log_path}", err=True)
@@ -246,10 +253,18 @@ def check_served(endpoints: EndpointSet, opts: TranscriptionOptions) -> None:
 def _stop_supervisor(supervisor: Any, thread: threading.Thread) -> None:
     """Consumers finish or hand back their files, endpoints are released; Redis must still answer."""
     supervisor.request_stop()
-    if thread.ident is not None:
+    if thread.ident is not None:  # (on a private Redis that never answered, it stops what it prestarted)
         thread.join(timeout=supervisor.grace + 20)
-    else:  # Redis never answered: only the consumers `prestart` started
-        supervisor.shutdown()
+
+
+def _sweep_results(folder: Path) -> threading.Thread:
+    """Start removing the private result cache while the workers and Redis stop: nothing reads it once
+    the batch is over, and its ~2 entries per job took ~50 ms of a `run`'s shutdown to remove.
+    Whatever a late write leaves there, `_clean` removes with the folder."""
+    thread = threading.Thread(target=shutil.rmtree, args=(folder / RESULTS_NAME,),
+                              kwargs={"ignore_errors": True}, name="sweep", daemon=True)
+    thread.start()
+    return thread
 
 
 def _clean(folder: Path, keep_log: bool) -> None:

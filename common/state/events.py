@@ -89,9 +89,9 @@ class Events(Batches):
         resp = self.redis.xread({self.keys.events(): last_id}, count=count, block=block_ms)
         return self._named(_entries(resp))
 
-    def recent_events(self, count: int) -> list[Event]:
-        """The last `count` events, oldest first."""
-        entries = self.redis.xrevrange(self.keys.events(), count=count) or []
+    def recent_events(self, count: int, newest: str = "+") -> list[Event]:
+        """The last `count` events up to `newest` (an entry ID; default: the end), oldest first."""
+        entries = self.redis.xrevrange(self.keys.events(), max=newest, count=count) or []
         return self._named(stream_entries(entries[::-1]))
 
     def event_cursor(self) -> EventCursor:
@@ -118,6 +118,11 @@ class Events(Batches):
         last = entries[-1][0] if entries else cursor.last_id
         return EventPage(self._named(mine), EventCursor(last, cursor.seen + missed + len(entries)),
                          len(entries), missed)
+
+    def wait_for_events(self, cursor: EventCursor, block_ms: int) -> None:
+        """Return as soon as an entry after `cursor` exists, or after `block_ms` (a follower's idle wait;
+        `follow_events` then reads it)."""
+        self.redis.xread({self.keys.events(): cursor.last_id}, count=1, block=block_ms)
 
     def _stream_info(self) -> dict[str, Any]:
         try:

@@ -157,7 +157,9 @@ def test_a_full_disk_is_transient_and_retried_then_the_file_fails_alone(tmp_path
     make_mp4(tmp_path / "in" / "long.mp4", 30.0)  # ~0.5 MB of WAV: more than the scratch disk holds
     make_mp4(tmp_path / "in" / "short.mp4", 0.5)
     out = tmp_path / "out"
-    result = run_cli("convert", str(tmp_path / "in"), "--to", "wav", "--out", str(out),
+    # One converter slot: two at once share the tiny disk, and the short file's attempts could meet
+    # the long one's and fail with it (seen on a loaded machine).
+    result = run_cli("convert", str(tmp_path / "in"), "--to", "wav", "--out", str(out), "--concurrency", "1",
                      XDG_STATE_HOME=str(short_tmp), BATCHSCRIBE_SCRATCH=str(full_disk),
                      BATCHSCRIBE_BACKOFF_BASE="0.2", BATCHSCRIBE_TRANSIENT_ATTEMPTS="2", timeout=120)
     assert result.returncode == 1, result.stderr

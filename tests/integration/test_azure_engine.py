@@ -14,7 +14,7 @@ from batchscribe.common.errors import AudioError, EndpointError, ProcessingError
 from batchscribe.common.models import TranscriptionOptions
 from batchscribe.emulator import Emulator, duration_text
 from batchscribe.worker.engines.azure import AzureEngine
-from batchscribe.worker.engines.base import PreparedAudio
+from batchscribe.worker.engines.base import EngineStopped, PreparedAudio
 from tests.support.emulator import (
     endpoint_for,
     native_threads,
@@ -205,6 +205,45 @@ def test_concurrent_calls_run_side_by_side(tmp_path: Path) -> None:
         engine.close()
     assert texts == {i: duration_text(files[i].duration) for i in range(n)}
     assert stats["max_active"] == n and stats["sessions_total"] == n
+
+
+def test_open_sessions_never_exceed_the_endpoints_concurrency(tmp_path: Path) -> None:
+    """More threads than the endpoint's concurrency on one engine: a file waits for a permit that only
+    a completed close gives back (closes run after the call has returned), so an emulator that
+    refuses beyond 2 sessions refuses none, and every file is answered."""
+    files = [tone_wav(tmp_path / f"p{i}.wav", 0.5 + i / 10) for i in range(6)]
+    with running_emulator(rtf=4, capacity=2) as server:
+        engine = AzureEngine(endpoint_for(server.ports[0], concurrency=2))
+        texts: dict[tuple[int, int], str] = {}
+
+        def run(i: int) -> None:
+            for round_ in range(3):
+                texts[i, round_] = text_of(engine.transcribe(files[i], TranscriptionOptions()).phrases)
+
+        run_concurrently(run, [(i,) for i in range(len(files))], timeout=45)
+        engine.close()
+        stats = server.stats(server.ports[0])
+    assert texts == {(i, r): duration_text(files[i].duration) for i in range(len(files)) for r in range(3)}
+    assert stats["refused"].get("capacity", 0) == 0
+    assert stats["max_active"] == 2 and stats["sessions_total"] == 18 and stats["active"] == 0
+
+
+def test_a_stop_ends_the_wait_for_a_session_permit(tmp_path: Path) -> None:
+    """A planned stop while a file waits for its endpoint's only permit hands the file back at once
+    (EngineStopped), without opening a session."""
+    long, short = tone_wav(tmp_path / "long.wav", 6.0), tone_wav(tmp_path / "short.wav", 0.5)
+    with running_emulator(rtf=1) as server:
+        engine = AzureEngine(endpoint_for(server.ports[0], concurrency=1))
+        holder = threading.Thread(target=engine.transcribe, args=(long, TranscriptionOptions()), daemon=True)
+        holder.start()
+        wait_for(lambda: server.stats(server.ports[0])["active"] == 1, 10, "the first session open")
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        with pytest.raises(EngineStopped, match="before the file was sent"):
+            engine.transcribe(short, TranscriptionOptions(), stop=stop)
+        assert server.stats(server.ports[0])["sessions_total"] == 1
+        holder.join(timeout=20)
+        engine.close()
 
 
 def test_memory_and_threads_stay_flat_over_many_files(port: int, tones: list[PreparedAudio]) -> None:

@@ -3,6 +3,9 @@ and run.log's line when the log was trimmed past the point it had copied."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +15,8 @@ from batchscribe.common.models import FileRecord
 from batchscribe.common.state import StateStore
 from batchscribe.common.state import events as events_module
 from batchscribe.producer.runlog import RunLog
-from tests.support.cli import run_cli
+from tests.support.cli import BIN, cli_env, end_process, run_cli
+from tests.support.poll import wait_for
 
 LONG = "/mnt/batch/recordings/2026/12/customer-calls/region-north/" + "x" * 60 + ".wav"
 JOB = "ab" * 32 + "." + "cd" * 8
@@ -102,3 +106,32 @@ def test_run_log_says_how_many_attempts_were_trimmed_before_it_copied_them(
                              "others') were trimmed from Redis before they could be copied here: the log keeps "
                              "its last 20,000; run_summary.json has every file's outcome")
     assert f"done /in/f.{1000 - kept} on e" in lines[2]
+
+
+def test_log_follow_says_how_many_attempts_were_trimmed_before_it_showed_them(
+        redis_server, store: StateStore, tmp_path: Path) -> None:
+    """`batchscribe log -f` stopped (SIGSTOP) while more than the log keeps is logged: once it runs
+    again it says, on stderr, how many it never saw, then shows what the log still holds."""
+    a_batch(store, 1, path="/in/f")
+    store.log_event(batch="b1", index=0, endpoint="e", outcome="done")
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        follower = subprocess.Popen([str(BIN), "log", "-f", "--last", "1"], stdout=stdout, stderr=stderr,
+                                    env=cli_env(redis_server.url), start_new_session=True)
+    try:
+        wait_for(lambda: "/in/f.0" in out.read_text(), 30, "the first attempt shown")
+        os.kill(follower.pid, signal.SIGSTOP)
+        pipe = store.redis.pipeline(transaction=False)
+        for _ in range(events_module.EVENTS_KEPT + 5000):  # logged as `log_event` does, in one go
+            pipe.xadd(store.keys.events(), {"o": "done", "e": "e", "b": "b1", "i": "0"},
+                      maxlen=events_module.EVENTS_KEPT, approximate=True)
+        pipe.execute()
+        kept = store.redis.xlen(store.keys.events())
+        os.kill(follower.pid, signal.SIGCONT)
+        wait_for(lambda: out.read_text().count("/in/f.0") == 1 + kept, 60, "what the log holds shown")
+    finally:
+        end_process(follower, lambda: os.killpg(follower.pid, signal.SIGTERM), 10)
+    missed = events_module.EVENTS_KEPT + 5000 - kept
+    assert err.read_text().strip() == (
+        f"... {missed} attempt(s) were trimmed from the log before they could be shown (Redis keeps the "
+        "last 20,000); `batchscribe status BATCH` and run_summary.json have every file's outcome")

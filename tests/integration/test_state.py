@@ -4,6 +4,7 @@ in-flight bookkeeping, the scripts' key names, and Redis errors translated at th
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from batchscribe.common.state import StateStore, target_id
 from batchscribe.private_redis import PrivateRedis
 from tests.support.clock import ManualClock
 from tests.support.netfault import RedisCut
+from tests.support.poll import wait_for
 from tests.support.threads import run_concurrently
 
 
@@ -292,3 +294,33 @@ def test_a_connection_dropped_mid_command_is_unavailable(redis_server: PrivateRe
         store = StateStore.connect(Settings.from_env({}, redis_url=cut.url))
         with pytest.raises(RedisUnavailableError, match="^cannot reach Redis at "):
             store.batch("b")
+
+
+def test_unblock_pops_ends_waiting_brpops_and_nothing_else(store: StateStore, settings: Settings) -> None:
+    """A consumer idle in BRPOP gets an empty reply at once (as if its timeout had come); a blocked
+    XREAD (the run log's follower) and clients that block nothing are left alone."""
+    popper = redis.Redis.from_url(settings.redis_url)
+    reader = redis.Redis.from_url(settings.redis_url)
+    popped: list[object] = []
+    read: list[object] = []
+    pop = threading.Thread(target=lambda: popped.append(popper.brpop(["q.test"], timeout=20)), daemon=True)
+    xread = threading.Thread(target=lambda: read.append(reader.xread({"s.test": "$"}, block=3000)), daemon=True)
+    pop.start()
+    xread.start()
+    blocked = {"brpop": 0, "xread": 0}
+
+    def both_blocked() -> bool:
+        clients = store.redis.client_list(_type="normal")
+        for name in blocked:
+            blocked[name] = sum(1 for c in clients if c.get("cmd") == name and "b" in c.get("flags", ""))
+        return all(blocked.values())
+
+    wait_for(both_blocked, 10, "a BRPOP and an XREAD blocked")
+    started = time.monotonic()
+    assert store.unblock_pops() == 1
+    pop.join(timeout=5)
+    assert not pop.is_alive() and popped == [None] and time.monotonic() - started < 2
+    assert xread.is_alive()  # still waiting for its own timeout
+    xread.join(timeout=10)
+    assert read == [[]]
+    assert store.unblock_pops() == 0

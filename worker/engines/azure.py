@@ -11,6 +11,10 @@ One continuous recognition per file, driven from the calling thread:
   a silent endpoint never holds a worker slot, because the SDK itself waits forever; the caller's
   `stop` event (a planned stop of the consumer) abandons it too, within POLL_SECONDS;
 * every cancellation code maps to an error class in `_CANCELLATION_ERRORS`, the one table;
+* a finished file's websocket is closed on a thread of its own (the SDK's close blocks ~20 ms,
+  half of it after the server has seen the close), so the file's task moves on at once; the next
+  connection waits for a permit that only a completed close gives back, so the endpoint never sees
+  more open sessions than its `concurrency`;
 * finished recognizers are destroyed on a reaper thread (the SDK's destructor blocks ~55 ms).
 
 Output is always the service's Detailed format (NBest with Lexical/ITN/MaskedITN), which the
@@ -75,12 +79,20 @@ POLL_SECONDS = 0.2  # watchdog and progress granularity; completion itself wakes
 PUSH_LEAD = 10.0  # seconds of audio the push writer may run ahead of the throttled upload
 PUSH_PACE = 1.5  # the writer's pace relative to the SDK's rtf throttle (which overshoots by ~16 %)
 REAPER_PUT_TIMEOUT = 30.0
+CLOSE_JOIN = 10.0  # seconds `close` waits for each websocket still closing
 # Audio the SDK sends before its throttle applies. With 0 the throttled SDK held the first audio
 # frame back ~42 ms after speech.config, on every file and whatever the rtf (at 50-500 ms still;
 # from 1,000 ms it goes out at once): ~half of a file's session overhead (bench/bench_schedule.py,
 # docs/emulator.md). One second of audio ahead of real-time pacing is far inside the ~30 s the SDK
 # itself holds unacknowledged, and a container decodes at its own pace whatever it has received.
 THROTTLE_LEAD_MS = 1000
+# How often the SDK's websocket loop looks for work while it connects (its default: 10 ms). The
+# upgrade → speech.config step waited for that tick on every file: 9 ms of a ~31 ms per-file session
+# overhead, now ~1 ms, for ~2 ms of CPU per session (bench/bench_schedule.py, docs/benchmarks.md §11).
+# Its twin for the rest of the session (SPEECH-USPRunPollingInterval) is left at 10 ms: at 5 ms it
+# cut ~10 ms more per file but cost +37 % CPU per session-second, and on a full machine that CPU
+# came back as longer gaps between sessions.
+USP_CONNECT_POLL_MS = 1
 
 
 def _cancellation_error(code: sdk.CancellationErrorCode, details: str, phrases: int) -> ProcessingError:
@@ -276,9 +288,14 @@ class AzureEngine:
         self.stop_timeout = stop_timeout
         self._reaper: _Reaper | None = None
         self._reaper_lock = threading.Lock()
+        # Open websockets, counted from before the connect until the close has returned.
+        self._sessions = threading.BoundedSemaphore(endpoint.concurrency)
+        self._closers: set[threading.Thread] = set()
 
     def close(self) -> None:
-        """Finish releasing recognizers; nothing else is held between files."""
+        """Finish closing connections and releasing recognizers; nothing else is held between files."""
+        for closer in list(self._closers):
+            closer.join(timeout=CLOSE_JOIN)
         with self._reaper_lock:
             if self._reaper is not None:
                 self._reaper.close()
@@ -313,6 +330,7 @@ class AzureEngine:
         config.set_property_by_name("SPEECH-AudioThrottleAsPercentageOfRealTime", throttle)
         config.set_property_by_name("SPEECH-TransmitLengthBeforeThrottleMs", str(THROTTLE_LEAD_MS))
         config.set_property_by_name("SPEECH-StopRecognitionTimeoutInSeconds", str(self.stop_timeout))
+        config.set_property_by_name("SPEECH-USPConnectPollingInterval", str(USP_CONNECT_POLL_MS))
         return config
 
     def _auto_detect(self, options: TranscriptionOptions) -> Any:
@@ -365,23 +383,47 @@ class AzureEngine:
         tracker = _Tracker()
         signals = self._connect(recognizer, driver, tracker)
         connection = sdk.Connection.from_recognizer(recognizer)
+        permit = False
         try:
+            self._open_permit(stop)
+            permit = True
             getattr(recognizer, driver.start)().get()
             source.start(self.endpoint.rtf)
             self._wait(audio, tracker, progress, stop)
         finally:
             self._stop(getattr(recognizer, driver.stop))
-            # Close the websocket before the slot is handed back: the endpoint must never see more
-            # open sessions than `concurrency` (destroying the recognizer can happen later).
-            _close(connection)
-            for signal in signals:
+            for signal in signals:  # nothing reaches the tracker any more: its result is final
                 signal.disconnect_all()
-            source.release()
-            self._release([recognizer, source, connection])
+            self._close_later(connection, source, recognizer, permit)
             del recognizer, signals, connection
         if tracker.cancel_code is not None:
             raise _cancellation_error(tracker.cancel_code, tracker.cancel_details, len(tracker.phrases))
         return tracker
+
+    def _open_permit(self, stop: threading.Event) -> None:
+        """Wait until fewer than `concurrency` of this engine's websockets are open or closing (a
+        previous file's close may still be under way); a planned stop ends the wait."""
+        while not self._sessions.acquire(timeout=POLL_SECONDS):
+            if stop.is_set():
+                raise EngineStopped("stopped before the file was sent")
+
+    def _close_later(self, connection: sdk.Connection, source: _AudioInput, recognizer: sdk.Recognizer,
+                     permit: bool) -> None:
+        """Close the websocket on a thread of its own, then give the permit back, release the audio
+        source and hand the recognizer to the reaper."""
+        def finish() -> None:
+            try:
+                _close(connection)
+            finally:
+                if permit:
+                    self._sessions.release()
+                self._closers.discard(threading.current_thread())
+                source.release()
+                self._release([recognizer, source, connection])
+
+        closer = threading.Thread(target=finish, name="azure-close", daemon=True)
+        self._closers.add(closer)
+        closer.start()
 
     @staticmethod
     def _connect(recognizer: sdk.Recognizer, driver: _Driver, tracker: _Tracker) -> list[sdk.EventSignal]:
