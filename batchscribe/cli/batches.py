@@ -49,7 +49,6 @@ from batchscribe.producer.status import (
 )
 from batchscribe.producer.submit import SubmitReport, Submitter
 
-
 FOLLOW_WAIT_MS = 2000  # `log -f`: an idle follower's wait for the next attempt (it returns as one is logged)
 
 
