@@ -272,7 +272,8 @@ def register(app: Celery, settings: Settings) -> ConsumerRuntime:
         endpoint = runtime.runner().endpoint
         if instance.concurrency != endpoint.concurrency:
             log.warning("endpoint %s has concurrency %d in its config but this worker runs -c %d; "
-                        "the worker's -c is what limits simultaneous requests",
+                        "it takes -c files at a time, and an azure endpoint still gets at most its config's "
+                        "concurrency of sessions (the other files wait for one)",
                         endpoint.name, endpoint.concurrency, instance.concurrency)
 
     @worker_shutting_down.connect(weak=False)
