@@ -173,8 +173,11 @@ def fingerprint_files(paths: Sequence[str], store: StateStore | None, threads: i
     def measure(chunk: list[int]) -> list[Fingerprint]:
         return [_measure(paths[i], stats[i][0].size) for i in chunk]  # type: ignore[union-attr]
 
-    inline = [i for i in todo if stats[i][0].size < INLINE_BYTES and not is_blob(paths[i])]  # type: ignore[union-attr]
-    pooled = sorted(set(todo) - set(inline))
+    inline: list[int] = []
+    pooled: list[int] = []
+    for i in todo:
+        small = stats[i][0].size < INLINE_BYTES and not is_blob(paths[i])  # type: ignore[union-attr]
+        (inline if small else pooled).append(i)
     # Hand the threads slices of files, not single files: a future per file costs as much as hashing
     # a small one. Four slices per thread at least, so slow (large, remote) files still spread out.
     workers = max(1, threads)
